@@ -1,0 +1,5 @@
+import sys
+
+from geventsched.cli import main
+
+sys.exit(main())

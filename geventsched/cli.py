@@ -1,0 +1,280 @@
+"""Command line: ``geventsched worker|master|submit|status|requeue-dead|bench``.
+
+Parses arguments, builds the config, wires the parts and maps failures to exit codes. No scheduling
+logic lives here.
+"""
+
+from gevent import monkey
+
+monkey.patch_all()  # before anything imports socket, ssl or threading
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+
+from geventsched import __version__  # noqa: E402
+from geventsched.channels import parse_channels  # noqa: E402
+from geventsched.config import MasterConfig, WorkerConfig, redis_url_from_env  # noqa: E402
+from geventsched.dispatch import STRATEGIES  # noqa: E402
+from geventsched.errors import ConfigError, GeventschedError  # noqa: E402
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+DEFAULT_WAIT = 60.0
+
+
+class UsageError(Exception):
+    """Bad input found after argparse: exit 2 with the subcommand's usage line."""
+
+
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def non_negative_int(text):
+    value = positive_int(text) if text != "0" else 0
+    return value
+
+
+def positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return value
+
+
+def channel_spec(text):
+    try:
+        return tuple(parse_channels(text))
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def json_value(text):
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a JSON value (quote strings: '\"{text}\"')") from None
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="geventsched", description="Redis pub/sub job scheduler on gevent.")
+    parser.add_argument("--version", action="version", version=f"geventsched {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--redis-url", default=redis_url_from_env(),
+                        help="Redis URL (env GEVENTSCHED_REDIS_URL; default %(default)s)")
+    common.add_argument("--namespace", default="", help="prefix every channel and key with NS:")
+    common.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    role = argparse.ArgumentParser(add_help=False)
+    role.add_argument("--codec", default="json", choices=["json", "raw"],
+                      help="json (versioned, default) or raw (the original design's bare job ids)")
+    role.add_argument("--metrics-addr", default="0.0.0.0", help="address of the metrics endpoint")
+    role.add_argument("--max-payload", type=positive_int, default=1 << 20,
+                      help="reject messages larger than this many bytes (default 1 MiB)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    w = sub.add_parser("worker", parents=[common, role], help="run a worker",
+                       description="Subscribe to dispatch channels and run the jobs sent there.")
+    w.add_argument("--app", action="append", default=[], metavar="MODULE",
+                   help="import MODULE for its tasks (repeatable); built-in tasks are always there")
+    w.add_argument("--channels", type=channel_spec, default=("1",), metavar="SPEC",
+                   help="N (1..N), A-B, or a comma list of numbers or names (default 1)")
+    w.add_argument("--concurrency", type=positive_int, default=1000, help="jobs run at once (default 1000)")
+    w.add_argument("--processes", type=positive_int, default=1, help="worker processes on this node")
+    w.add_argument("--grace", type=float, default=30.0, help="seconds running jobs get at shutdown")
+    w.add_argument("--raw-task", default="echo", help="task run for each raw-codec message (default echo)")
+    w.add_argument("--metrics-port", type=non_negative_int, default=9109, help="0 turns it off")
+
+    m = sub.add_parser("master", parents=[common, role], help="run the master",
+                       description="Dispatch queued jobs to the workers' channels and collect results.")
+    m.add_argument("--channels", type=channel_spec, default=(), metavar="SPEC",
+                   help="static channels (for workers that never register, like the original slaves); "
+                        "default: discover registered workers")
+    m.add_argument("--strategy", default="least-loaded", choices=list(STRATEGIES))
+    m.add_argument("--prefetch", type=non_negative_int, default=0,
+                   help="max jobs in flight per channel (default: the worker's capacity over its channels)")
+    m.add_argument("--max-attempts", type=positive_int, default=3, help="dispatches per job before it is dead")
+    m.add_argument("--metrics-port", type=non_negative_int, default=9108, help="0 turns it off")
+
+    s = sub.add_parser("submit", parents=[common], help="submit jobs",
+                       description="Submit jobs; print their ids, or with --wait their results.")
+    s.add_argument("task", nargs="?", help="task name (or use --file)")
+    s.add_argument("args", nargs="*", type=json_value, metavar="ARG", help="JSON values")
+    s.add_argument("--kwargs", type=json_value, default={}, help="JSON object of keyword arguments")
+    s.add_argument("--count", type=positive_int, default=1, help="submit N such jobs")
+    s.add_argument("--file", help="one job per JSON line {task, args, kwargs}; - for stdin")
+    s.add_argument("--wait", action="store_true", help="wait and print each result as a JSON line")
+    s.add_argument("--timeout", type=positive_float, default=DEFAULT_WAIT,
+                   help="seconds --wait waits (default %(default)s)")
+    s.add_argument("--job-timeout", type=positive_float, help="time limit for each job (default: the task's)")
+
+    st = sub.add_parser("status", parents=[common], help="show workers, channels and job counts")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+
+    r = sub.add_parser("requeue-dead", parents=[common], help="move dead-lettered jobs back to the queue")
+    r.add_argument("--task", help="only jobs of this task")
+
+    b = sub.add_parser("bench", parents=[common], help="benchmark master and worker on this machine",
+                       description="Run N no-op jobs through a master and a worker process against the Redis "
+                                   "at --redis-url, or an embedded server when nothing answers there.")
+    b.add_argument("--jobs", type=positive_int, default=50_000)
+    b.add_argument("--channels", type=positive_int, default=100)
+    b.add_argument("--concurrency", type=positive_int, default=1000)
+    b.add_argument("--json", metavar="FILE", help="write the figures as JSON")
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    command = COMMANDS[args.command]
+    try:
+        return command(args)
+    except UsageError as exc:
+        print(f"usage: geventsched {args.command} ... (see --help)\ngeventsched {args.command}: error: {exc}",
+              file=sys.stderr)
+        return EXIT_USAGE
+    except GeventschedError as exc:
+        print(f"geventsched {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130
+
+
+def _connect(args):
+    from geventsched import transport
+
+    return transport.connect(args.redis_url)
+
+
+def cmd_worker(args):
+    from geventsched.registry import default_registry
+    from geventsched.worker import Worker
+
+    if args.processes > 1:
+        raise UsageError("--processes above 1 is not supported yet: start one worker per process")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # --app mymodule finds ./mymodule.py, as celery -A does
+    registry = default_registry(args.app)
+    config = WorkerConfig(channels=args.channels, namespace=args.namespace, concurrency=args.concurrency,
+                          codec=args.codec, raw_task=args.raw_task, grace=args.grace,
+                          max_payload=args.max_payload)
+    if args.codec == "raw" and args.raw_task not in registry:
+        raise UsageError(f"--raw-task {args.raw_task!r} is not a registered task")
+    return Worker(config, _connect(args), registry).run()
+
+
+def cmd_master(args):
+    from geventsched.master import Master
+
+    config = MasterConfig(channels=args.channels, namespace=args.namespace, codec=args.codec,
+                          strategy=args.strategy, prefetch=args.prefetch, max_attempts=args.max_attempts,
+                          max_payload=args.max_payload)
+    return Master(config, _connect(args)).run()
+
+
+def cmd_submit(args):
+    from geventsched.client import Client
+
+    specs = _job_specs(args)
+    client = Client(_connect(args), args.namespace)
+    handles = client.submit_many(specs, timeout=args.job_timeout, reply=args.wait)
+    if not args.wait:
+        for handle in handles:
+            print(handle.id)
+        return EXIT_OK
+    results = client.wait(handles, args.timeout)
+    failed = False
+    for handle in handles:
+        result = results.get(handle.id)
+        if result is None:
+            print(f"job {handle.id} ({handle.task}): no result within {args.timeout:g}s", file=sys.stderr)
+            failed = True
+        elif result.ok:
+            print(result.value if result.raw else json.dumps(result.value))
+        else:
+            error = result.error or {}
+            print(f"job {handle.id} ({handle.task}) {result.status}: {error.get('type')}: {error.get('message')}",
+                  file=sys.stderr)
+            failed = True
+    sys.stdout.flush()
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
+def _job_specs(args):
+    if args.file:
+        if args.task or args.args:
+            raise UsageError("give either TASK [ARG ...] or --file, not both")
+        return _read_job_file(args.file) * args.count
+    if not args.task:
+        raise UsageError("missing TASK (or --file FILE)")
+    if not isinstance(args.kwargs, dict):
+        raise UsageError("--kwargs must be a JSON object")
+    return [(args.task, args.args, args.kwargs)] * args.count
+
+
+def _read_job_file(path):
+    try:
+        stream = sys.stdin if path == "-" else open(path, encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    specs = []
+    with stream:
+        for number, line in enumerate(stream, 1):
+            if not line.strip():
+                continue
+            try:
+                doc = json.loads(line)
+            except ValueError:
+                raise UsageError(f"{path}:{number}: not a JSON line") from None
+            if not isinstance(doc, dict) or not isinstance(doc.get("task"), str) \
+                    or not isinstance(doc.get("args", []), list) or not isinstance(doc.get("kwargs", {}), dict):
+                raise UsageError(f"{path}:{number}: expected {{\"task\": str, \"args\": [...], \"kwargs\": {{...}}}}")
+            specs.append((doc["task"], doc.get("args", []), doc.get("kwargs", {})))
+    if not specs:
+        raise UsageError(f"{path}: no jobs")
+    return specs
+
+
+def cmd_status(args):
+    from geventsched.status import render, snapshot
+
+    snap = snapshot(_connect(args), args.namespace)
+    print(json.dumps(snap, indent=2) if args.json else render(snap))
+    return EXIT_OK
+
+
+def cmd_requeue_dead(args):
+    from geventsched.keys import Keys
+    from geventsched.store import Store
+
+    print(Store(_connect(args), Keys(args.namespace)).requeue_dead(args.task))
+    return EXIT_OK
+
+
+def cmd_bench(args):
+    from geventsched.benchmark import main as bench_main
+
+    return bench_main(args)
+
+
+COMMANDS = {
+    "worker": cmd_worker,
+    "master": cmd_master,
+    "submit": cmd_submit,
+    "status": cmd_status,
+    "requeue-dead": cmd_requeue_dead,
+    "bench": cmd_bench,
+}

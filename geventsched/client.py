@@ -1,0 +1,130 @@
+"""Submitting jobs and waiting for their results, from any process.
+
+    from geventsched.client import Client
+    client = Client.from_url("redis://127.0.0.1:6379/0")
+    handle = client.submit("echo", 42)
+    handle.result(timeout=10)        # -> 42, or raises JobFailed / TimeoutError
+
+A job is in Redis (hash + intake list) before ``submit`` returns; the master need not run in this
+process, or at all yet. Results are stored with a TTL and also announced on this client's reply
+channel, so waiting works whether the result came before or after the wait began.
+"""
+
+import os
+import time
+
+from geventsched import transport
+from geventsched.errors import DecodeError, JobFailed
+from geventsched.keys import Keys
+from geventsched.protocol import Job, JsonCodec
+from geventsched.store import Store
+
+
+class JobHandle:
+    __slots__ = ("id", "task", "_client")
+
+    def __init__(self, client, job_id, task):
+        self._client = client
+        self.id = job_id
+        self.task = task
+
+    def wait(self, timeout=None):
+        """The job's ``Result``, or None if none came within ``timeout`` seconds."""
+        return self._client.wait([self], timeout).get(self.id)
+
+    def result(self, timeout=None):
+        """The job's return value. Raises JobFailed (error, timeout, dead) or TimeoutError."""
+        result = self.wait(timeout)
+        if result is None:
+            raise TimeoutError(f"job {self.id}: no result within {timeout}s")
+        if not result.ok:
+            raise JobFailed(result)
+        return result.value
+
+    def __repr__(self):
+        return f"JobHandle({self.id!r}, {self.task!r})"
+
+
+class Client:
+    def __init__(self, redis_client, namespace="", timeout=None):
+        self.redis = redis_client
+        self.keys = Keys(namespace)
+        self.store = Store(redis_client, self.keys)
+        self.codec = JsonCodec()
+        self.timeout = timeout
+        self.reply_channel = self.keys.reply_channel(os.urandom(8).hex())
+        self._subscriber = None
+        self._results = {}  # results that came in for jobs nobody has waited for yet
+
+    @classmethod
+    def from_url(cls, url, namespace="", **kwargs):
+        return cls(transport.connect(url), namespace, **kwargs)
+
+    def submit(self, task, *args, **kwargs):
+        """Submit one job for ``task``; returns its JobHandle."""
+        return self.submit_many([(task, args, kwargs)])[0]
+
+    def submit_many(self, specs, timeout=None, key=None, reply=True):
+        """Submit ``[(task, args, kwargs), ...]`` in one transaction; returns their handles in order.
+
+        Arguments must be JSON values (a TypeError says which is not). ``timeout`` overrides the
+        task's time limit; ``key`` is the affinity key for ``--strategy hash``.
+        """
+        specs = list(specs)
+        if not specs:
+            return []
+        ids = self.store.new_ids(len(specs))
+        now = time.time()
+        timeout = timeout if timeout is not None else self.timeout
+        reply_to = self.reply_channel if reply else None
+        encoded, handles = [], []
+        for job_id, (task, args, kwargs) in zip(ids, specs):
+            job = Job(job_id, task, list(args), dict(kwargs), timeout, reply_to, now, key)
+            try:
+                encoded.append((job_id, self.codec.encode_job(job)))
+            except (TypeError, ValueError) as exc:
+                raise TypeError(f"arguments of {task} are not JSON values: {exc}") from None
+            handles.append(JobHandle(self, job_id, task))
+        self.store.submit(encoded)
+        return handles
+
+    def wait(self, handles, timeout=None):
+        """Wait for the results of ``handles``. Returns ``{id: Result}`` for those that finished
+        within ``timeout`` seconds (None = wait forever). Blocks the calling greenlet or thread."""
+        want = {h.id for h in handles if h.id not in self._results}
+        if want:
+            self._collect(want, timeout)
+        results = self._results
+        return {h.id: results.pop(h.id) for h in handles if h.id in results}
+
+    def _collect(self, want, timeout):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if self._subscriber is None:
+            self._subscriber = transport.Subscriber(self.redis)
+            self._subscriber.subscribe([self.reply_channel])
+        # Subscribed first, then read what is stored: a result can't slip between the two.
+        ids = sorted(want)
+        for job_id, data in zip(ids, self.store.get_results(ids)):
+            if data is not None:
+                self._keep(data, want)
+        while want:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return
+            for _, data in self._subscriber.read(remaining):
+                self._keep(data, want)
+
+    def _keep(self, data, want):
+        try:
+            result = self.codec.decode_result(data)
+        except DecodeError:
+            return
+        # Results of jobs nobody waits for are not kept: they stay in Redis until their TTL.
+        if result.id in want:
+            self._results[result.id] = result
+            want.discard(result.id)
+
+    def close(self):
+        if self._subscriber is not None:
+            self._subscriber.close()
+            self._subscriber = None

@@ -1,0 +1,55 @@
+"""Settings for each role, as frozen dataclasses. The only place defaults and environment are read."""
+
+import os
+import socket
+from dataclasses import dataclass, field
+
+from geventsched.protocol import DEFAULT_MAX_PAYLOAD
+from geventsched.registry import DEFAULT_TIMEOUT
+from geventsched.store import DEFAULT_RESULT_TTL
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def redis_url_from_env():
+    return os.environ.get("GEVENTSCHED_REDIS_URL") or DEFAULT_REDIS_URL
+
+
+def new_worker_id():
+    return f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    channels: tuple = ("1",)
+    namespace: str = ""
+    concurrency: int = 1000
+    codec: str = "json"
+    raw_task: str = "echo"
+    grace: float = 30.0
+    heartbeat_interval: float = 1.0
+    #: A worker is dead this long after its last heartbeat.
+    heartbeat_ttl: float = 5.0
+    result_ttl: int = DEFAULT_RESULT_TTL
+    max_payload: int = DEFAULT_MAX_PAYLOAD
+    worker_id: str = field(default_factory=new_worker_id)
+
+
+@dataclass(frozen=True)
+class MasterConfig:
+    #: Static channels (raw mode, where workers never register); empty = discover registered workers.
+    channels: tuple = ()
+    namespace: str = ""
+    codec: str = "json"
+    strategy: str = "least-loaded"
+    #: Cap on jobs in flight per channel; 0 = derive it from the worker's advertised capacity.
+    prefetch: int = 0
+    #: Per-channel cap for static channels, whose worker never told us its capacity.
+    static_prefetch: int = 100
+    default_timeout: float = DEFAULT_TIMEOUT
+    max_attempts: int = 3
+    claim_batch: int = 1000
+    discovery_interval: float = 1.0
+    reap_interval: float = 1.0
+    result_ttl: int = DEFAULT_RESULT_TTL
+    max_payload: int = DEFAULT_MAX_PAYLOAD

@@ -1,0 +1,41 @@
+"""The exceptions geventsched raises on purpose.
+
+Each carries a message fit for one line on stderr; the CLI prints ``str(exc)`` and exits 1.
+"""
+
+
+class GeventschedError(Exception):
+    """Base class: a runtime failure with a one-line explanation."""
+
+
+class ConfigError(GeventschedError):
+    """A setting that cannot work (bad channel spec, bad URL, unknown strategy)."""
+
+
+class RedisUnavailable(GeventschedError):
+    """Redis could not be reached, refused our credentials, or went away."""
+
+
+class ChannelConflict(GeventschedError):
+    """A dispatch channel is already held by another live worker."""
+
+
+class DecodeError(GeventschedError):
+    """A message could not be decoded. ``reason`` is a short label from a fixed set."""
+
+    def __init__(self, reason, detail=""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+class JobTimeout(GeventschedError):
+    """Raised inside a job's greenlet when its time limit is reached."""
+
+
+class JobFailed(GeventschedError):
+    """Raised by ``JobHandle.result()`` for a job that ended in error, timeout or dead letter."""
+
+    def __init__(self, result):
+        error = result.error or {}
+        super().__init__(f"{error.get('type', result.status)}: {error.get('message', '')}")
+        self.result = result

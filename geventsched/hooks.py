@@ -1,0 +1,77 @@
+"""Extension points. Master and worker call these at each step of a job; metrics subscribe here and
+never appear inline in the loops. Every method is a no-op; override the ones you need.
+
+The calls sit on the hot path: keep them cheap, and do not block in them.
+"""
+
+import logging
+
+log = logging.getLogger(__name__)
+
+
+class WorkerHooks:
+    def on_subscribed(self, channels):
+        """``channels`` are now subscribed (after start or a reconnect)."""
+
+    def on_received(self, job):
+        """A job arrived and was queued for a runner."""
+
+    def on_rejected(self, reason):
+        """A message was refused; ``reason`` comes from a fixed set (see ``protocol.DecodeError``)."""
+
+    def on_finished(self, job, status, duration):
+        """A job ran to ``status`` ('ok', 'error', 'timeout') in ``duration`` seconds."""
+
+    def on_reconnect(self, what):
+        """A connection to Redis was lost and made again."""
+
+    def on_results_written(self, count):
+        """One batch of ``count`` results went to Redis in one write."""
+
+
+class MasterHooks:
+    def on_submitted(self, job):
+        """The master took a new job from the intake (first attempt)."""
+
+    def on_dispatched(self, job, queue_wait):
+        """``job`` was published and a subscriber received it, ``queue_wait`` s after its submission."""
+
+    def on_dispatch_failed(self, reason):
+        """A publish did not reach a worker (``reason``: 'no_subscriber', 'redis_error')."""
+
+    def on_redispatched(self, reason, count):
+        """``count`` jobs went back to the queue (``reason``: 'deadline', 'worker_lost', 'handed_back')."""
+
+    def on_finished(self, job, status, latency):
+        """A result came back: submit-to-result ``latency`` in seconds."""
+
+    def on_unknown_result(self):
+        """A result for a job this master is not waiting for (unknown, or already finished)."""
+
+    def on_reconnect(self, what):
+        """A connection to Redis was lost and made again."""
+
+
+def guarded(hooks, base):
+    """Wrap ``hooks`` so an exception in a hook is logged and swallowed, never reaching the loop."""
+    if hooks is None:
+        return base()
+    return _Guard(hooks, base)
+
+
+class _Guard:
+    def __init__(self, hooks, base):
+        for name in vars(base):
+            if name.startswith("on_"):
+                setattr(self, name, _guard(getattr(hooks, name), name))
+
+
+def _guard(fn, name):
+    def call(*args):
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("hook %s failed", name)
+
+    call.__name__ = name
+    return call

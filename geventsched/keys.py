@@ -1,0 +1,68 @@
+"""Every Redis key and channel name geventsched uses, in one place.
+
+With namespace ``NS`` every name below is prefixed with ``NS:``.
+
+Channels (pub/sub; names from the original design, so its scripts keep working):
+
+    CHANNEL_DISPATCH_<n>          jobs for the worker that holds channel n
+    CHANNEL_RESULT                results, read by the master
+    geventsched:reply:<client>    results for one waiting client
+    geventsched:wakeup            "the intake has new jobs", read by the master
+
+Keys:
+
+    geventsched:seq               INCR counter for job ids
+    geventsched:jobs              hash  id -> encoded job (queued or in flight)
+    geventsched:intake            list  ids waiting for the master, oldest first
+    geventsched:inflight          zset  id -> deadline (unix seconds) of dispatched jobs
+    geventsched:attempts          hash  id -> dispatch attempts so far
+    geventsched:dead              list  ids of dead-lettered jobs
+    geventsched:result:<id>       string, encoded result, with a TTL
+    geventsched:finished          hash  status -> count of jobs finished (each job once)
+    geventsched:workers           set   ids of registered workers
+    geventsched:worker:<id>       string, the worker's heartbeat (JSON), expires when it stops beating
+    geventsched:channels          hash  channel -> id of the worker holding it (the channel lease)
+    geventsched:master            string, id of the active master (lease with a TTL)
+"""
+
+DISPATCH_PREFIX = "CHANNEL_DISPATCH_"
+
+
+class Keys:
+    """Names for one namespace. Build every key and channel through this class."""
+
+    def __init__(self, namespace=""):
+        self.namespace = namespace
+        self.prefix = f"{namespace}:" if namespace else ""
+        own = f"{self.prefix}geventsched:"
+        self.own = own
+        self.result_channel = f"{self.prefix}CHANNEL_RESULT"
+        self.wakeup_channel = own + "wakeup"
+        self.seq = own + "seq"
+        self.jobs = own + "jobs"
+        self.intake = own + "intake"
+        self.inflight = own + "inflight"
+        self.attempts = own + "attempts"
+        self.dead = own + "dead"
+        self.result_prefix = own + "result:"
+        self.finished = own + "finished"
+        self.workers = own + "workers"
+        self.worker_prefix = own + "worker:"
+        self.channels = own + "channels"
+        self.master = own + "master"
+
+    def dispatch_channel(self, name):
+        """``name`` is a channel number or a full channel name (from ``--channels``)."""
+        name = str(name)
+        if name.isdigit():
+            name = DISPATCH_PREFIX + name
+        return self.prefix + name
+
+    def result(self, job_id):
+        return self.result_prefix + job_id
+
+    def worker(self, worker_id):
+        return self.worker_prefix + worker_id
+
+    def reply_channel(self, client_id):
+        return f"{self.own}reply:{client_id}"

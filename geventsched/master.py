@@ -1,0 +1,347 @@
+"""The master: takes jobs from the intake, picks a channel for each, publishes, and collects results.
+
+Greenlets:
+
+* dispatcher  claims as many jobs as the channels have room for (one script call per batch: in-flight
+              record and deadline written before anything is published), picks a channel per job
+              with the strategy, and publishes the batch in one write. ``PUBLISH`` = 0 means nobody
+              is subscribed there: the job goes back to the front of the line and the channel sits
+              out until discovery (or, for static channels, a short cool-down) brings it back.
+* collector   reads CHANNEL_RESULT (and the intake's wake-up channel) through hiredis; each result
+              frees its channel's slot. Results for jobs it does not know are counted and ignored.
+* discovery   once a second: live workers and the channels they hold; a worker that stopped
+              heartbeating loses its channels and its in-flight jobs go back to the intake.
+* reaper      once a second: in-flight jobs past their deadline go back to the intake, or to the
+              dead-letter list after the last attempt.
+
+The master keeps only soft state in memory (which channel holds which job); everything a restart
+needs is in Redis (``store.py``).
+"""
+
+import logging
+import signal
+import time
+from collections import deque
+
+import gevent
+from gevent.event import Event
+
+from geventsched import transport
+from geventsched.dispatch import ChannelTable, get_strategy
+from geventsched.errors import DecodeError
+from geventsched.hooks import MasterHooks, guarded
+from geventsched.keys import Keys
+from geventsched.protocol import JsonCodec, error_result, make_codec
+from geventsched.store import Store
+
+log = logging.getLogger(__name__)
+
+#: A static channel that answered PUBLISH = 0 sits out this long.
+COOL_DOWN = 0.5
+
+
+class Master:
+    def __init__(self, config, client, hooks=None):
+        self.config = config
+        self.client = client
+        self.hooks = guarded(hooks, MasterHooks)
+        self.keys = Keys(config.namespace)
+        self.store = Store(client, self.keys, config.result_ttl)
+        self.codec = make_codec(config.codec, max_payload=config.max_payload)
+        self.stored = JsonCodec(max_payload=config.max_payload)  # jobs in Redis are always JSON
+        self.raw = config.codec == "raw"
+        self.strategy = get_strategy(config.strategy)
+        self.table = ChannelTable()
+        self.pending = deque()  # claimed jobs waiting for a channel
+        self.in_flight = {}  # job id -> (job, channel)
+        self.workers = {}  # worker id -> last heartbeat
+        self._static = [self.keys.dispatch_channel(c) for c in config.channels]
+        self._benched = {}  # static channel name -> (time it may come back, cap)
+        self._stale = False  # a discovered channel answered PUBLISH = 0: ask Redis again
+        self._wake = Event()
+        self._stop = Event()
+        self._greenlets = []
+        self._subscriber = None
+        self._pipe = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self):
+        self._subscriber = self._subscribe()
+        self._pipe = transport.Pipe(self.client)
+        for name in self._static:
+            self.table.add(name.encode(), None, self.config.prefetch or self.config.static_prefetch)
+        if not self._static:
+            self._discover()
+        self._greenlets = [gevent.spawn(self._collect_loop), gevent.spawn(self._dispatch_loop),
+                           gevent.spawn(self._every, self.config.reap_interval, self._reap)]
+        if not self._static:
+            self._greenlets.append(gevent.spawn(self._every, self.config.discovery_interval, self._discover))
+        log.info("master: %d channels, strategy %s, codec %s", len(self.table), self.config.strategy,
+                 self.codec.name)
+
+    def run(self):
+        """Start and serve until SIGTERM/SIGINT. Returns the exit code."""
+        self.start()
+        handlers = [gevent.signal_handler(sig, self._stop.set) for sig in (signal.SIGTERM, signal.SIGINT)]
+        try:
+            self._stop.wait()
+        finally:
+            for handler in handlers:
+                handler.cancel()
+            self.stop()
+        return 0
+
+    def stop(self):
+        """Stop the loops. Jobs in flight stay recorded in Redis for the next master."""
+        self._stop.set()
+        self._wake.set()
+        gevent.killall(self._greenlets, timeout=5)
+        for conn in (self._subscriber, self._pipe):
+            if conn is not None:
+                conn.close()
+        log.info("master: stopped with %d jobs in flight", len(self.in_flight))
+
+    def _every(self, interval, step):
+        while not self._stop.wait(interval):
+            try:
+                step()
+            except transport.RedisError as exc:
+                log.warning("master: %s failed: %s", step.__name__.strip("_"), transport.describe(exc))
+
+    # -- dispatching -----------------------------------------------------------------------------
+
+    def _dispatch_loop(self):
+        delay = 0.1
+        while not self._stop.is_set():
+            self._wake.clear()
+            try:
+                self._claim()
+                progressed = self._dispatch()
+                delay = 0.1
+            except transport.ConnectionLost as exc:
+                log.warning("master: dispatch connection lost (%s); reconnecting in %.1fs",
+                            transport.describe(exc), delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 5.0)
+                self._reconnect_pipe()
+                continue
+            except transport.RedisError as exc:
+                log.warning("master: dispatch failed: %s", transport.describe(exc))
+                self._stop.wait(delay)
+                continue
+            if not progressed:
+                # Nothing to send, or no room: sleep until a result, a wake-up or a new channel.
+                self._wake.wait(1.0)
+
+    def _claim(self):
+        room = self.table.free_slots() - len(self.pending)
+        if room <= 0:
+            return
+        for job_id, body, attempt in self.store.claim(min(room, self.config.claim_batch),
+                                                      self.config.default_timeout):
+            try:
+                job = self.stored.decode_job(body)
+            except DecodeError as exc:
+                log.error("master: job %s in the intake is unreadable (%s); recording it as failed", job_id, exc)
+                self.store.finish([(job_id, "error", self.stored.encode_result(error_result(
+                    _Unreadable(job_id), "error", "DecodeError", str(exc))), "")], announce=False)
+                continue
+            old = self.in_flight.pop(job_id, None)
+            if old is not None:  # handed back by its worker, or re-queued: its old slot is free
+                self.table.release(old[1])
+            if attempt == 1:
+                self.hooks.on_submitted(job)
+            self.pending.append(job)
+
+    def _dispatch(self):
+        """Publish pending jobs to channels with room. Returns True if any job was sent."""
+        pending, table, choose = self.pending, self.table, self.strategy
+        encode, in_flight = self.codec.encode_job, self.in_flight
+        sent, chunks = [], []
+        while pending:
+            job = pending[0]
+            channel = choose(table, job)
+            if channel is None:
+                break
+            pending.popleft()
+            table.acquire(channel)
+            in_flight[job.id] = (job, channel)
+            sent.append((job, channel))
+            chunks.append(transport.pack_publish(channel.name, encode(job)))
+        if not sent:
+            return False
+        replies = self._pipe.call(b"".join(chunks), len(sent))
+        now = time.time()
+        missed = []
+        for (job, channel), receivers in zip(sent, replies):
+            if receivers and not transport.is_error(receivers):
+                self.hooks.on_dispatched(job, now - job.submitted_at)
+                continue
+            reason = "redis_error" if transport.is_error(receivers) else "no_subscriber"
+            self.hooks.on_dispatch_failed(reason)
+            if self.in_flight.pop(job.id, None) is not None:
+                table.release(channel)
+            missed.append(job)
+            self._bench(channel, reason, receivers)
+        pending.extendleft(reversed(missed))
+        return len(missed) < len(sent)
+
+    def _bench(self, channel, reason, reply):
+        if channel.name not in self.table:
+            return
+        if reason == "redis_error":
+            log.warning("master: PUBLISH to %s failed: %s", channel.name.decode(), reply)
+        self.table.remove(channel.name)
+        self._stale = True
+        if self._static:
+            self._benched[channel.name] = (time.monotonic() + COOL_DOWN, channel.cap)
+            gevent.spawn_later(COOL_DOWN, self._unbench, channel.name)
+
+    def _unbench(self, name):
+        _, cap = self._benched.pop(name, (0, 0))
+        if cap and not self._stop.is_set():
+            self.table.add(name, None, cap)
+            self._wake.set()
+
+    def _reconnect_pipe(self):
+        self._pipe.close()
+        try:
+            self._pipe = transport.Pipe(self.client)
+            self.hooks.on_reconnect("dispatch")
+        except (transport.RedisError, OSError) as exc:
+            log.warning("master: reconnect failed: %s", transport.describe(exc))
+
+    # -- collecting ------------------------------------------------------------------------------
+
+    def _subscribe(self):
+        subscriber = transport.Subscriber(self.client)
+        subscriber.subscribe([self.keys.result_channel, self.keys.wakeup_channel])
+        return subscriber
+
+    def _collect_loop(self):
+        wakeup = self.keys.wakeup_channel.encode()
+        while not self._stop.is_set():
+            try:
+                messages = self._subscriber.read()
+            except transport.ConnectionLost as exc:
+                self._resubscribe(exc)
+                continue
+            raw_results = []
+            for channel, data in messages:
+                if channel == wakeup:
+                    continue
+                self._collect(data, raw_results)
+            if raw_results:
+                self._record_raw(raw_results)
+            self._wake.set()
+
+    def _collect(self, data, raw_results):
+        try:
+            result = self.codec.decode_result(data)
+        except DecodeError as exc:
+            log.warning("master: ignored an unreadable result: %s", exc)
+            self.hooks.on_unknown_result()
+            return
+        entry = self.in_flight.pop(result.id, None)
+        if entry is None:
+            self.hooks.on_unknown_result()
+            return
+        job, channel = entry
+        self.table.release(channel)
+        if self.raw:
+            raw_results.append((job.id, "ok", self.stored.encode_result(result), job.reply))
+        self.hooks.on_finished(job, result.status, time.time() - job.submitted_at)
+
+    def _record_raw(self, results):
+        """The original slaves record nothing: in raw mode the master writes their results."""
+        try:
+            self.store.finish(results, announce=False)
+        except transport.RedisError as exc:
+            log.warning("master: recording %d raw results failed: %s", len(results), transport.describe(exc))
+
+    def _resubscribe(self, exc):
+        log.warning("master: lost the result connection (%s); reconnecting", transport.describe(exc))
+        self._subscriber.close()
+        delay = 0.1
+        while not self._stop.is_set():
+            try:
+                self._subscriber = self._subscribe()
+                self.hooks.on_reconnect("collector")
+                return
+            except (transport.RedisError, OSError) as exc:
+                log.warning("master: reconnect failed (%s), next try in %.1fs", transport.describe(exc), delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 5.0)
+
+    # -- housekeeping ----------------------------------------------------------------------------
+
+    def _reap(self):
+        requeued, dead = self.store.reap(self.config.max_attempts)
+        for job_id in requeued:
+            self._forget(job_id)
+        if requeued:
+            log.warning("master: %d jobs passed their deadline, re-queued", len(requeued))
+            self.hooks.on_redispatched("deadline", len(requeued))
+            self._wake.set()
+        for job_id in dead:
+            job = self._forget(job_id)
+            if job is not None:
+                self.hooks.on_finished(job, "dead", time.time() - job.submitted_at)
+        if dead:
+            log.warning("master: %d jobs ran out of attempts, dead-lettered", len(dead))
+
+    def _forget(self, job_id):
+        entry = self.in_flight.pop(job_id, None)
+        if entry is None:
+            return None
+        self.table.release(entry[1])
+        return entry[0]
+
+    def _discover(self):
+        workers = self.store.workers()
+        gone = [w for w, beat in workers.items() if beat is None]
+        for worker_id in gone:
+            self._lose_worker(worker_id)
+        live = {w: beat for w, beat in workers.items() if beat is not None}
+        if live.keys() != self.workers.keys() or gone or self._stale:
+            self._stale = False
+            self._refresh_channels(live)
+        self.workers = live
+
+    def _lose_worker(self, worker_id):
+        log.warning("master: worker %s stopped heartbeating; taking its channels away", worker_id)
+        self.store.release_worker(worker_id)
+        lost = [job_id for job_id, (_, ch) in self.in_flight.items() if ch.worker == worker_id]
+        for job_id in lost:
+            self._forget(job_id)
+        n = self.store.requeue(lost)
+        if n:
+            self.hooks.on_redispatched("worker_lost", n)
+
+    def _refresh_channels(self, live):
+        owners = self.store.channel_owners()
+        held = {}
+        for channel, worker_id in owners.items():
+            beat = live.get(worker_id)
+            if beat is not None:
+                held[channel.encode()] = (worker_id, self._cap(beat))
+        for name in [c.name for c in self.table.order if c.name not in held]:
+            self.table.remove(name)
+        for name, (worker_id, cap) in held.items():
+            self.table.add(name, worker_id, cap)
+        log.info("master: %d workers, %d channels", len(live), len(self.table))
+        self._wake.set()
+
+    def _cap(self, beat):
+        if self.config.prefetch:
+            return self.config.prefetch
+        return max(1, int(beat.get("capacity", 100)) // max(1, int(beat.get("channels", 1))))
+
+
+class _Unreadable:
+    """Stands in for a job whose stored record could not be decoded, to build its error result."""
+
+    def __init__(self, job_id):
+        self.id = job_id
+        self.task = ""

@@ -1,0 +1,203 @@
+"""Jobs and results, and the codecs that turn them into bytes and back. Pure: no Redis here.
+
+The default codec ``json`` (version 1) is self-describing JSON with a ``"v"`` field::
+
+    job:    {"v": 1, "id": "42", "task": "echo", "args": [1], "kwargs": {}, "timeout": 300.0,
+             "reply": "geventsched:reply:ab12", "ts": 1767225600.123}
+    result: {"v": 1, "id": "42", "task": "echo", "status": "ok", "value": 1}
+            {"v": 1, "id": "42", "task": "fail", "status": "error",
+             "error": {"type": "RuntimeError", "message": "boom", "traceback": "..."}}
+
+The ``raw`` codec speaks the original design's protocol: a dispatch message is the bare job id, and
+the worker publishes the same bytes back as the result.
+
+Nothing here ever unpickles: decoding only builds plain JSON values.
+"""
+
+import json
+from dataclasses import dataclass, field, replace
+
+from geventsched.errors import DecodeError
+
+VERSION = 1
+STATUSES = ("ok", "error", "timeout", "dead")
+DEFAULT_MAX_PAYLOAD = 1 << 20  # 1 MiB, ``--max-payload``
+
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+_loads = json.loads
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    id: str
+    task: str
+    args: list = field(default_factory=list)
+    kwargs: dict = field(default_factory=dict)
+    timeout: float | None = None
+    reply: str | None = None
+    submitted_at: float = 0.0
+    #: Affinity key for ``--strategy hash`` (the job id when not set).
+    key: str | None = None
+    #: The message as it arrived, for codecs (raw) whose reply repeats it.
+    payload: bytes | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    id: str
+    status: str
+    value: object = None
+    error: dict | None = None
+    task: str = ""
+    #: True for results of the raw codec: ``value`` is the payload text as it came back.
+    raw: bool = False
+
+    @property
+    def ok(self):
+        return self.status == "ok"
+
+
+def error_result(job, status, exc_type, message, traceback=""):
+    return Result(job.id, status, error={"type": exc_type, "message": message, "traceback": traceback},
+                  task=job.task)
+
+
+class JsonCodec:
+    """Versioned JSON, JSON-compatible values only."""
+
+    name = "json"
+
+    def __init__(self, max_payload=DEFAULT_MAX_PAYLOAD):
+        self.max_payload = max_payload
+
+    def encode_job(self, job):
+        doc = {"v": VERSION, "id": job.id, "task": job.task, "args": job.args, "kwargs": job.kwargs}
+        if job.timeout is not None:
+            doc["timeout"] = job.timeout
+        if job.reply:
+            doc["reply"] = job.reply
+        if job.submitted_at:
+            doc["ts"] = job.submitted_at
+        if job.key:
+            doc["key"] = job.key
+        return _dumps(doc).encode()
+
+    def decode_job(self, data):
+        doc = self._load(data)
+        try:
+            job = Job(doc["id"], doc["task"], doc.get("args", []), doc.get("kwargs", {}),
+                      doc.get("timeout"), doc.get("reply"), doc.get("ts", 0.0), doc.get("key"))
+        except KeyError as exc:
+            raise DecodeError("missing_field", f"job has no {exc.args[0]!r}") from None
+        _check_job(job)
+        return job
+
+    def encode_result(self, result, job=None):
+        doc = {"v": VERSION, "id": result.id, "task": result.task, "status": result.status}
+        if result.error is not None:
+            doc["error"] = result.error
+        else:
+            doc["value"] = result.value
+        if result.raw:
+            doc["raw"] = True
+        return _dumps(doc).encode()
+
+    def decode_result(self, data):
+        doc = self._load(data)
+        try:
+            result = Result(doc["id"], doc["status"], doc.get("value"), doc.get("error"),
+                            doc.get("task", ""), bool(doc.get("raw", False)))
+        except KeyError as exc:
+            raise DecodeError("missing_field", f"result has no {exc.args[0]!r}") from None
+        if not isinstance(result.id, str) or result.status not in STATUSES:
+            raise DecodeError("bad_field", "result id must be a string and status one of " + "/".join(STATUSES))
+        return result
+
+    def _load(self, data):
+        if not data:
+            raise DecodeError("empty", "empty message")
+        if len(data) > self.max_payload:
+            raise DecodeError("too_large", f"{len(data)} bytes > max payload {self.max_payload}")
+        try:
+            doc = _loads(data)
+        except UnicodeDecodeError:
+            raise DecodeError("not_utf8", "message is not UTF-8") from None
+        except ValueError as exc:
+            raise DecodeError("invalid_json", str(exc).splitlines()[0][:120]) from None
+        if not isinstance(doc, dict):
+            raise DecodeError("not_an_object", f"expected a JSON object, got {type(doc).__name__}")
+        version = doc.get("v")
+        if version != VERSION:
+            raise DecodeError("bad_version", f"version {version!r}, this side speaks {VERSION}")
+        return doc
+
+
+def _check_job(job):
+    if not isinstance(job.id, str) or not job.id:
+        raise DecodeError("bad_field", "job id must be a non-empty string")
+    if not isinstance(job.task, str) or not job.task:
+        raise DecodeError("bad_field", "task must be a non-empty string")
+    if not isinstance(job.args, list) or not isinstance(job.kwargs, dict):
+        raise DecodeError("bad_field", "args must be a list and kwargs an object")
+    timeout = job.timeout
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                or not 0 < timeout < 10**9):
+        raise DecodeError("bad_field", "timeout must be a positive number of seconds")
+    if job.reply is not None and not isinstance(job.reply, str):
+        raise DecodeError("bad_field", "reply must be a channel name")
+    if job.key is not None and not isinstance(job.key, str):
+        raise DecodeError("bad_field", "key must be a string")
+    if not isinstance(job.submitted_at, (int, float)):
+        raise DecodeError("bad_field", "ts must be a number")
+
+
+class RawCodec:
+    """The original design's protocol: the message is the job id; the result repeats it."""
+
+    name = "raw"
+
+    def __init__(self, task="echo", max_payload=DEFAULT_MAX_PAYLOAD):
+        self.task = task
+        self.max_payload = max_payload
+
+    def encode_job(self, job):
+        return job.id.encode()
+
+    def decode_job(self, data):
+        if not data:
+            raise DecodeError("empty", "empty message")
+        if len(data) > self.max_payload:
+            raise DecodeError("too_large", f"{len(data)} bytes > max payload {self.max_payload}")
+        try:
+            text = data.decode()
+        except UnicodeDecodeError:
+            raise DecodeError("not_utf8", "message is not UTF-8") from None
+        return Job(text, self.task, [text], payload=data)
+
+    def encode_result(self, result, job=None):
+        # The original master only knows the id it sent: echo the message whatever the task returned.
+        return job.payload if job is not None and job.payload is not None else result.id.encode()
+
+    def decode_result(self, data):
+        if not data:
+            raise DecodeError("empty", "empty message")
+        try:
+            text = data.decode()
+        except UnicodeDecodeError:
+            raise DecodeError("not_utf8", "message is not UTF-8") from None
+        return Result(text, "ok", text, raw=True)
+
+
+CODECS = {"json": JsonCodec, "raw": RawCodec}
+
+
+def make_codec(name, raw_task="echo", max_payload=DEFAULT_MAX_PAYLOAD):
+    if name == "raw":
+        return RawCodec(raw_task, max_payload)
+    if name == "json":
+        return JsonCodec(max_payload)
+    raise ValueError(f"unknown codec {name!r} (choose from {', '.join(CODECS)})")
+
+
+def with_reply(job, reply):
+    return replace(job, reply=reply)

@@ -1,0 +1,97 @@
+"""Task registration. Only functions registered here can run on a worker.
+
+    from geventsched.registry import App
+    app = App()
+
+    @app.task
+    def add(a, b):              # registered as "mymodule.add"
+        return a + b
+
+    @app.task(name="resize", timeout=30)
+    def resize(path): ...
+
+``geventsched worker --app mymodule`` imports the module and runs every ``App`` found in it.
+"""
+
+import importlib
+from dataclasses import dataclass
+
+from geventsched.errors import ConfigError
+
+DEFAULT_TIMEOUT = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    name: str
+    fn: object
+    timeout: float | None = DEFAULT_TIMEOUT
+
+
+class App:
+    """A set of tasks. Decorating a function with ``@app.task`` registers it and returns it unchanged."""
+
+    def __init__(self, prefix=None):
+        self.prefix = prefix
+        self.tasks = {}
+
+    def task(self, fn=None, *, name=None, timeout=DEFAULT_TIMEOUT):
+        def register(fn):
+            task_name = name or self._default_name(fn)
+            if task_name in self.tasks and self.tasks[task_name].fn is not fn:
+                raise ConfigError(f"task {task_name!r} is registered twice")
+            self.tasks[task_name] = Task(task_name, fn, timeout)
+            return fn
+
+        return register(fn) if fn is not None else register
+
+    def _default_name(self, fn):
+        if self.prefix is not None:
+            return f"{self.prefix}.{fn.__name__}" if self.prefix else fn.__name__
+        return f"{fn.__module__}.{fn.__qualname__}"
+
+
+class Registry:
+    """The tasks one worker can run, merged from several apps. Lookup is a plain dict access."""
+
+    def __init__(self, apps=()):
+        self.tasks = {}
+        for app in apps:
+            self.add(app)
+
+    def add(self, app):
+        for name, task in app.tasks.items():
+            if name in self.tasks and self.tasks[name].fn is not task.fn:
+                raise ConfigError(f"task {name!r} is defined by two apps")
+            self.tasks[name] = task
+
+    def get(self, name):
+        return self.tasks.get(name)
+
+    def __contains__(self, name):
+        return name in self.tasks
+
+    def names(self):
+        return sorted(self.tasks)
+
+
+def load_apps(module_names):
+    """Import each module and return the ``App`` objects it defines (at module level)."""
+    apps = []
+    for module_name in module_names:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ConfigError(f"cannot import app module {module_name!r}: {exc}") from None
+        found = [value for value in vars(module).values() if isinstance(value, App)]
+        if not found:
+            raise ConfigError(f"module {module_name!r} defines no geventsched App")
+        apps.extend(found)
+    return apps
+
+
+def default_registry(module_names=()):
+    """The built-in tasks plus those of ``module_names``."""
+    from geventsched import builtin
+
+    return Registry([builtin.app, *load_apps(module_names)])

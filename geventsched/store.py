@@ -1,0 +1,325 @@
+"""Durable job state in Redis: the source of truth that pub/sub messages only announce.
+
+Every multi-key change is one Lua script over a whole batch, so a batch of jobs costs one round trip
+and a crash can never leave half of a change behind. Key layout: see ``keys.py``.
+
+A job's life::
+
+    submit   HSET jobs id body; RPUSH intake id; PUBLISH wakeup       (Client)
+    claim    LPOP intake n; ZADD inflight deadline id; HINCRBY attempts   (Master, one script per batch)
+    finish   SET result:id NX EX ttl -> if new: HINCRBY finished status; ZREM inflight; HDEL jobs;
+             PUBLISH reply; and PUBLISH CHANNEL_RESULT                (Worker, one script per batch)
+    reap     in flight past its deadline -> back to the intake, or dead after the last attempt
+                                                                      (Master, once a second)
+
+``SET result NX`` makes the first result the only one recorded, so a job that ran twice (its worker
+was thought dead, or its deadline passed while it still ran) is counted once.
+"""
+
+import json
+import time
+
+DEFAULT_RESULT_TTL = 24 * 3600
+#: Extra time past a job's own timeout before the master thinks it lost: covers time queued on the worker.
+DEADLINE_SLACK = 30.0
+
+_CLAIM = """
+-- KEYS: intake, jobs, inflight, attempts; ARGV: count, now, default_timeout, slack
+local ids = redis.call('LPOP', KEYS[1], ARGV[1])
+local out = {}
+if not ids then return out end
+local now, default_timeout, slack = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+for _, id in ipairs(ids) do
+  local body = redis.call('HGET', KEYS[2], id)
+  if body then
+    local ok, job = pcall(cjson.decode, body)
+    local timeout = default_timeout
+    if ok and type(job) == 'table' and type(job.timeout) == 'number' then timeout = job.timeout end
+    redis.call('ZADD', KEYS[3], now + timeout + slack, id)
+    local attempt = redis.call('HINCRBY', KEYS[4], id, 1)
+    out[#out + 1] = id
+    out[#out + 1] = body
+    out[#out + 1] = attempt
+  end
+end
+return out
+"""
+
+_FINISH = """
+-- KEYS: finished, inflight, jobs, attempts
+-- ARGV: result_prefix, ttl, result_channel ('' = do not announce to the master),
+--       then id, status, payload, reply for each result
+local prefix, ttl, channel = ARGV[1], ARGV[2], ARGV[3]
+local recorded = 0
+for i = 4, #ARGV, 4 do
+  local id, status, payload, reply = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  if redis.call('SET', prefix .. id, payload, 'NX', 'EX', ttl) then
+    recorded = recorded + 1
+    redis.call('HINCRBY', KEYS[1], status, 1)
+    redis.call('ZREM', KEYS[2], id)
+    redis.call('HDEL', KEYS[3], id)
+    redis.call('HDEL', KEYS[4], id)
+    if reply ~= '' then redis.call('PUBLISH', reply, payload) end
+  end
+  if channel ~= '' then redis.call('PUBLISH', channel, payload) end
+end
+return recorded
+"""
+
+_REAP = """
+-- KEYS: inflight, jobs, attempts, intake, dead, finished
+-- ARGV: now, limit, max_attempts, result_prefix, ttl
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+local max_attempts = tonumber(ARGV[3])
+local requeued, dead = {}, {}
+for _, id in ipairs(ids) do
+  redis.call('ZREM', KEYS[1], id)
+  local body = redis.call('HGET', KEYS[2], id)
+  if body and redis.call('EXISTS', ARGV[4] .. id) == 0 then
+    local attempts = tonumber(redis.call('HGET', KEYS[3], id) or '0')
+    if attempts < max_attempts then
+      redis.call('LPUSH', KEYS[4], id)
+      requeued[#requeued + 1] = id
+    else
+      local ok, job = pcall(cjson.decode, body)
+      if not ok or type(job) ~= 'table' then job = {} end
+      local result = cjson.encode({v = 1, id = id, task = job.task or '', status = 'dead',
+        error = {type = 'DeadLetter', message = 'no result after ' .. attempts .. ' attempts',
+                 traceback = ''}})
+      redis.call('SET', ARGV[4] .. id, result, 'EX', ARGV[5])
+      redis.call('RPUSH', KEYS[5], id)
+      redis.call('HINCRBY', KEYS[6], 'dead', 1)
+      if type(job.reply) == 'string' and job.reply ~= '' then redis.call('PUBLISH', job.reply, result) end
+      dead[#dead + 1] = id
+    end
+  end
+end
+return {requeued, dead}
+"""
+
+_REQUEUE = """
+-- KEYS: inflight, intake, result_prefix is ARGV[1]; ARGV[2..]: ids handed back
+local n = 0
+for i = 2, #ARGV do
+  local id = ARGV[i]
+  if redis.call('ZREM', KEYS[1], id) == 1 and redis.call('EXISTS', ARGV[1] .. id) == 0 then
+    redis.call('LPUSH', KEYS[2], id)
+    n = n + 1
+  end
+end
+return n
+"""
+
+_REQUEUE_DEAD = """
+-- KEYS: dead, jobs, intake, attempts, finished; ARGV: result_prefix, task ('' = any)
+local ids = redis.call('LRANGE', KEYS[1], 0, -1)
+local n = 0
+for _, id in ipairs(ids) do
+  local body = redis.call('HGET', KEYS[2], id)
+  local match = ARGV[2] == ''
+  if body and not match then
+    local ok, job = pcall(cjson.decode, body)
+    match = ok and type(job) == 'table' and job.task == ARGV[2]
+  end
+  if match then
+    redis.call('LREM', KEYS[1], 1, id)
+    if body then
+      redis.call('DEL', ARGV[1] .. id)
+      redis.call('HDEL', KEYS[4], id)
+      redis.call('HINCRBY', KEYS[5], 'dead', -1)
+      redis.call('RPUSH', KEYS[3], id)
+      n = n + 1
+    end
+  end
+end
+return n
+"""
+
+_CLAIM_CHANNELS = """
+-- KEYS: channels, workers, worker_key; ARGV: worker_id, heartbeat, ttl, worker_prefix, channel...
+local me = ARGV[1]
+for i = 5, #ARGV do
+  local owner = redis.call('HGET', KEYS[1], ARGV[i])
+  if owner and owner ~= me and redis.call('EXISTS', ARGV[4] .. owner) == 1 then
+    return {ARGV[i], owner}
+  end
+end
+for i = 5, #ARGV, 1000 do
+  local batch = {}
+  for j = i, math.min(i + 999, #ARGV) do
+    batch[#batch + 1] = ARGV[j]
+    batch[#batch + 1] = me
+  end
+  redis.call('HSET', KEYS[1], unpack(batch))
+end
+redis.call('SADD', KEYS[2], me)
+redis.call('SET', KEYS[3], ARGV[2], 'EX', ARGV[3])
+return {}
+"""
+
+_RELEASE_WORKER = """
+-- KEYS: channels, workers, worker_key; ARGV: worker_id
+local me = ARGV[1]
+local owned = redis.call('HGETALL', KEYS[1])
+local mine = {}
+for i = 1, #owned, 2 do
+  if owned[i + 1] == me then mine[#mine + 1] = owned[i] end
+end
+for i = 1, #mine, 1000 do
+  redis.call('HDEL', KEYS[1], unpack(mine, i, math.min(i + 999, #mine)))
+end
+redis.call('SREM', KEYS[2], me)
+redis.call('DEL', KEYS[3])
+return #mine
+"""
+
+
+class Store:
+    """Batched operations on the durable state of one namespace. ``client`` is a redis-py client."""
+
+    def __init__(self, client, keys, result_ttl=DEFAULT_RESULT_TTL):
+        self.client = client
+        self.keys = keys
+        self.result_ttl = int(result_ttl)
+        register = client.register_script
+        self._claim = register(_CLAIM)
+        self._finish = register(_FINISH)
+        self._reap = register(_REAP)
+        self._requeue = register(_REQUEUE)
+        self._requeue_dead = register(_REQUEUE_DEAD)
+        self._claim_channels = register(_CLAIM_CHANNELS)
+        self._release_worker = register(_RELEASE_WORKER)
+
+    # -- client side ---------------------------------------------------------------------------
+
+    def new_ids(self, count):
+        """``count`` fresh job ids (decimal strings, as the original design's ids were)."""
+        last = self.client.incrby(self.keys.seq, count)
+        return [str(n) for n in range(last - count + 1, last + 1)]
+
+    def submit(self, encoded):
+        """Enqueue ``[(id, body), ...]`` atomically and wake the master."""
+        k = self.keys
+        pipe = self.client.pipeline(transaction=True)
+        for i in range(0, len(encoded), 1000):
+            chunk = encoded[i:i + 1000]
+            pipe.hset(k.jobs, mapping=dict(chunk))
+            pipe.rpush(k.intake, *[job_id for job_id, _ in chunk])
+        pipe.publish(k.wakeup_channel, b"1")
+        pipe.execute()
+
+    def get_results(self, ids):
+        """Stored results for ``ids`` (None where there is none yet)."""
+        prefix = self.keys.result_prefix
+        out = []
+        for i in range(0, len(ids), 1000):
+            out.extend(self.client.mget([prefix + job_id for job_id in ids[i:i + 1000]]))
+        return out
+
+    # -- master side ---------------------------------------------------------------------------
+
+    def claim(self, count, default_timeout, slack=DEADLINE_SLACK, now=None):
+        """Move up to ``count`` jobs from the intake to in-flight. Returns ``[(id, body, attempt), ...]``."""
+        k = self.keys
+        flat = self._claim(keys=[k.intake, k.jobs, k.inflight, k.attempts],
+                           args=[count, now or time.time(), default_timeout, slack])
+        return [(flat[i].decode(), flat[i + 1], int(flat[i + 2])) for i in range(0, len(flat), 3)]
+
+    def reap(self, max_attempts, limit=1000, now=None):
+        """Requeue in-flight jobs past their deadline; dead-letter those out of attempts.
+
+        Returns ``(requeued_ids, dead_ids)``.
+        """
+        k = self.keys
+        requeued, dead = self._reap(
+            keys=[k.inflight, k.jobs, k.attempts, k.intake, k.dead, k.finished],
+            args=[now or time.time(), limit, max_attempts, k.result_prefix, self.result_ttl])
+        return [i.decode() for i in requeued], [i.decode() for i in dead]
+
+    def requeue(self, ids):
+        """Hand in-flight jobs back to the intake (their worker is gone). Returns how many went back."""
+        if not ids:
+            return 0
+        k = self.keys
+        total = 0
+        for i in range(0, len(ids), 1000):
+            total += self._requeue(keys=[k.inflight, k.intake], args=[k.result_prefix, *ids[i:i + 1000]])
+        if total:
+            self.client.publish(k.wakeup_channel, b"1")
+        return total
+
+    # -- worker side ---------------------------------------------------------------------------
+
+    def finish(self, results, announce=True):
+        """Record ``[(id, status, payload, reply), ...]``; the first result per job wins.
+
+        With ``announce`` each payload is also published on CHANNEL_RESULT for the master.
+        Returns how many results were new.
+        """
+        k = self.keys
+        args = [k.result_prefix, self.result_ttl, k.result_channel if announce else ""]
+        for job_id, status, payload, reply in results:
+            args += (job_id, status, payload, reply or "")
+        return self._finish(keys=[k.finished, k.inflight, k.jobs, k.attempts], args=args)
+
+    def finish_args(self, announce=True):
+        """The leading arguments of the finish script, for callers that pack their own EVALSHA."""
+        k = self.keys
+        return [k.result_prefix, str(self.result_ttl), k.result_channel if announce else ""]
+
+    def register_worker(self, worker_id, heartbeat, ttl, channels):
+        """Claim ``channels`` for ``worker_id``. Returns None, or ``(channel, owner)`` of a conflict."""
+        k = self.keys
+        conflict = self._claim_channels(
+            keys=[k.channels, k.workers, k.worker(worker_id)],
+            args=[worker_id, heartbeat, int(ttl), k.worker_prefix, *channels])
+        return tuple(x.decode() for x in conflict) or None
+
+    def heartbeat(self, worker_id, heartbeat, ttl):
+        """Refresh a registration. False when it is gone (Redis lost it, or we were thought dead)."""
+        return bool(self.client.set(self.keys.worker(worker_id), heartbeat, ex=int(ttl), xx=True))
+
+    def release_worker(self, worker_id):
+        """Drop a worker's registration and channel leases. Returns how many channels it held."""
+        k = self.keys
+        return self._release_worker(keys=[k.channels, k.workers, k.worker(worker_id)], args=[worker_id])
+
+    def workers(self):
+        """``{worker_id: heartbeat dict or None}`` for every registered worker (None = stopped beating)."""
+        ids = sorted(i.decode() for i in self.client.smembers(self.keys.workers))
+        beats = self.client.mget([self.keys.worker(i) for i in ids]) if ids else []
+        return {i: _load_json(beat) for i, beat in zip(ids, beats)}
+
+    def channel_owners(self):
+        return {c.decode(): w.decode() for c, w in self.client.hgetall(self.keys.channels).items()}
+
+    # -- status ----------------------------------------------------------------------------------
+
+    def counts(self):
+        k = self.keys
+        pipe = self.client.pipeline(transaction=False)
+        pipe.llen(k.intake)
+        pipe.zcard(k.inflight)
+        pipe.llen(k.dead)
+        pipe.hgetall(k.finished)
+        queued, in_flight, dead, finished = pipe.execute()
+        totals = {status: 0 for status in ("ok", "error", "timeout", "dead")}
+        totals.update({s.decode(): int(n) for s, n in finished.items()})
+        return {"queued": queued, "in_flight": in_flight, "dead": dead, "finished": totals}
+
+    def requeue_dead(self, task=None):
+        k = self.keys
+        n = self._requeue_dead(keys=[k.dead, k.jobs, k.intake, k.attempts, k.finished],
+                               args=[k.result_prefix, task or ""])
+        if n:
+            self.client.publish(k.wakeup_channel, b"1")
+        return n
+
+
+def _load_json(data):
+    if data is None:
+        return None
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None
