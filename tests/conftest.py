@@ -1,0 +1,127 @@
+from gevent import monkey
+
+monkey.patch_all()  # before anything imports socket
+
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import uuid  # noqa: E402
+
+import pytest  # noqa: E402
+import redis  # noqa: E402
+
+from geventsched.embedded import EmbeddedRedis  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """A private Redis for the whole session (redis-server on PATH, else the embedded binary).
+
+    GEVENTSCHED_TEST_REDIS_URL points the suite at a server of your own instead.
+    """
+    url = os.environ.get("GEVENTSCHED_TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    with EmbeddedRedis() as server:
+        yield server.url
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    return redis_server
+
+
+@pytest.fixture
+def r(redis_url):
+    client = redis.Redis.from_url(redis_url, protocol=2)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def namespace(r):
+    """A fresh key namespace per test; its keys are deleted afterwards."""
+    ns = f"gs-test-{uuid.uuid4().hex[:12]}"
+    yield ns
+    keys = list(r.scan_iter(match=f"{ns}:*", count=1000))
+    for i in range(0, len(keys), 1000):
+        r.delete(*keys[i:i + 1000])
+
+
+def wait_until(predicate, timeout=10.0, interval=0.02, message="condition"):
+    """Poll ``predicate`` until it is truthy; fail the test after ``timeout`` seconds (a hang guard)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+class Proc:
+    """A geventsched command in a subprocess, with its output in a file for post-mortems."""
+
+    def __init__(self, args, env=None, cwd=None, log_path=None):
+        self.args = args
+        self.log_path = log_path
+        self.log = open(log_path, "w+b")
+        self.process = subprocess.Popen([sys.executable, "-m", "geventsched", *args], stdout=self.log,
+                                        stderr=subprocess.STDOUT, env=env, cwd=cwd)
+
+    def output(self):
+        self.log.flush()
+        with open(self.log_path, "rb") as f:
+            return f.read().decode(errors="replace")
+
+    def signal(self, sig):
+        self.process.send_signal(sig)
+
+    def wait(self, timeout=30):
+        return self.process.wait(timeout)
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self.log.close()
+
+
+@pytest.fixture
+def spawn(redis_url, namespace, tmp_path):
+    """``spawn("worker", "--channels", "3")`` runs a geventsched command against this test's Redis
+    and namespace; every process is killed at the end of the test."""
+    procs = []
+
+    def start(*args, namespaced=True, env=None, cwd=None):
+        full = [args[0], "--redis-url", redis_url, *(["--namespace", namespace] if namespaced else []),
+                *args[1:]]
+        environ = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                   **(env or {})}
+        proc = Proc(full, env=environ, cwd=cwd, log_path=tmp_path / f"{args[0]}-{len(procs)}.log")
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.stop()
+
+
+def run_cli(*args, input=None, env=None, timeout=60):
+    """Run ``python -m geventsched ARGS`` to completion; returns the CompletedProcess."""
+    environ = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "geventsched", *args], input=input, capture_output=True,
+                          text=True, env=environ, timeout=timeout)
+
+
+def workers_registered(r, namespace, count=1):
+    from geventsched.keys import Keys
+
+    keys = Keys(namespace)
+    return lambda: r.scard(keys.workers) >= count and all(
+        r.exists(keys.worker(w.decode())) for w in r.smembers(keys.workers))
