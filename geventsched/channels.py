@@ -13,7 +13,7 @@ def parse_channels(spec):
     spec = (spec or "").strip()
     if not spec:
         raise ConfigError("empty channel spec (expected N, A-B or a comma list)")
-    if spec.isdigit() and "," not in spec:
+    if spec.isdecimal() and spec.isascii() and "," not in spec:
         count = int(spec)
         _check_count(count, spec)
         return [str(n) for n in range(1, count + 1)]
@@ -30,13 +30,13 @@ def parse_channels(spec):
 
 def _expand(part, spec):
     lo, sep, hi = part.partition("-")
-    if sep and lo.isdigit() and hi.isdigit():
+    if sep and _number(lo) and _number(hi):
         lo, hi = int(lo), int(hi)
         if lo < 1 or hi < lo:
             raise ConfigError(f"bad channel range {part!r} in {spec!r}: need 1 <= A <= B")
         _check_count(hi - lo + 1, spec)
         return [str(n) for n in range(lo, hi + 1)]
-    if part.isdigit():
+    if _number(part):
         if int(part) < 1:
             raise ConfigError(f"bad channel number {part!r} in {spec!r}: channels start at 1")
         return [str(int(part))]
@@ -50,3 +50,7 @@ def _check_count(count, spec):
         raise ConfigError(f"bad channel spec {spec!r}: no channels")
     if count > MAX_CHANNELS:
         raise ConfigError(f"bad channel spec {spec!r}: more than {MAX_CHANNELS} channels")
+
+
+def _number(text):
+    return text.isascii() and text.isdecimal()

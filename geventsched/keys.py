@@ -54,7 +54,7 @@ class Keys:
     def dispatch_channel(self, name):
         """``name`` is a channel number or a full channel name (from ``--channels``)."""
         name = str(name)
-        if name.isdigit():
+        if name.isascii() and name.isdecimal():
             name = DISPATCH_PREFIX + name
         return self.prefix + name
 

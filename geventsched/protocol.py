@@ -24,7 +24,15 @@ STATUSES = ("ok", "error", "timeout", "dead")
 DEFAULT_MAX_PAYLOAD = 1 << 20  # 1 MiB, ``--max-payload``
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
-_loads = json.loads
+
+
+def _reject_constant(name):
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _loads(data):
+    # Decode UTF-8 ourselves: json.loads would also guess UTF-16/32 from bytes.
+    return json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +155,7 @@ def _check_job(job):
         raise DecodeError("bad_field", "reply must be a channel name")
     if job.key is not None and not isinstance(job.key, str):
         raise DecodeError("bad_field", "key must be a string")
-    if not isinstance(job.submitted_at, (int, float)):
+    if isinstance(job.submitted_at, bool) or not isinstance(job.submitted_at, (int, float)):
         raise DecodeError("bad_field", "ts must be a number")
 
 

@@ -52,7 +52,8 @@ class Worker:
         self.codec = make_codec(config.codec, config.raw_task, config.max_payload)
         self.raw = config.codec == "raw"
         self.id = config.worker_id
-        self.channels = [self.keys.dispatch_channel(c) for c in config.channels]
+        # "3" and "CHANNEL_DISPATCH_3" name the same channel: subscribe it once.
+        self.channels = list(dict.fromkeys(self.keys.dispatch_channel(c) for c in config.channels))
         self.runners = Runners(config.concurrency, self._execute)
         self._out = []
         self._out_ready = Event()
