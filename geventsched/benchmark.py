@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -79,7 +80,7 @@ def main(args):
               f"({os.path.basename(server.binary)}) on port {server.port}", file=sys.stderr)
         url = server.url
     try:
-        figures = run(url, args.jobs, args.channels, args.concurrency)
+        figures = run(url, args.jobs, args.channels, args.concurrency, args.durability)
     finally:
         if server is not None:
             server.stop()
@@ -90,20 +91,23 @@ def main(args):
     return 0
 
 
-def run(url, jobs, channels, concurrency):
+def run(url, jobs, channels, concurrency, durability="redis"):
     client = transport.connect(url)
     namespace = f"bench-{os.urandom(4).hex()}"
     worker = subprocess.Popen(
         [sys.executable, "-m", "geventsched", "worker", "--redis-url", url, "--namespace", namespace,
          "--channels", str(channels), "--concurrency", str(concurrency), "--metrics-port", "0",
+         "--durability", durability,
          "--log-level", "WARNING"])
     try:
         _wait_for_worker(client, Keys(namespace), worker)
         recorder = Recorder(jobs)
-        master = Master(MasterConfig(namespace=namespace), client, hooks=recorder)
+        master = Master(MasterConfig(namespace=namespace, durability=durability), client, hooks=recorder)
         master.start()
         try:
+            cpu = CpuMeter(client, worker.pid)
             figures = _throughput(client, namespace, recorder, jobs)
+            figures["cpu_us_per_job"] = cpu.per_job(jobs)
             figures["sequential_latency_ms"] = _sequential(client, namespace)
         finally:
             master.stop()
@@ -111,8 +115,40 @@ def run(url, jobs, channels, concurrency):
         worker.terminate()
         worker.wait(30)
         _delete_namespace(client, namespace)
-    figures.update(channels=channels, concurrency=concurrency, environment=_environment(client))
+    figures.update(channels=channels, concurrency=concurrency, durability=durability,
+                   environment=_environment(client))
     return figures
+
+
+class CpuMeter:
+    """CPU time spent by this process (master and producer), the worker and Redis since creation.
+
+    On a shared, noisy machine, CPU per job is steadier than jobs per second: it shows where the time
+    goes even when another process steals a core.
+    """
+
+    def __init__(self, client, worker_pid):
+        self.client, self.worker_pid = client, worker_pid
+        self.start = self._read()
+
+    def _read(self):
+        info = self.client.info("cpu")
+        return {"master": sum(resource.getrusage(resource.RUSAGE_SELF)[:2]),
+                "worker": _process_cpu(self.worker_pid),
+                "redis": info["used_cpu_user"] + info["used_cpu_sys"]}
+
+    def per_job(self, jobs):
+        end = self._read()
+        return {k: round((end[k] - self.start[k]) / jobs * 1e6, 2) if end[k] is not None else None for k in end}
+
+
+def _process_cpu(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _wait_for_worker(client, keys, worker, timeout=30.0):
@@ -172,8 +208,9 @@ def report(f):
     lat, seq = f["latency_ms"], f["sequential_latency_ms"]
     return "\n".join([
         f"geventsched bench: {f['jobs']:,} no-op jobs, 1 worker x {f['channels']} channels, "
-        f"concurrency {f['concurrency']} (Redis {f['environment']['redis']}, {f['environment']['cpus']} CPUs)",
+        f"concurrency {f['concurrency']}, durability {f['durability']} (Redis {f['environment']['redis']}, {f['environment']['cpus']} CPUs)",
         f"  throughput   {f['jobs_per_s']:>12,.0f} jobs/s   ({f['seconds']:.3f} s, {f['failed']} failed)",
+        "  cpu per job  " + "   ".join(f"{k} {v} us" for k, v in f["cpu_us_per_job"].items()),
         f"  latency      p50 {lat['p50']:.2f} ms   p90 {lat['p90']:.2f} ms   p99 {lat['p99']:.2f} ms   "
         f"max {lat['max']:.2f} ms   (submit to result, all jobs submitted at once)",
         f"  round trip   p50 {seq['p50']:.2f} ms   p90 {seq['p90']:.2f} ms   p99 {seq['p99']:.2f} ms   "

@@ -78,6 +78,9 @@ def build_parser():
     role = argparse.ArgumentParser(add_help=False)
     role.add_argument("--codec", default="json", choices=["json", "raw"],
                       help="json (versioned, default) or raw (the original design's bare job ids)")
+    role.add_argument("--durability", default="redis", choices=["redis", "none"],
+                      help="redis: at least once, state and results in Redis (default); "
+                           "none: fire-and-forget pub/sub, as in the original design")
     role.add_argument("--metrics-addr", default="0.0.0.0", help="address of the metrics endpoint")
     role.add_argument("--max-payload", type=positive_int, default=1 << 20,
                       help="reject messages larger than this many bytes (default 1 MiB)")
@@ -130,6 +133,7 @@ def build_parser():
     b.add_argument("--jobs", type=positive_int, default=50_000)
     b.add_argument("--channels", type=positive_int, default=100)
     b.add_argument("--concurrency", type=positive_int, default=1000)
+    b.add_argument("--durability", default="redis", choices=["redis", "none"])
     b.add_argument("--json", metavar="FILE", help="write the figures as JSON")
     return parser
 
@@ -169,7 +173,7 @@ def cmd_worker(args):
         sys.path.insert(0, os.getcwd())  # --app mymodule finds ./mymodule.py, as celery -A does
     registry = default_registry(args.app)
     config = WorkerConfig(channels=args.channels, namespace=args.namespace, concurrency=args.concurrency,
-                          codec=args.codec, raw_task=args.raw_task, grace=args.grace,
+                          codec=args.codec, raw_task=args.raw_task, grace=args.grace, durability=args.durability,
                           max_payload=args.max_payload)
     if args.codec == "raw" and args.raw_task not in registry:
         raise UsageError(f"--raw-task {args.raw_task!r} is not a registered task")
@@ -181,6 +185,7 @@ def cmd_master(args):
 
     config = MasterConfig(channels=args.channels, namespace=args.namespace, codec=args.codec,
                           strategy=args.strategy, prefetch=args.prefetch, max_attempts=args.max_attempts,
+                          durability=args.durability,
                           max_payload=args.max_payload)
     return Master(config, _connect(args)).run()
 

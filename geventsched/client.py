@@ -73,6 +73,9 @@ class Client:
         specs = list(specs)
         if not specs:
             return []
+        if reply:
+            # Listen before the jobs exist: without durability a result is only announced, never stored.
+            self._listen()
         ids = self.store.new_ids(len(specs))
         now = time.time()
         timeout = timeout if timeout is not None else self.timeout
@@ -99,9 +102,7 @@ class Client:
 
     def _collect(self, want, timeout):
         deadline = None if timeout is None else time.monotonic() + timeout
-        if self._subscriber is None:
-            self._subscriber = transport.Subscriber(self.redis)
-            self._subscriber.subscribe([self.reply_channel])
+        self._listen()
         # Subscribed first, then read what is stored: a result can't slip between the two.
         ids = sorted(want)
         for job_id, data in zip(ids, self.store.get_results(ids)):
@@ -113,6 +114,11 @@ class Client:
                 return
             for _, data in self._subscriber.read(remaining):
                 self._keep(data, want)
+
+    def _listen(self):
+        if self._subscriber is None:
+            self._subscriber = transport.Subscriber(self.redis)
+            self._subscriber.subscribe([self.reply_channel])
 
     def _keep(self, data, want):
         try:

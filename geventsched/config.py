@@ -9,6 +9,9 @@ from geventsched.registry import DEFAULT_TIMEOUT
 from geventsched.store import DEFAULT_RESULT_TTL
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+#: ``redis``: at least once, job state and results recorded in Redis. ``none``: the original
+#: fire-and-forget behaviour, pub/sub only; a job whose message is lost is gone.
+DURABILITY = ("redis", "none")
 
 
 def redis_url_from_env():
@@ -26,6 +29,7 @@ class WorkerConfig:
     concurrency: int = 1000
     codec: str = "json"
     raw_task: str = "echo"
+    durability: str = "redis"
     grace: float = 30.0
     heartbeat_interval: float = 1.0
     #: A worker is dead this long after its last heartbeat.
@@ -42,6 +46,7 @@ class MasterConfig:
     namespace: str = ""
     codec: str = "json"
     strategy: str = "least-loaded"
+    durability: str = "redis"
     #: Cap on jobs in flight per channel; 0 = derive it from the worker's advertised capacity.
     prefetch: int = 0
     #: Per-channel cap for static channels, whose worker never told us its capacity.

@@ -15,7 +15,7 @@ Keys:
     geventsched:jobs              hash  id -> encoded job (queued or in flight)
     geventsched:intake            list  ids waiting for the master, oldest first
     geventsched:inflight          zset  id -> deadline (unix seconds) of dispatched jobs
-    geventsched:attempts          hash  id -> dispatch attempts so far
+    geventsched:attempts          hash  id -> dispatches that ended without a result (requeued)
     geventsched:dead              list  ids of dead-lettered jobs
     geventsched:result:<id>       string, encoded result, with a TTL
     geventsched:finished          hash  status -> count of jobs finished (each job once)

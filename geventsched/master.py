@@ -50,6 +50,7 @@ class Master:
         self.codec = make_codec(config.codec, max_payload=config.max_payload)
         self.stored = JsonCodec(max_payload=config.max_payload)  # jobs in Redis are always JSON
         self.raw = config.codec == "raw"
+        self.durable = config.durability == "redis"
         self.strategy = get_strategy(config.strategy)
         self.table = ChannelTable()
         self.pending = deque()  # claimed jobs waiting for a channel
@@ -58,6 +59,7 @@ class Master:
         self._static = [self.keys.dispatch_channel(c) for c in config.channels]
         self._benched = {}  # static channel name -> (time it may come back, cap)
         self._stale = False  # a discovered channel answered PUBLISH = 0: ask Redis again
+        self._mismatched = set()  # workers whose durability differs from ours (logged once)
         self._wake = Event()
         self._stop = Event()
         self._greenlets = []
@@ -73,12 +75,13 @@ class Master:
             self.table.add(name.encode(), None, self.config.prefetch or self.config.static_prefetch)
         if not self._static:
             self._discover()
-        self._greenlets = [gevent.spawn(self._collect_loop), gevent.spawn(self._dispatch_loop),
-                           gevent.spawn(self._every, self.config.reap_interval, self._reap)]
+        self._greenlets = [gevent.spawn(self._collect_loop), gevent.spawn(self._dispatch_loop)]
+        if self.durable:
+            self._greenlets.append(gevent.spawn(self._every, self.config.reap_interval, self._reap))
         if not self._static:
             self._greenlets.append(gevent.spawn(self._every, self.config.discovery_interval, self._discover))
-        log.info("master: %d channels, strategy %s, codec %s", len(self.table), self.config.strategy,
-                 self.codec.name)
+        log.info("master: %d channels, strategy %s, codec %s, durability %s", len(self.table),
+                 self.config.strategy, self.codec.name, self.config.durability)
 
     def run(self):
         """Start and serve until SIGTERM/SIGINT. Returns the exit code."""
@@ -93,14 +96,28 @@ class Master:
         return 0
 
     def stop(self):
-        """Stop the loops. Jobs in flight stay recorded in Redis for the next master."""
+        """Stop the loops and put claimed, undispatched jobs back on the intake. Jobs in flight stay
+        recorded in Redis for the next master (``--durability redis``)."""
         self._stop.set()
         self._wake.set()
         gevent.killall(self._greenlets, timeout=5)
+        self._return_pending()
         for conn in (self._subscriber, self._pipe):
             if conn is not None:
                 conn.close()
         log.info("master: stopped with %d jobs in flight", len(self.in_flight))
+
+    def _return_pending(self):
+        jobs, self.pending = list(self.pending), deque()
+        if not jobs:
+            return
+        try:
+            if self.durable:
+                self.store.requeue([job.id for job in jobs])
+            else:
+                self.store.submit([(job.id, self.stored.encode_job(job)) for job in jobs], front=True)
+        except transport.RedisError as exc:
+            log.warning("master: could not put %d undispatched jobs back: %s", len(jobs), transport.describe(exc))
 
     def _every(self, interval, step):
         while not self._stop.wait(interval):
@@ -135,11 +152,14 @@ class Master:
                 self._wake.wait(1.0)
 
     def _claim(self):
-        room = self.table.free_slots() - len(self.pending)
+        room = min(self.table.free_slots() - len(self.pending), self.config.claim_batch)
         if room <= 0:
             return
-        for job_id, body, attempt in self.store.claim(min(room, self.config.claim_batch),
-                                                      self.config.default_timeout):
+        if self.durable:
+            claimed = self.store.claim(room, self.config.default_timeout)
+        else:
+            claimed = self.store.take(room)
+        for job_id, body, attempt in claimed:
             try:
                 job = self.stored.decode_job(body)
             except DecodeError as exc:
@@ -303,11 +323,21 @@ class Master:
         gone = [w for w, beat in workers.items() if beat is None]
         for worker_id in gone:
             self._lose_worker(worker_id)
-        live = {w: beat for w, beat in workers.items() if beat is not None}
+        live = {w: beat for w, beat in workers.items() if beat is not None and self._compatible(w, beat)}
         if live.keys() != self.workers.keys() or gone or self._stale:
             self._stale = False
             self._refresh_channels(live)
         self.workers = live
+
+    def _compatible(self, worker_id, beat):
+        mode = beat.get("durability", "redis")
+        if mode == self.config.durability:
+            return True
+        if worker_id not in self._mismatched:
+            self._mismatched.add(worker_id)
+            log.error("master: worker %s runs with --durability %s, this master with %s: not using it",
+                      worker_id, mode, self.config.durability)
+        return False
 
     def _lose_worker(self, worker_id):
         log.warning("master: worker %s stopped heartbeating; taking its channels away", worker_id)
@@ -315,6 +345,11 @@ class Master:
         lost = [job_id for job_id, (_, ch) in self.in_flight.items() if ch.worker == worker_id]
         for job_id in lost:
             self._forget(job_id)
+        if not self.durable:
+            if lost:
+                log.warning("master: %d jobs were in flight on worker %s and are lost (durability none)",
+                            len(lost), worker_id)
+            return
         n = self.store.requeue(lost)
         if n:
             self.hooks.on_redispatched("worker_lost", n)

@@ -1,9 +1,13 @@
 """A bounded set of runner greenlets fed from a local queue.
 
 Spawning a greenlet per job costs more than the job itself when jobs are short. Here at most ``size``
-runner greenlets exist; each takes jobs off the queue until it is empty, then parks. A job that blocks
-(sleeps, waits on I/O) only holds its own runner: ``wake()`` hands the rest of the queue to idle
-runners, or spawns new ones up to ``size``, so ``size`` blocking jobs run side by side.
+runner greenlets exist; each takes jobs off the queue until it is empty, then parks.
+
+Runners are woken one at a time, as a chain: a runner that takes a job while more are queued wakes
+one other runner first. If the job finishes without yielding, the same runner goes on with the next
+job and the woken one finds the queue empty (one wasted wake per batch, not one per job); if the job
+blocks, the woken runner takes the next job and wakes another. So ``size`` blocking jobs still run side
+by side, and a burst of short jobs does not stampede every idle runner.
 """
 
 from collections import deque
@@ -17,11 +21,12 @@ class Runners:
         if size < 1:
             raise ValueError("concurrency must be at least 1")
         self.size = size
-        self._execute = execute
+        self._execute = execute  # execute(job, local): local is a dict private to the runner
         self._queue = deque()
         self._idle = []  # Events of parked runners
         self._greenlets = set()
         self._current = {}  # runner greenlet -> job it is running
+        self._waking = False  # a runner was woken (or spawned) and has not started yet
         self._closed = False
 
     @property
@@ -40,27 +45,34 @@ class Runners:
         self._queue.append(job)
 
     def wake(self):
-        """Make sure the queued jobs have runners. Call after a batch of ``put``."""
-        need = len(self._queue)
-        idle = self._idle
-        while need and idle:
-            idle.pop().set()
-            need -= 1
-        while need and len(self._greenlets) < self.size:
+        """Make sure the queued jobs have a runner. Call after a batch of ``put``."""
+        if self._queue and not self._waking:
+            self._wake_one()
+
+    def _wake_one(self):
+        if self._idle:
+            self._idle.pop().set()
+        elif len(self._greenlets) < self.size:
             self._greenlets.add(gevent.spawn(self._run))
-            need -= 1
+        else:
+            return  # every runner is busy: one of them takes the next job when it is done
+        self._waking = True
 
     def _run(self):
         me = gevent.getcurrent()
         parked = Event()
+        local = {}
         queue, current = self._queue, self._current
         try:
             while not self._closed:
+                self._waking = False
                 while queue:
                     job = queue.popleft()
+                    if queue and not self._waking:
+                        self._wake_one()  # someone for the next job, in case this one blocks
                     current[me] = job
                     try:
-                        self._execute(job)
+                        self._execute(job, local)
                     finally:
                         del current[me]
                     if self._closed:

@@ -6,7 +6,7 @@ and a crash can never leave half of a change behind. Key layout: see ``keys.py``
 A job's life::
 
     submit   HSET jobs id body; RPUSH intake id; PUBLISH wakeup       (Client)
-    claim    LPOP intake n; ZADD inflight deadline id; HINCRBY attempts   (Master, one script per batch)
+    claim    LPOP intake n; HMGET jobs; ZADD inflight deadline id ...     (Master, one script per batch)
     finish   SET result:id NX EX ttl -> if new: HINCRBY finished status; ZREM inflight; HDEL jobs;
              PUBLISH reply; and PUBLISH CHANNEL_RESULT                (Worker, one script per batch)
     reap     in flight past its deadline -> back to the intake, or dead after the last attempt
@@ -23,25 +23,38 @@ DEFAULT_RESULT_TTL = 24 * 3600
 #: Extra time past a job's own timeout before the master thinks it lost: covers time queued on the worker.
 DEADLINE_SLACK = 30.0
 
+# Scripts batch their writes: one ZADD/HDEL/ZREM for the whole batch, never one per job where a
+# single call can carry many. In Redis 7 each redis.call() costs about a microsecond of overhead, as
+# much as the command itself, so this is what sets the durable-mode ceiling (bench/README.md).
+#
+# ``attempts`` counts the dispatches that did not produce a result (deadline passed, worker lost,
+# handed back); a job's current attempt is that count + 1.
+
 _CLAIM = """
 -- KEYS: intake, jobs, inflight, attempts; ARGV: count, now, default_timeout, slack
 local ids = redis.call('LPOP', KEYS[1], ARGV[1])
-local out = {}
-if not ids then return out end
+if not ids then return {} end
+local bodies = redis.call('HMGET', KEYS[2], unpack(ids))
+local attempts = redis.call('HMGET', KEYS[4], unpack(ids))
 local now, default_timeout, slack = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-for _, id in ipairs(ids) do
-  local body = redis.call('HGET', KEYS[2], id)
+local deadlines, out = {}, {}
+for i, id in ipairs(ids) do
+  local body = bodies[i]
   if body then
-    local ok, job = pcall(cjson.decode, body)
     local timeout = default_timeout
-    if ok and type(job) == 'table' and type(job.timeout) == 'number' then timeout = job.timeout end
-    redis.call('ZADD', KEYS[3], now + timeout + slack, id)
-    local attempt = redis.call('HINCRBY', KEYS[4], id, 1)
+    -- Decode only the jobs that carry their own time limit: most use the task's default.
+    if string.find(body, '"timeout":', 1, true) then
+      local ok, job = pcall(cjson.decode, body)
+      if ok and type(job) == 'table' and type(job.timeout) == 'number' then timeout = job.timeout end
+    end
+    deadlines[#deadlines + 1] = now + timeout + slack
+    deadlines[#deadlines + 1] = id
     out[#out + 1] = id
     out[#out + 1] = body
-    out[#out + 1] = attempt
+    out[#out + 1] = (tonumber(attempts[i]) or 0) + 1
   end
 end
+if #deadlines > 0 then redis.call('ZADD', KEYS[3], unpack(deadlines)) end
 return out
 """
 
@@ -50,20 +63,23 @@ _FINISH = """
 -- ARGV: result_prefix, ttl, result_channel ('' = do not announce to the master),
 --       then id, status, payload, reply for each result
 local prefix, ttl, channel = ARGV[1], ARGV[2], ARGV[3]
-local recorded = 0
+local recorded, counts = {}, {}
 for i = 4, #ARGV, 4 do
   local id, status, payload, reply = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   if redis.call('SET', prefix .. id, payload, 'NX', 'EX', ttl) then
-    recorded = recorded + 1
-    redis.call('HINCRBY', KEYS[1], status, 1)
-    redis.call('ZREM', KEYS[2], id)
-    redis.call('HDEL', KEYS[3], id)
-    redis.call('HDEL', KEYS[4], id)
+    recorded[#recorded + 1] = id
+    counts[status] = (counts[status] or 0) + 1
     if reply ~= '' then redis.call('PUBLISH', reply, payload) end
   end
   if channel ~= '' then redis.call('PUBLISH', channel, payload) end
 end
-return recorded
+if #recorded > 0 then
+  redis.call('ZREM', KEYS[2], unpack(recorded))
+  redis.call('HDEL', KEYS[3], unpack(recorded))
+  redis.call('HDEL', KEYS[4], unpack(recorded))
+end
+for status, n in pairs(counts) do redis.call('HINCRBY', KEYS[1], status, n) end
+return #recorded
 """
 
 _REAP = """
@@ -76,7 +92,7 @@ for _, id in ipairs(ids) do
   redis.call('ZREM', KEYS[1], id)
   local body = redis.call('HGET', KEYS[2], id)
   if body and redis.call('EXISTS', ARGV[4] .. id) == 0 then
-    local attempts = tonumber(redis.call('HGET', KEYS[3], id) or '0')
+    local attempts = redis.call('HINCRBY', KEYS[3], id, 1)
     if attempts < max_attempts then
       redis.call('LPUSH', KEYS[4], id)
       requeued[#requeued + 1] = id
@@ -97,12 +113,30 @@ end
 return {requeued, dead}
 """
 
+_TAKE = """
+-- --durability none: take jobs off the intake with no in-flight record (at most once).
+-- KEYS: intake, jobs; ARGV: count
+local ids = redis.call('LPOP', KEYS[1], ARGV[1])
+if not ids then return {} end
+local bodies = redis.call('HMGET', KEYS[2], unpack(ids))
+redis.call('HDEL', KEYS[2], unpack(ids))
+local out = {}
+for i, id in ipairs(ids) do
+  if bodies[i] then
+    out[#out + 1] = id
+    out[#out + 1] = bodies[i]
+  end
+end
+return out
+"""
+
 _REQUEUE = """
--- KEYS: inflight, intake, result_prefix is ARGV[1]; ARGV[2..]: ids handed back
+-- KEYS: inflight, intake, attempts; ARGV[1]: result_prefix, ARGV[2..]: ids handed back
 local n = 0
 for i = 2, #ARGV do
   local id = ARGV[i]
   if redis.call('ZREM', KEYS[1], id) == 1 and redis.call('EXISTS', ARGV[1] .. id) == 0 then
+    redis.call('HINCRBY', KEYS[3], id, 1)
     redis.call('LPUSH', KEYS[2], id)
     n = n + 1
   end
@@ -183,6 +217,7 @@ class Store:
         self.result_ttl = int(result_ttl)
         register = client.register_script
         self._claim = register(_CLAIM)
+        self._take = register(_TAKE)
         self._finish = register(_FINISH)
         self._reap = register(_REAP)
         self._requeue = register(_REQUEUE)
@@ -197,14 +232,18 @@ class Store:
         last = self.client.incrby(self.keys.seq, count)
         return [str(n) for n in range(last - count + 1, last + 1)]
 
-    def submit(self, encoded):
-        """Enqueue ``[(id, body), ...]`` atomically and wake the master."""
+    def submit(self, encoded, front=False):
+        """Enqueue ``[(id, body), ...]`` atomically and wake the master (``front``: ahead of the rest)."""
         k = self.keys
         pipe = self.client.pipeline(transaction=True)
         for i in range(0, len(encoded), 1000):
             chunk = encoded[i:i + 1000]
             pipe.hset(k.jobs, mapping=dict(chunk))
-            pipe.rpush(k.intake, *[job_id for job_id, _ in chunk])
+            ids = [job_id for job_id, _ in chunk]
+            if front:
+                pipe.lpush(k.intake, *reversed(ids))
+            else:
+                pipe.rpush(k.intake, *ids)
         pipe.publish(k.wakeup_channel, b"1")
         pipe.execute()
 
@@ -225,6 +264,12 @@ class Store:
                            args=[count, now or time.time(), default_timeout, slack])
         return [(flat[i].decode(), flat[i + 1], int(flat[i + 2])) for i in range(0, len(flat), 3)]
 
+    def take(self, count):
+        """``--durability none``: remove up to ``count`` jobs from the intake, keeping no record.
+        Returns ``[(id, body, 1), ...]``."""
+        flat = self._take(keys=[self.keys.intake, self.keys.jobs], args=[count])
+        return [(flat[i].decode(), flat[i + 1], 1) for i in range(0, len(flat), 2)]
+
     def reap(self, max_attempts, limit=1000, now=None):
         """Requeue in-flight jobs past their deadline; dead-letter those out of attempts.
 
@@ -243,7 +288,8 @@ class Store:
         k = self.keys
         total = 0
         for i in range(0, len(ids), 1000):
-            total += self._requeue(keys=[k.inflight, k.intake], args=[k.result_prefix, *ids[i:i + 1000]])
+            total += self._requeue(keys=[k.inflight, k.intake, k.attempts],
+                                   args=[k.result_prefix, *ids[i:i + 1000]])
         if total:
             self.client.publish(k.wakeup_channel, b"1")
         return total

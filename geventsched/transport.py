@@ -27,6 +27,7 @@ RECV_SIZE = 1 << 18
 
 ConnectionLost = (rexc.ConnectionError, rexc.TimeoutError, OSError)
 RedisError = rexc.RedisError
+ResponseError = rexc.ResponseError
 
 
 def connect(url, check=True):

@@ -41,6 +41,22 @@ log = logging.getLogger(__name__)
 WRITE_BATCH = 2000
 
 
+def _timer(local, seconds):
+    """A ``gevent.Timeout`` for ``seconds``, reused by one runner: arming a kept one costs a quarter
+    of making a new one per job. A runner keeps a few (jobs mostly share their task's limit)."""
+    timers = local.get("timers")
+    if timers is None:
+        timers = local["timers"] = {}
+    timer = timers.get(seconds)
+    if timer is None:
+        if len(timers) >= 8:
+            for old in timers.values():
+                old.close()
+            timers.clear()
+        timer = timers[seconds] = Timeout(seconds)
+    return timer
+
+
 class Worker:
     def __init__(self, config, client, registry, hooks=None):
         self.config = config
@@ -51,6 +67,9 @@ class Worker:
         self.store = Store(client, self.keys, config.result_ttl)
         self.codec = make_codec(config.codec, config.raw_task, config.max_payload)
         self.raw = config.codec == "raw"
+        # The raw codec's master (the original script) records nothing, and neither do we without durability.
+        self.recording = not self.raw and config.durability == "redis"
+        self._pipe = None
         self.id = config.worker_id
         # "3" and "CHANNEL_DISPATCH_3" name the same channel: subscribe it once.
         self.channels = list(dict.fromkeys(self.keys.dispatch_channel(c) for c in config.channels))
@@ -125,6 +144,8 @@ class Worker:
                 greenlet.kill(block=False)
         self._greenlets[1].join(timeout=max(1.0, deadline - time.monotonic()))
         self._greenlets[1].kill()
+        if self._pipe is not None:
+            self._pipe.close()
         try:
             self.store.release_worker(self.id)
         except transport.RedisError as exc:
@@ -132,7 +153,7 @@ class Worker:
         log.info("worker %s: stopped", self.id)
 
     def _hand_back(self, jobs):
-        if not jobs or self.raw:
+        if not jobs or not self.recording:
             return
         try:
             n = self.store.requeue([job.id for job in jobs])
@@ -194,7 +215,7 @@ class Worker:
 
     # -- running ---------------------------------------------------------------------------------
 
-    def _execute(self, job):
+    def _execute(self, job, local):
         task = self.registry.get(job.task)
         if task is None:
             self.hooks.on_rejected("unknown_task")
@@ -202,8 +223,10 @@ class Worker:
                                          f"no task named {job.task!r} is registered on this worker"))
             return
         seconds = job.timeout if job.timeout is not None else task.timeout
+        timer = _timer(local, seconds) if seconds else None
         started = time.perf_counter()
-        timer = Timeout.start_new(seconds) if seconds else None
+        if timer is not None:
+            timer.start()
         try:
             result = Result(job.id, "ok", task.fn(*job.args, **job.kwargs), task=job.task)
         except Timeout as exc:
@@ -214,7 +237,7 @@ class Worker:
             result = error_result(job, "error", type(exc).__name__, str(exc), traceback.format_exc())
         finally:
             if timer is not None:
-                timer.close()
+                timer.cancel()
         self.hooks.on_finished(job, result.status, time.perf_counter() - started)
         self._emit(job, result)
 
@@ -246,23 +269,35 @@ class Worker:
         delay = 0.1
         while True:
             try:
-                if self.raw:
-                    self._publish_raw(batch)
-                else:
+                if self.recording:
                     self.store.finish(batch)
+                else:
+                    self._publish(batch)
                 self.hooks.on_results_written(len(batch))
                 return
-            except transport.RedisError as exc:
+            except (transport.RedisError, OSError) as exc:
                 log.warning("worker %s: writing %d results failed (%s), retrying in %.1fs", self.id,
                             len(batch), transport.describe(exc), delay)
+                if self._pipe is not None:
+                    self._pipe.close()
+                    self._pipe = None
                 gevent.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    def _publish_raw(self, batch):
-        pipe = self.client.pipeline(transaction=False)
-        for _, _, payload, _ in batch:
-            pipe.publish(self.keys.result_channel, payload)
-        pipe.execute()
+    def _publish(self, batch):
+        """Results without a record: PUBLISH each to CHANNEL_RESULT (and its reply channel), one write."""
+        if self._pipe is None:
+            self._pipe = transport.Pipe(self.client)
+        channel = self.keys.result_channel.encode()
+        pack = transport.pack_publish
+        chunks = []
+        for _, _, payload, reply in batch:
+            chunks.append(pack(channel, payload))
+            if reply:
+                chunks.append(pack(reply.encode(), payload))
+        for reply in self._pipe.call(b"".join(chunks), len(chunks)):
+            if transport.is_error(reply):
+                raise transport.ResponseError(str(reply))
 
     # -- registration ----------------------------------------------------------------------------
 
@@ -272,7 +307,7 @@ class Worker:
             "id": self.id, "host": socket.gethostname(), "pid": os.getpid(),
             "concurrency": runners.size, "running": runners.running, "queued": runners.queued,
             "free": runners.free, "capacity": 2 * runners.size, "channels": len(self.channels),
-            "codec": self.codec.name, "started": self.started_at, "beat": time.time(),
+            "codec": self.codec.name, "durability": self.config.durability, "started": self.started_at, "beat": time.time(),
         })
 
     def _register_again(self):
