@@ -9,6 +9,7 @@ from gevent import monkey
 monkey.patch_all()  # before anything imports socket, ssl or threading
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
@@ -100,6 +101,8 @@ def build_parser():
 
     m = sub.add_parser("master", parents=[common, role], help="run the master",
                        description="Dispatch queued jobs to the workers' channels and collect results.")
+    m.add_argument("--app", action="append", default=[], metavar="MODULE",
+                   help="import MODULE for its task names, used as metric labels (others count as 'unknown')")
     m.add_argument("--channels", type=channel_spec, default=(), metavar="SPEC",
                    help="static channels (for workers that never register, like the original slaves); "
                         "default: discover registered workers")
@@ -164,30 +167,63 @@ def _connect(args):
 
 
 def cmd_worker(args):
+    from geventsched import metrics
     from geventsched.registry import default_registry
     from geventsched.worker import Worker
 
     if args.processes > 1:
         raise UsageError("--processes above 1 is not supported yet: start one worker per process")
-    if "" not in sys.path and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # --app mymodule finds ./mymodule.py, as celery -A does
-    registry = default_registry(args.app)
+    registry = default_registry(_app_modules(args))
     config = WorkerConfig(channels=args.channels, namespace=args.namespace, concurrency=args.concurrency,
                           codec=args.codec, raw_task=args.raw_task, grace=args.grace, durability=args.durability,
                           max_payload=args.max_payload)
     if args.codec == "raw" and args.raw_task not in registry:
         raise UsageError(f"--raw-task {args.raw_task!r} is not a registered task")
-    return Worker(config, _connect(args), registry).run()
+    metrics_registry = metrics.new_registry()
+    hooks = metrics.WorkerMetrics(metrics_registry, registry.names())
+    worker = Worker(config, _connect(args), registry, hooks=hooks)
+    hooks.bind(worker)
+    with _metrics_endpoint(metrics_registry, args):
+        lag = metrics.loop_lag_monitor(hooks.loop_lag)
+        try:
+            return worker.run()
+        finally:
+            lag.kill()
 
 
 def cmd_master(args):
+    from geventsched import metrics
     from geventsched.master import Master
+    from geventsched.registry import default_registry
 
     config = MasterConfig(channels=args.channels, namespace=args.namespace, codec=args.codec,
                           strategy=args.strategy, prefetch=args.prefetch, max_attempts=args.max_attempts,
-                          durability=args.durability,
-                          max_payload=args.max_payload)
-    return Master(config, _connect(args)).run()
+                          durability=args.durability, max_payload=args.max_payload)
+    task_names = default_registry(_app_modules(args)).names()
+    metrics_registry = metrics.new_registry()
+    hooks = metrics.MasterMetrics(metrics_registry, task_names)
+    master = Master(config, _connect(args), hooks=hooks)
+    hooks.bind(master)
+    with _metrics_endpoint(metrics_registry, args):
+        return master.run()
+
+
+def _app_modules(args):
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # --app mymodule finds ./mymodule.py, as celery -A does
+    return args.app
+
+
+@contextlib.contextmanager
+def _metrics_endpoint(registry, args):
+    from geventsched import metrics
+
+    server = metrics.serve(registry, args.metrics_port, args.metrics_addr)
+    try:
+        yield server
+    finally:
+        if server is not None:
+            server.stop()
 
 
 def cmd_submit(args):

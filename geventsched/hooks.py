@@ -33,8 +33,9 @@ class MasterHooks:
     def on_submitted(self, job):
         """The master took a new job from the intake (first attempt)."""
 
-    def on_dispatched(self, job, queue_wait):
-        """``job`` was published and a subscriber received it, ``queue_wait`` s after its submission."""
+    def on_dispatched(self, job, queue_wait, receivers=1):
+        """``job`` was published and ``receivers`` (>= 1) subscribers got it, ``queue_wait`` s after
+        its submission. More than one receiver means a second subscriber listens on a dispatch channel."""
 
     def on_dispatch_failed(self, reason):
         """A publish did not reach a worker (``reason``: 'no_subscriber', 'redis_error')."""

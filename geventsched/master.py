@@ -159,6 +159,7 @@ class Master:
             claimed = self.store.claim(room, self.config.default_timeout)
         else:
             claimed = self.store.take(room)
+        handed_back = 0
         for job_id, body, attempt in claimed:
             try:
                 job = self.stored.decode_job(body)
@@ -170,9 +171,12 @@ class Master:
             old = self.in_flight.pop(job_id, None)
             if old is not None:  # handed back by its worker, or re-queued: its old slot is free
                 self.table.release(old[1])
+                handed_back += 1
             if attempt == 1:
                 self.hooks.on_submitted(job)
             self.pending.append(job)
+        if handed_back:
+            self.hooks.on_redispatched("handed_back", handed_back)
 
     def _dispatch(self):
         """Publish pending jobs to channels with room. Returns True if any job was sent."""
@@ -196,7 +200,7 @@ class Master:
         missed = []
         for (job, channel), receivers in zip(sent, replies):
             if receivers and not transport.is_error(receivers):
-                self.hooks.on_dispatched(job, now - job.submitted_at)
+                self.hooks.on_dispatched(job, now - job.submitted_at, receivers)
                 continue
             reason = "redis_error" if transport.is_error(receivers) else "no_subscriber"
             self.hooks.on_dispatch_failed(reason)

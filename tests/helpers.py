@@ -51,8 +51,10 @@ class Spy:
     def _run(self):
         import json
 
-        while not self._stop:
-            message = self._pubsub.get_message(timeout=0.1)
+        while True:
+            message = self._pubsub.get_message(timeout=0.2)
+            if message is None and self._stop:
+                return  # asked to stop, and nothing more in the socket: every message was counted
             if not message or message["type"] != "message":
                 continue
             channel = message["channel"]
@@ -71,7 +73,7 @@ class Spy:
 
     def close(self):
         self._stop = True
-        self._thread.join(5)
+        self._thread.join(10)
         self._pubsub.close()
         self._client.close()
 
