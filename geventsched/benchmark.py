@@ -1,11 +1,20 @@
-"""``geventsched bench``: N no-op jobs through a master (in this process) and a worker process.
+"""``geventsched bench``: jobs through a master (in this process) and a worker process.
 
 Runs against the Redis at ``--redis-url``; when nothing answers there, against an embedded server
-started for the run and stopped at the end. Everything lives in a fresh namespace, deleted afterwards.
+started for the run and stopped at the end. Every run lives in a fresh namespace, deleted afterwards.
 
-Figures: throughput from the first submit to the last result, submit-to-result latency of every
-job in that run (which includes time queued behind the others), and the latency of sequential
-round trips through the client (submit, wait, next).
+``Rig`` is the building block (the suite in ``bench/`` composes it): one worker process and an
+in-process master for one configuration, with
+
+* ``throughput(jobs)``: all jobs submitted at once; time from the first submit to the last result,
+  and the submit-to-result latency of every job (which includes time queued behind the others);
+* ``sequential(count)``: one job at a time through the client, submit to result;
+* ``open_loop(rate, seconds)``: jobs submitted on a fixed schedule, latency measured from each job's
+  scheduled time, so a stall shows up in every job it delays (no coordinated omission).
+
+Durable runs submit through ``Client`` (the Redis intake, as any producer would); fire-and-forget runs
+(``durability="none"``) submit in the master's own process, as the original design's master made
+its jobs, unless ``intake=True``.
 """
 
 import json
@@ -19,6 +28,7 @@ import time
 from urllib.parse import urlparse
 
 import gevent
+from gevent.event import Event
 
 from geventsched import __version__, embedded, transport
 from geventsched.client import Client
@@ -28,96 +38,140 @@ from geventsched.keys import Keys
 from geventsched.master import Master
 
 SUBMIT_BATCH = 5000
-SEQUENTIAL = 300
 
 
 class Recorder(MasterHooks):
-    """Collects the latency of every finished job; ``done`` fires at ``expected`` jobs."""
+    """When each job finished (``time.time()``) and with what latency; ``done`` fires at ``expected``."""
 
-    def __init__(self, expected):
+    def __init__(self):
+        self.finished = {}
         self.latencies = []
-        self.expected = expected
-        self.done = gevent.event.Event()
         self.failed = 0
+        self.expected = None
+        self.done = Event()
+
+    def expect(self, count):
+        self.finished, self.latencies, self.failed = {}, [], 0
+        self.expected = count
+        self.done.clear()
 
     def on_finished(self, job, status, latency):
+        self.finished[job.id] = time.time()
         self.latencies.append(latency)
         if status != "ok":
             self.failed += 1
-        if len(self.latencies) >= self.expected:
+        if self.expected is not None and len(self.latencies) >= self.expected:
             self.done.set()
 
 
-def percentiles(seconds):
-    ordered = sorted(seconds)
-    if not ordered:
-        return {"p50": None, "p90": None, "p99": None, "max": None}
+class Rig:
+    """A worker process and an in-process master on a fresh namespace. Use as a context manager."""
 
-    def at(q):
-        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 3)
+    def __init__(self, url, channels=100, concurrency=1000, durability="redis", metrics=False, intake=None,
+                 strategy="least-loaded"):
+        self.url, self.channels, self.concurrency = url, channels, concurrency
+        self.durability, self.metrics, self.strategy = durability, metrics, strategy
+        self.intake = durability == "redis" if intake is None else intake
+        self.namespace = f"bench-{os.urandom(4).hex()}"
+        self.client = transport.connect(url)
+        self.recorder = Recorder()
+        self.worker = self.master = self.metrics_port = None
 
-    return {"p50": at(0.50), "p90": at(0.90), "p99": at(0.99), "max": round(ordered[-1] * 1000, 3)}
-
-
-def reachable(url):
-    parsed = urlparse(url)
-    if parsed.scheme in ("redis", "rediss") and parsed.hostname:
-        return embedded.answers(parsed.hostname, parsed.port or 6379)
-    try:
-        transport.connect(url)
-        return True
-    except Exception:
-        return False
-
-
-def main(args):
-    if args.log_level == "INFO":  # the figures are the output; keep the master's info lines out of them
-        logging.getLogger("geventsched").setLevel(logging.WARNING)
-    url, server = args.redis_url, None
-    if not reachable(url):
-        server = embedded.EmbeddedRedis().start()
-        print(f"no Redis answers at {transport.redact(url)}; using an embedded server "
-              f"({os.path.basename(server.binary)}) on port {server.port}", file=sys.stderr)
-        url = server.url
-    try:
-        figures = run(url, args.jobs, args.channels, args.concurrency, args.durability)
-    finally:
-        if server is not None:
-            server.stop()
-    print(report(figures))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(figures, f, indent=2)
-    return 0
-
-
-def run(url, jobs, channels, concurrency, durability="redis"):
-    client = transport.connect(url)
-    namespace = f"bench-{os.urandom(4).hex()}"
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "geventsched", "worker", "--redis-url", url, "--namespace", namespace,
-         "--channels", str(channels), "--concurrency", str(concurrency), "--metrics-port", "0",
-         "--durability", durability,
-         "--log-level", "WARNING"])
-    try:
-        _wait_for_worker(client, Keys(namespace), worker)
-        recorder = Recorder(jobs)
-        master = Master(MasterConfig(namespace=namespace, durability=durability), client, hooks=recorder)
-        master.start()
+    def __enter__(self):
+        self.metrics_port = embedded.free_port() if self.metrics else 0
+        self.worker = subprocess.Popen(
+            [sys.executable, "-m", "geventsched", "worker", "--redis-url", self.url, "--namespace", self.namespace,
+             "--channels", str(self.channels), "--concurrency", str(self.concurrency),
+             "--durability", self.durability, "--metrics-port", str(self.metrics_port),
+             "--metrics-addr", "127.0.0.1", "--log-level", "WARNING"])
         try:
-            cpu = CpuMeter(client, worker.pid)
-            figures = _throughput(client, namespace, recorder, jobs)
-            figures["cpu_us_per_job"] = cpu.per_job(jobs)
-            figures["sequential_latency_ms"] = _sequential(client, namespace)
+            self.subscribe_seconds = _wait_for_worker(self.client, Keys(self.namespace), self.worker, self.channels)
+            hooks = [self.recorder]
+            if self.metrics:
+                from geventsched import metrics
+                from geventsched.registry import default_registry
+
+                hooks.append(metrics.MasterMetrics(metrics.new_registry(), default_registry().names()))
+            config = MasterConfig(namespace=self.namespace, durability=self.durability, strategy=self.strategy)
+            self.master = Master(config, self.client, hooks=hooks)
+            if self.metrics:
+                hooks[1].bind(self.master)
+            self.master.start()
+            _wait_for(lambda: len(self.master.table) == self.channels, 30, "the master to see every channel")
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        if self.master is not None:
+            self.master.stop()
+        self.worker.terminate()
+        try:
+            self.worker.wait(30)
+        except subprocess.TimeoutExpired:
+            self.worker.kill()
+            self.worker.wait()
+        _delete_namespace(self.client, self.namespace)
+
+    # -- scenarios ------------------------------------------------------------------------------
+
+    def submit(self, specs, producer):
+        if self.intake:
+            return [h.id for h in producer.submit_many(specs, reply=False)]
+        return self.master.submit_local(specs)
+
+    def throughput(self, jobs, task="noop", args=(), progress=None):
+        recorder, producer = self.recorder, Client(self.client, self.namespace)
+        recorder.expect(jobs)
+        cpu = CpuMeter(self.client, self.worker.pid)
+        started = time.perf_counter()
+        for i in range(0, jobs, SUBMIT_BATCH):
+            self.submit([(task, args, {})] * min(SUBMIT_BATCH, jobs - i), producer)
+            gevent.sleep(0)  # let results flow while a big run is still being submitted
+        while not recorder.done.wait(0.5):
+            if progress:
+                progress(len(recorder.latencies), jobs)
+        seconds = time.perf_counter() - started
+        if progress:
+            progress(jobs, jobs)
+        return {"jobs": jobs, "seconds": round(seconds, 4), "jobs_per_s": round(jobs / seconds, 1),
+                "failed": recorder.failed, "latency_ms": percentiles(recorder.latencies),
+                "cpu_us_per_job": cpu.per_job(jobs)}
+
+    def sequential(self, count=300, task="noop", args=()):
+        producer = Client(self.client, self.namespace)
+        rtts = []
+        try:
+            for _ in range(count):
+                started = time.perf_counter()
+                producer.submit(task, *args).result(timeout=30)
+                rtts.append(time.perf_counter() - started)
         finally:
-            master.stop()
-    finally:
-        worker.terminate()
-        worker.wait(30)
-        _delete_namespace(client, namespace)
-    figures.update(channels=channels, concurrency=concurrency, durability=durability,
-                   environment=_environment(client))
-    return figures
+            producer.close()
+        return percentiles(rtts)
+
+    def open_loop(self, rate, seconds, tick=0.002):
+        """Submit ``rate`` jobs/s for ``seconds`` on a schedule; latency from each scheduled time."""
+        recorder, producer = self.recorder, Client(self.client, self.namespace)
+        total = max(1, int(rate * seconds))
+        recorder.expect(total)
+        scheduled = {}
+        start = time.time() + 0.05
+        sent = 0
+        while sent < total:
+            due = min(total, int((time.time() - start) * rate) + 1)
+            if due > sent:
+                ids = self.submit([("noop", (), {})] * (due - sent), producer)
+                for i, job_id in enumerate(ids, sent):
+                    scheduled[job_id] = start + i / rate
+                sent = due
+            gevent.sleep(tick)
+        if not recorder.done.wait(60 + seconds):
+            raise RuntimeError(f"open loop at {rate}/s: only {len(recorder.finished)} of {total} jobs finished")
+        latencies = [recorder.finished[j] - t for j, t in scheduled.items() if j in recorder.finished]
+        return {"rate": rate, "jobs": total, "latency_ms": percentiles(latencies),
+                "achieved_per_s": round(total / (max(recorder.finished.values()) - start), 1)}
 
 
 class CpuMeter:
@@ -151,38 +205,35 @@ def _process_cpu(pid):
         return None
 
 
-def _wait_for_worker(client, keys, worker, timeout=30.0):
+def percentiles(seconds):
+    ordered = sorted(seconds)
+    if not ordered:
+        return {"p50": None, "p90": None, "p99": None, "max": None}
+
+    def at(q):
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 3)
+
+    return {"p50": at(0.50), "p90": at(0.90), "p99": at(0.99), "max": round(ordered[-1] * 1000, 3)}
+
+
+def _wait_for(predicate, timeout, what):
     deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        gevent.sleep(0.02)
+
+
+def _wait_for_worker(client, keys, worker, channels, timeout=60.0):
+    """Seconds until the worker registered with all its channels subscribed."""
+    started = time.monotonic()
     while not client.scard(keys.workers):
         if worker.poll() is not None:
             raise RuntimeError(f"the benchmark worker exited with status {worker.returncode}")
-        if time.monotonic() > deadline:
+        if time.monotonic() - started > timeout:
             raise RuntimeError("the benchmark worker did not register in time")
-        gevent.sleep(0.05)
-
-
-def _throughput(client, namespace, recorder, jobs):
-    producer = Client(client, namespace)
-    started = time.perf_counter()
-    for i in range(0, jobs, SUBMIT_BATCH):
-        producer.submit_many([("noop", (), {})] * min(SUBMIT_BATCH, jobs - i), reply=False)
-    while not recorder.done.wait(1.0):
-        print(f"\r  {len(recorder.latencies):>9,} / {jobs:,} jobs", end="", file=sys.stderr, flush=True)
-    seconds = time.perf_counter() - started
-    print(f"\r  {jobs:>9,} / {jobs:,} jobs", file=sys.stderr)
-    return {"jobs": jobs, "seconds": round(seconds, 4), "jobs_per_s": round(jobs / seconds, 1),
-            "failed": recorder.failed, "latency_ms": percentiles(recorder.latencies)}
-
-
-def _sequential(client, namespace, count=SEQUENTIAL):
-    producer = Client(client, namespace)
-    rtts = []
-    for _ in range(count):
-        started = time.perf_counter()
-        producer.submit("noop").result(timeout=30)
-        rtts.append(time.perf_counter() - started)
-    producer.close()
-    return percentiles(rtts)
+        gevent.sleep(0.01)
+    return time.monotonic() - started
 
 
 def _delete_namespace(client, namespace):
@@ -191,24 +242,94 @@ def _delete_namespace(client, namespace):
         client.delete(*keys[i:i + 1000])
 
 
-def _environment(client):
+def environment(client):
     import gevent as gevent_module
     import hiredis
+    import orjson
     import redis
 
     info = client.info("server")
     return {
         "python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
-        "redis": info.get("redis_version"), "geventsched": __version__, "gevent": gevent_module.__version__,
-        "redis-py": redis.__version__, "hiredis": hiredis.__version__,
+        "cpu_model": _cpu_model(), "redis": info.get("redis_version"), "geventsched": __version__,
+        "gevent": gevent_module.__version__, "redis-py": redis.__version__, "hiredis": hiredis.__version__,
+        "orjson": orjson.__version__,
     }
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def reachable(url):
+    parsed = urlparse(url)
+    if parsed.scheme in ("redis", "rediss") and parsed.hostname:
+        return embedded.answers(parsed.hostname, parsed.port or 6379)
+    try:
+        transport.connect(url)
+        return True
+    except Exception:
+        return False
+
+
+class RedisFor:
+    """The Redis at ``url``, or an embedded one when nothing answers there. Context manager -> url."""
+
+    def __init__(self, url):
+        self.url, self.server = url, None
+
+    def __enter__(self):
+        if reachable(self.url):
+            return self.url
+        self.server = embedded.EmbeddedRedis().start()
+        print(f"no Redis answers at {transport.redact(self.url)}; using an embedded server "
+              f"({os.path.basename(self.server.binary)}) on port {self.server.port}", file=sys.stderr)
+        return self.server.url
+
+    def __exit__(self, *exc):
+        if self.server is not None:
+            self.server.stop()
+
+
+def progress_bar(label):
+    def show(done, total):
+        width = 30
+        filled = int(width * done / total) if total else width
+        end = "\n" if done >= total else ""
+        print(f"\r  {label:<28} [{'#' * filled}{'.' * (width - filled)}] {done:>9,}/{total:,}", end=end,
+              file=sys.stderr, flush=True)
+    return show
+
+
+def main(args):
+    if args.log_level == "INFO":  # the figures are the output; keep the master's info lines out of them
+        logging.getLogger("geventsched").setLevel(logging.WARNING)
+    with RedisFor(args.redis_url) as url:
+        with Rig(url, args.channels, args.concurrency, args.durability) as rig:
+            figures = rig.throughput(args.jobs, progress=progress_bar(f"{args.jobs:,} no-op jobs"))
+            figures["sequential_latency_ms"] = rig.sequential()
+        figures.update(channels=args.channels, concurrency=args.concurrency, durability=args.durability,
+                       environment=environment(rig.client))
+    print(report(figures))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(figures, f, indent=2)
+    return 0
 
 
 def report(f):
     lat, seq = f["latency_ms"], f["sequential_latency_ms"]
     return "\n".join([
         f"geventsched bench: {f['jobs']:,} no-op jobs, 1 worker x {f['channels']} channels, "
-        f"concurrency {f['concurrency']}, durability {f['durability']} (Redis {f['environment']['redis']}, {f['environment']['cpus']} CPUs)",
+        f"concurrency {f['concurrency']}, durability {f['durability']} "
+        f"(Redis {f['environment']['redis']}, {f['environment']['cpus']} CPUs)",
         f"  throughput   {f['jobs_per_s']:>12,.0f} jobs/s   ({f['seconds']:.3f} s, {f['failed']} failed)",
         "  cpu per job  " + "   ".join(f"{k} {v} us" for k, v in f["cpu_us_per_job"].items()),
         f"  latency      p50 {lat['p50']:.2f} ms   p90 {lat['p90']:.2f} ms   p99 {lat['p99']:.2f} ms   "

@@ -54,25 +54,36 @@ class MasterHooks:
 
 
 def guarded(hooks, base):
-    """Wrap ``hooks`` so an exception in a hook is logged and swallowed, never reaching the loop."""
+    """Wrap ``hooks`` (one object, or a list called in order) so an exception in a hook is logged and
+    swallowed, never reaching the loop. ``None`` gives the no-op ``base()``."""
     if hooks is None:
         return base()
-    return _Guard(hooks, base)
+    return _Guard(hooks if isinstance(hooks, (list, tuple)) else [hooks], base)
 
 
 class _Guard:
     def __init__(self, hooks, base):
         for name in vars(base):
             if name.startswith("on_"):
-                setattr(self, name, _guard(getattr(hooks, name), name))
+                setattr(self, name, _guard([getattr(h, name) for h in hooks], name))
 
 
-def _guard(fn, name):
-    def call(*args):
-        try:
-            fn(*args)
-        except Exception:
-            log.exception("hook %s failed", name)
+def _guard(fns, name):
+    if len(fns) == 1:
+        fn = fns[0]
+
+        def call(*args):
+            try:
+                fn(*args)
+            except Exception:
+                log.exception("hook %s failed", name)
+    else:
+        def call(*args):
+            for fn in fns:
+                try:
+                    fn(*args)
+                except Exception:
+                    log.exception("hook %s failed", name)
 
     call.__name__ = name
     return call

@@ -19,6 +19,7 @@ needs is in Redis (``store.py``).
 """
 
 import logging
+import os
 import signal
 import time
 from collections import deque
@@ -28,10 +29,10 @@ from gevent.event import Event
 
 from geventsched import transport
 from geventsched.dispatch import ChannelTable, get_strategy
-from geventsched.errors import DecodeError
+from geventsched.errors import DecodeError, GeventschedError
 from geventsched.hooks import MasterHooks, guarded
 from geventsched.keys import Keys
-from geventsched.protocol import JsonCodec, error_result, make_codec
+from geventsched.protocol import Job, JsonCodec, error_result, make_codec
 from geventsched.store import Store
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,8 @@ class Master:
         self._benched = {}  # static channel name -> (time it may come back, cap)
         self._stale = False  # a discovered channel answered PUBLISH = 0: ask Redis again
         self._mismatched = set()  # workers whose durability differs from ours (logged once)
+        self._local_prefix = f"m{os.urandom(3).hex()}-"  # ids of submit_local jobs
+        self._local_seq = 0
         self._wake = Event()
         self._stop = Event()
         self._greenlets = []
@@ -118,6 +121,23 @@ class Master:
                 self.store.submit([(job.id, self.stored.encode_job(job)) for job in jobs], front=True)
         except transport.RedisError as exc:
             log.warning("master: could not put %d undispatched jobs back: %s", len(jobs), transport.describe(exc))
+
+    def submit_local(self, specs, timeout=None):
+        """Queue ``[(task, args, kwargs), ...]`` in this process, as the original design's master made
+        its own jobs: no Redis intake, no record, ids made here. ``--durability none`` only (a durable
+        job must be in Redis before submit returns: use ``Client``). Returns the job ids."""
+        if self.durable:
+            raise GeventschedError("submit_local needs durability none; durable jobs go through Client")
+        now = time.time()
+        ids = []
+        for task, args, kwargs in specs:
+            self._local_seq += 1
+            job = Job(f"{self._local_prefix}{self._local_seq}", task, list(args), dict(kwargs), timeout,
+                      None, now)
+            self.pending.append(job)
+            ids.append(job.id)
+        self._wake.set()
+        return ids
 
     def _every(self, interval, step):
         while not self._stop.wait(interval):
