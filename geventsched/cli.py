@@ -95,6 +95,8 @@ def build_parser():
     w.add_argument("--channels", type=channel_spec, default=("1",), metavar="SPEC",
                    help="N (1..N), A-B, or a comma list of numbers or names (default 1)")
     w.add_argument("--concurrency", type=positive_int, default=1000, help="jobs run at once (default 1000)")
+    w.add_argument("--threads", type=positive_int, default=8,
+                   help="threads for tasks declared blocking=True (default 8)")
     w.add_argument("--processes", type=positive_int, default=1, help="worker processes on this node")
     w.add_argument("--grace", type=float, default=30.0, help="seconds running jobs get at shutdown")
     w.add_argument("--raw-task", default="echo", help="task run for each raw-codec message (default echo)")
@@ -186,6 +188,7 @@ def cmd_worker(args):
         raise UsageError("--processes above 1 is not supported yet: start one worker per process")
     registry = default_registry(_app_modules(args))
     config = WorkerConfig(channels=args.channels, namespace=args.namespace, concurrency=args.concurrency,
+                          threads=args.threads,
                           codec=args.codec, raw_task=args.raw_task, grace=args.grace, durability=args.durability,
                           max_payload=args.max_payload)
     if args.codec == "raw" and args.raw_task not in registry:

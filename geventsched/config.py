@@ -27,6 +27,8 @@ class WorkerConfig:
     channels: tuple = ("1",)
     namespace: str = ""
     concurrency: int = 1000
+    #: Threads for tasks declared ``blocking=True``.
+    threads: int = 8
     codec: str = "json"
     raw_task: str = "echo"
     durability: str = "redis"

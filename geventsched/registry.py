@@ -10,6 +10,9 @@
     @app.task(name="resize", timeout=30)
     def resize(path): ...
 
+    @app.task(blocking=True)    # CPU-bound, or a C library that does not yield: run in a thread
+    def checksum(path): ...
+
 ``geventsched worker --app mymodule`` imports the module and runs every ``App`` found in it.
 """
 
@@ -26,6 +29,8 @@ class Task:
     name: str
     fn: object
     timeout: float | None = DEFAULT_TIMEOUT
+    #: Runs in the worker's thread pool instead of the hub, so it cannot stall the other jobs.
+    blocking: bool = False
 
 
 class App:
@@ -35,12 +40,12 @@ class App:
         self.prefix = prefix
         self.tasks = {}
 
-    def task(self, fn=None, *, name=None, timeout=DEFAULT_TIMEOUT):
+    def task(self, fn=None, *, name=None, timeout=DEFAULT_TIMEOUT, blocking=False):
         def register(fn):
             task_name = name or self._default_name(fn)
             if task_name in self.tasks and self.tasks[task_name].fn is not fn:
                 raise ConfigError(f"task {task_name!r} is registered twice")
-            self.tasks[task_name] = Task(task_name, fn, timeout)
+            self.tasks[task_name] = Task(task_name, fn, timeout, blocking)
             return fn
 
         return register(fn) if fn is not None else register

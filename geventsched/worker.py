@@ -74,6 +74,10 @@ class Worker:
         # "3" and "CHANNEL_DISPATCH_3" name the same channel: subscribe it once.
         self.channels = list(dict.fromkeys(self.keys.dispatch_channel(c) for c in config.channels))
         self.runners = Runners(config.concurrency, self._execute)
+        # Tasks declared blocking=True run here. A timeout stops the wait, not the thread: the thread
+        # finishes its call in the background, as any thread would.
+        self._threads = gevent.get_hub().threadpool
+        self._threads.maxsize = max(1, min(config.threads, config.concurrency))
         self._out = []
         self._out_ready = Event()
         self._stop = Event()
@@ -228,7 +232,11 @@ class Worker:
         if timer is not None:
             timer.start()
         try:
-            result = Result(job.id, "ok", task.fn(*job.args, **job.kwargs), task=job.task)
+            if task.blocking:
+                value = self._threads.apply(task.fn, job.args, job.kwargs)
+            else:
+                value = task.fn(*job.args, **job.kwargs)
+            result = Result(job.id, "ok", value, task=job.task)
         except Timeout as exc:
             if exc is not timer:
                 raise
