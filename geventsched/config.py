@@ -55,6 +55,8 @@ class MasterConfig:
     static_prefetch: int = 100
     default_timeout: float = DEFAULT_TIMEOUT
     max_attempts: int = 3
+    #: The master lease: a standby master takes over this long after the active one stopped renewing.
+    lease_ttl: float = 5.0
     claim_batch: int = 1000
     discovery_interval: float = 1.0
     reap_interval: float = 1.0

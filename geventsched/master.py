@@ -32,6 +32,7 @@ from geventsched.dispatch import ChannelTable, get_strategy
 from geventsched.errors import DecodeError, GeventschedError
 from geventsched.hooks import MasterHooks, guarded
 from geventsched.keys import Keys
+from geventsched.lease import Lease
 from geventsched.protocol import Job, JsonCodec, error_result, make_codec
 from geventsched.store import Store
 
@@ -68,35 +69,48 @@ class Master:
         self._greenlets = []
         self._subscriber = None
         self._pipe = None
+        self.lease = Lease(client, self.keys.master, config.lease_ttl)
+        self.lease_lost = False
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     def start(self):
+        """Take the master lease (standing by while another master holds it), then start the loops.
+        Returns False if ``stop()`` came first."""
+        if not self.lease.acquire(self._stop):
+            return False
+        self._greenlets.append(self.lease.spawn_keeper(self._stop, self._lose_lease))
         self._subscriber = self._subscribe()
         self._pipe = transport.Pipe(self.client)
         for name in self._static:
             self.table.add(name.encode(), None, self.config.prefetch or self.config.static_prefetch)
         if not self._static:
             self._discover()
-        self._greenlets = [gevent.spawn(self._collect_loop), gevent.spawn(self._dispatch_loop)]
+        self._greenlets += [gevent.spawn(self._collect_loop), gevent.spawn(self._dispatch_loop)]
         if self.durable:
             self._greenlets.append(gevent.spawn(self._every, self.config.reap_interval, self._reap))
         if not self._static:
             self._greenlets.append(gevent.spawn(self._every, self.config.discovery_interval, self._discover))
         log.info("master: %d channels, strategy %s, codec %s, durability %s", len(self.table),
                  self.config.strategy, self.codec.name, self.config.durability)
+        return True
 
     def run(self):
-        """Start and serve until SIGTERM/SIGINT. Returns the exit code."""
-        self.start()
+        """Serve until SIGTERM/SIGINT (standing by first if another master is active). Returns the exit
+        code: 1 if the lease was lost to another master."""
         handlers = [gevent.signal_handler(sig, self._stop.set) for sig in (signal.SIGTERM, signal.SIGINT)]
         try:
-            self._stop.wait()
+            if self.start():
+                self._stop.wait()
         finally:
             for handler in handlers:
                 handler.cancel()
             self.stop()
-        return 0
+        return 1 if self.lease_lost else 0
+
+    def _lose_lease(self):
+        self.lease_lost = True
+        self._stop.set()
 
     def stop(self):
         """Stop the loops and put claimed, undispatched jobs back on the intake. Jobs in flight stay
@@ -104,7 +118,9 @@ class Master:
         self._stop.set()
         self._wake.set()
         gevent.killall(self._greenlets, timeout=5)
-        self._return_pending()
+        if not self.lease_lost:
+            self._return_pending()
+            self.lease.release()
         for conn in (self._subscriber, self._pipe):
             if conn is not None:
                 conn.close()
