@@ -97,7 +97,9 @@ def build_parser():
     w.add_argument("--concurrency", type=positive_int, default=1000, help="jobs run at once (default 1000)")
     w.add_argument("--threads", type=positive_int, default=8,
                    help="threads for tasks declared blocking=True (default 8)")
-    w.add_argument("--processes", type=positive_int, default=1, help="worker processes on this node")
+    w.add_argument("--processes", type=positive_int, default=1,
+                   help="worker processes on this node (default 1); above 1 a supervisor splits the channels "
+                        "among them, restarts any that dies and serves one metrics endpoint for all")
     w.add_argument("--grace", type=float, default=30.0, help="seconds running jobs get at shutdown")
     w.add_argument("--raw-task", default="echo", help="task run for each raw-codec message (default echo)")
     w.add_argument("--metrics-port", type=non_negative_int, default=9109, help="0 turns it off")
@@ -126,6 +128,7 @@ def build_parser():
     s.add_argument("--timeout", type=positive_float, default=DEFAULT_WAIT,
                    help="seconds --wait waits (default %(default)s)")
     s.add_argument("--job-timeout", type=positive_float, help="time limit for each job (default: the task's)")
+    s.add_argument("--max-retries", type=non_negative_int, help="retries after a failure (default: the task's)")
 
     st = sub.add_parser("status", parents=[common], help="show workers, channels and job counts")
     st.add_argument("--json", action="store_true", help="machine-readable output")
@@ -180,12 +183,20 @@ def _connect(args):
 
 
 def cmd_worker(args):
+    if args.processes > 1:  # a supervisor: it runs no worker and imports no app itself
+        from geventsched import supervisor
+
+        if args.processes > len(args.channels):
+            raise UsageError(f"--processes {args.processes} needs at least {args.processes} channels "
+                             f"(--channels gives {len(args.channels)})")
+        node = supervisor.node_from_args(args, _connect(args))
+        with _metrics_endpoint(supervisor.node_registry(node), args):
+            return node.run()
+
     from geventsched import metrics
     from geventsched.registry import default_registry
     from geventsched.worker import Worker
 
-    if args.processes > 1:
-        raise UsageError("--processes above 1 is not supported yet: start one worker per process")
     registry = default_registry(_app_modules(args))
     config = WorkerConfig(channels=args.channels, namespace=args.namespace, concurrency=args.concurrency,
                           threads=args.threads,
@@ -249,7 +260,7 @@ def cmd_submit(args):
 
     specs = _job_specs(args)
     client = Client(_connect(args), args.namespace)
-    handles = client.submit_many(specs, timeout=args.job_timeout, reply=args.wait)
+    handles = client.submit_many(specs, timeout=args.job_timeout, reply=args.wait, max_retries=args.max_retries)
     if not args.wait:
         for handle in handles:
             print(handle.id)

@@ -64,11 +64,12 @@ class Client:
         """Submit one job for ``task``; returns its JobHandle."""
         return self.submit_many([(task, args, kwargs)])[0]
 
-    def submit_many(self, specs, timeout=None, key=None, reply=True):
+    def submit_many(self, specs, timeout=None, key=None, reply=True, max_retries=None):
         """Submit ``[(task, args, kwargs), ...]`` in one transaction; returns their handles in order.
 
         Arguments must be JSON values (a TypeError says which is not). ``timeout`` overrides the
-        task's time limit; ``key`` is the affinity key for ``--strategy hash``.
+        task's time limit; ``key`` is the affinity key for ``--strategy hash``; ``max_retries``
+        overrides the task's retries after a failure.
         """
         specs = list(specs)
         if not specs:
@@ -82,7 +83,7 @@ class Client:
         reply_to = self.reply_channel if reply else None
         encoded, handles = [], []
         for job_id, (task, args, kwargs) in zip(ids, specs):
-            job = Job(job_id, task, list(args), dict(kwargs), timeout, reply_to, now, key)
+            job = Job(job_id, task, list(args), dict(kwargs), timeout, reply_to, now, key, max_retries)
             try:
                 encoded.append((job_id, self.codec.encode_job(job)))
             except (TypeError, ValueError) as exc:

@@ -16,6 +16,8 @@ Keys:
     geventsched:intake            list  ids waiting for the master, oldest first
     geventsched:inflight          zset  id -> deadline (unix seconds) of dispatched jobs
     geventsched:attempts          hash  id -> dispatches that ended without a result (requeued)
+    geventsched:retries           hash  id -> retries after failures so far
+    geventsched:scheduled         zset  id -> when a failed job runs again (retry backoff)
     geventsched:dead              list  ids of dead-lettered jobs
     geventsched:result:<id>       string, encoded result, with a TTL
     geventsched:finished          hash  status -> count of jobs finished (each job once)
@@ -44,6 +46,8 @@ class Keys:
         self.inflight = own + "inflight"
         self.attempts = own + "attempts"
         self.dead = own + "dead"
+        self.retries = own + "retries"
+        self.scheduled = own + "scheduled"
         self.result_prefix = own + "result:"
         self.finished = own + "finished"
         self.workers = own + "workers"

@@ -33,7 +33,7 @@ from geventsched.errors import DecodeError, GeventschedError
 from geventsched.hooks import MasterHooks, guarded
 from geventsched.keys import Keys
 from geventsched.lease import Lease
-from geventsched.protocol import Job, JsonCodec, error_result, make_codec
+from geventsched.protocol import RETRY, Job, JsonCodec, error_result, make_codec
 from geventsched.store import Store
 
 log = logging.getLogger(__name__)
@@ -309,6 +309,9 @@ class Master:
             return
         job, channel = entry
         self.table.release(channel)
+        if result.status == RETRY:  # failed, scheduled to run again: the slot is free, the job not done
+            self.hooks.on_redispatched("retry", 1)
+            return
         if self.raw:
             raw_results.append((job.id, "ok", self.stored.encode_result(result), job.reply))
         self.hooks.on_finished(job, result.status, time.time() - job.submitted_at)
@@ -337,6 +340,8 @@ class Master:
     # -- housekeeping ----------------------------------------------------------------------------
 
     def _reap(self):
+        if self.store.promote():
+            self._wake.set()
         requeued, dead = self.store.reap(self.config.max_attempts)
         for job_id in requeued:
             self._forget(job_id)

@@ -52,7 +52,7 @@ MASTER_STATUSES = ("ok", "error", "timeout", "dead")
 REJECT_REASONS = ("empty", "too_large", "not_utf8", "invalid_json", "not_an_object", "bad_version",
                   "missing_field", "bad_field", "unknown_task")
 DISPATCH_FAILURE_REASONS = ("no_subscriber", "redis_error")
-REDISPATCH_REASONS = ("deadline", "worker_lost", "handed_back")
+REDISPATCH_REASONS = ("deadline", "worker_lost", "handed_back", "retry")
 WORKER_CONNECTIONS = ("subscriber",)
 MASTER_CONNECTIONS = ("dispatch", "collector")
 

@@ -22,6 +22,8 @@ from geventsched.errors import DecodeError
 
 VERSION = 1
 STATUSES = ("ok", "error", "timeout", "dead")
+#: Announced to the master when a failed job is scheduled to run again; never a job's result.
+RETRY = "retry"
 DEFAULT_MAX_PAYLOAD = 1 << 20  # 1 MiB, ``--max-payload``
 
 # orjson: ten times faster than the json module both ways on our messages (bench/README.md), strict
@@ -60,6 +62,8 @@ class Job:
     submitted_at: float = 0.0
     #: Affinity key for ``--strategy hash`` (the job id when not set).
     key: str | None = None
+    #: Retries after a failure (error or timeout); None = the task's own setting.
+    max_retries: int | None = None
     #: The message this job was decoded from: the JSON codec sends it on unchanged (the master
     #: dispatches the stored record as it is), the raw codec echoes it back as the result.
     payload: bytes | None = field(default=None, compare=False, repr=False)
@@ -105,13 +109,16 @@ class JsonCodec:
             doc["ts"] = job.submitted_at
         if job.key:
             doc["key"] = job.key
+        if job.max_retries is not None:
+            doc["max_retries"] = job.max_retries
         return _dumps(doc, (job.args, job.kwargs))
 
     def decode_job(self, data):
         doc = self._load(data)
         try:
             job = Job(doc["id"], doc["task"], doc.get("args", []), doc.get("kwargs", {}),
-                      doc.get("timeout"), doc.get("reply"), doc.get("ts", 0.0), doc.get("key"), data)
+                      doc.get("timeout"), doc.get("reply"), doc.get("ts", 0.0), doc.get("key"),
+                      doc.get("max_retries"), data)
         except KeyError as exc:
             raise DecodeError("missing_field", f"job has no {exc.args[0]!r}") from None
         _check_job(job)
@@ -134,7 +141,7 @@ class JsonCodec:
                             doc.get("task", ""), bool(doc.get("raw", False)))
         except KeyError as exc:
             raise DecodeError("missing_field", f"result has no {exc.args[0]!r}") from None
-        if not isinstance(result.id, str) or result.status not in STATUSES:
+        if not isinstance(result.id, str) or (result.status not in STATUSES and result.status != RETRY):
             raise DecodeError("bad_field", "result id must be a string and status one of " + "/".join(STATUSES))
         return result
 
@@ -181,6 +188,8 @@ def _check_job(job):
         raise DecodeError("bad_field", "key must be a string")
     if type(job.submitted_at) is not float and type(job.submitted_at) is not int:
         raise DecodeError("bad_field", "ts must be a number")
+    if job.max_retries is not None and (type(job.max_retries) is not int or not 0 <= job.max_retries <= 1000):
+        raise DecodeError("bad_field", "max_retries must be a whole number from 0 to 1000")
 
 
 class RawCodec:

@@ -13,6 +13,9 @@
     @app.task(blocking=True)    # CPU-bound, or a C library that does not yield: run in a thread
     def checksum(path): ...
 
+    @app.task(max_retries=5, retry_backoff=2.0)   # on error or timeout: again after ~2, 4, 8... s
+    def fetch(url): ...
+
 ``geventsched worker --app mymodule`` imports the module and runs every ``App`` found in it.
 """
 
@@ -31,6 +34,10 @@ class Task:
     timeout: float | None = DEFAULT_TIMEOUT
     #: Runs in the worker's thread pool instead of the hub, so it cannot stall the other jobs.
     blocking: bool = False
+    #: Runs again after an error or timeout, up to this many times (a job may override it).
+    max_retries: int = 0
+    #: Seconds before the first retry; doubles with each one (with +-50% jitter), capped at an hour.
+    retry_backoff: float = 1.0
 
 
 class App:
@@ -40,12 +47,13 @@ class App:
         self.prefix = prefix
         self.tasks = {}
 
-    def task(self, fn=None, *, name=None, timeout=DEFAULT_TIMEOUT, blocking=False):
+    def task(self, fn=None, *, name=None, timeout=DEFAULT_TIMEOUT, blocking=False, max_retries=0,
+             retry_backoff=1.0):
         def register(fn):
             task_name = name or self._default_name(fn)
             if task_name in self.tasks and self.tasks[task_name].fn is not fn:
                 raise ConfigError(f"task {task_name!r} is registered twice")
-            self.tasks[task_name] = Task(task_name, fn, timeout, blocking)
+            self.tasks[task_name] = Task(task_name, fn, timeout, blocking, max_retries, retry_backoff)
             return fn
 
         return register(fn) if fn is not None else register

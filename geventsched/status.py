@@ -29,7 +29,7 @@ def snapshot(client, namespace=""):
 
 def render(snap):
     lines = [f"workers: {len(snap['workers'])}   channels: {snap['channels']}   queued: {snap['queued']}   "
-             f"in flight: {snap['in_flight']}   dead: {snap['dead']}",
+             f"in flight: {snap['in_flight']}   retrying: {snap['retrying']}   dead: {snap['dead']}",
              "finished: " + "  ".join(f"{k} {v}" for k, v in snap["finished"].items())]
     if snap["workers"]:
         lines.append("")

@@ -9,6 +9,8 @@ A job's life::
     claim    LPOP intake n; HMGET jobs; ZADD inflight deadline id ...     (Master, one script per batch)
     finish   SET result:id NX EX ttl -> if new: HINCRBY finished status; ZREM inflight; HDEL jobs;
              PUBLISH reply; and PUBLISH CHANNEL_RESULT                (Worker, one script per batch)
+             (a failure with retries left goes to ``scheduled`` instead, due after its backoff)
+    promote  scheduled retries that are due -> intake                 (Master, once a second)
     reap     in flight past its deadline -> back to the intake, or dead after the last attempt
                                                                       (Master, once a second)
 
@@ -59,13 +61,13 @@ return out
 """
 
 _FINISH = """
--- KEYS: finished, inflight, jobs, attempts
--- ARGV: result_prefix, ttl, result_channel ('' = do not announce to the master),
---       then id, status, payload, reply for each result
-local prefix, ttl, channel = ARGV[1], ARGV[2], ARGV[3]
+-- KEYS: finished, inflight, jobs, attempts, retries, scheduled
+-- ARGV: result_prefix, ttl, result_channel ('' = do not announce to the master), final count F,
+--       then id, status, payload, reply for each of the F results,
+--       then id, status, payload, reply, task, max_retries, backoff for each failure that may retry
+local prefix, ttl, channel, finals = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local recorded, counts = {}, {}
-for i = 4, #ARGV, 4 do
-  local id, status, payload, reply = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+local function record(id, status, payload, reply)
   if redis.call('SET', prefix .. id, payload, 'NX', 'EX', ttl) then
     recorded[#recorded + 1] = id
     counts[status] = (counts[status] or 0) + 1
@@ -73,13 +75,45 @@ for i = 4, #ARGV, 4 do
   end
   if channel ~= '' then redis.call('PUBLISH', channel, payload) end
 end
+local last = 4 + finals * 4
+for i = 5, last, 4 do record(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]) end
+local now
+for i = last + 1, #ARGV, 7 do
+  local id, task = ARGV[i], ARGV[i + 4]
+  local max_retries, backoff = tonumber(ARGV[i + 5]), tonumber(ARGV[i + 6])
+  local retried = redis.call('HINCRBY', KEYS[5], id, 1)
+  if retried > max_retries or redis.call('EXISTS', prefix .. id) == 1 then
+    record(id, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
+  else
+    if not now then
+      local t = redis.call('TIME')
+      now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+    end
+    -- Exponential backoff; the worker already scaled backoff by a random jitter factor.
+    redis.call('ZADD', KEYS[6], now + math.min(3600, backoff * 2 ^ (retried - 1)), id)
+    redis.call('ZREM', KEYS[2], id)
+    if channel ~= '' then
+      redis.call('PUBLISH', channel, cjson.encode({v = 1, id = id, task = task, status = 'retry'}))
+    end
+  end
+end
 if #recorded > 0 then
   redis.call('ZREM', KEYS[2], unpack(recorded))
   redis.call('HDEL', KEYS[3], unpack(recorded))
   redis.call('HDEL', KEYS[4], unpack(recorded))
+  redis.call('HDEL', KEYS[5], unpack(recorded))
 end
 for status, n in pairs(counts) do redis.call('HINCRBY', KEYS[1], status, n) end
 return #recorded
+"""
+
+_PROMOTE = """
+-- Retries whose backoff ran out go back to the intake. KEYS: scheduled, intake; ARGV: now, limit
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+if #ids == 0 then return 0 end
+redis.call('ZREM', KEYS[1], unpack(ids))
+redis.call('RPUSH', KEYS[2], unpack(ids))
+return #ids
 """
 
 _REAP = """
@@ -145,7 +179,7 @@ return n
 """
 
 _REQUEUE_DEAD = """
--- KEYS: dead, jobs, intake, attempts, finished; ARGV: result_prefix, task ('' = any)
+-- KEYS: dead, jobs, intake, attempts, finished, retries; ARGV: result_prefix, task ('' = any)
 local ids = redis.call('LRANGE', KEYS[1], 0, -1)
 local n = 0
 for _, id in ipairs(ids) do
@@ -160,6 +194,7 @@ for _, id in ipairs(ids) do
     if body then
       redis.call('DEL', ARGV[1] .. id)
       redis.call('HDEL', KEYS[4], id)
+      redis.call('HDEL', KEYS[6], id)
       redis.call('HINCRBY', KEYS[5], 'dead', -1)
       redis.call('RPUSH', KEYS[3], id)
       n = n + 1
@@ -219,6 +254,7 @@ class Store:
         self._claim = register(_CLAIM)
         self._take = register(_TAKE)
         self._finish = register(_FINISH)
+        self._promote = register(_PROMOTE)
         self._reap = register(_REAP)
         self._requeue = register(_REQUEUE)
         self._requeue_dead = register(_REQUEUE_DEAD)
@@ -296,22 +332,29 @@ class Store:
 
     # -- worker side ---------------------------------------------------------------------------
 
-    def finish(self, results, announce=True):
+    def finish(self, results, announce=True, retries=()):
         """Record ``[(id, status, payload, reply), ...]``; the first result per job wins.
 
-        With ``announce`` each payload is also published on CHANNEL_RESULT for the master.
+        ``retries`` are failures that may run again: ``[(id, status, payload, reply, task, max_retries,
+        backoff), ...]``; each is scheduled after ``backoff * 2**(n-1)`` seconds (n = its retry number)
+        while n <= max_retries, and recorded like the others once out of retries. With ``announce``
+        each payload (or a ``retry`` notice) is published on CHANNEL_RESULT for the master.
         Returns how many results were new.
         """
         k = self.keys
-        args = [k.result_prefix, self.result_ttl, k.result_channel if announce else ""]
+        args = [k.result_prefix, self.result_ttl, k.result_channel if announce else "", len(results)]
         for job_id, status, payload, reply in results:
             args += (job_id, status, payload, reply or "")
-        return self._finish(keys=[k.finished, k.inflight, k.jobs, k.attempts], args=args)
+        for entry in retries:
+            args += entry
+        return self._finish(keys=[k.finished, k.inflight, k.jobs, k.attempts, k.retries, k.scheduled], args=args)
 
-    def finish_args(self, announce=True):
-        """The leading arguments of the finish script, for callers that pack their own EVALSHA."""
-        k = self.keys
-        return [k.result_prefix, str(self.result_ttl), k.result_channel if announce else ""]
+    def promote(self, limit=1000, now=None):
+        """Move retries that are due back to the intake. Returns how many."""
+        n = self._promote(keys=[self.keys.scheduled, self.keys.intake], args=[now or time.time(), limit])
+        if n:
+            self.client.publish(self.keys.wakeup_channel, b"1")
+        return n
 
     def register_worker(self, worker_id, heartbeat, ttl, channels):
         """Claim ``channels`` for ``worker_id``. Returns None, or ``(channel, owner)`` of a conflict."""
@@ -348,14 +391,16 @@ class Store:
         pipe.zcard(k.inflight)
         pipe.llen(k.dead)
         pipe.hgetall(k.finished)
-        queued, in_flight, dead, finished = pipe.execute()
+        pipe.zcard(k.scheduled)
+        queued, in_flight, dead, finished, scheduled = pipe.execute()
         totals = {status: 0 for status in ("ok", "error", "timeout", "dead")}
         totals.update({s.decode(): int(n) for s, n in finished.items()})
-        return {"queued": queued, "in_flight": in_flight, "dead": dead, "finished": totals}
+        return {"queued": queued, "in_flight": in_flight, "retrying": scheduled, "dead": dead,
+                "finished": totals}
 
     def requeue_dead(self, task=None):
         k = self.keys
-        n = self._requeue_dead(keys=[k.dead, k.jobs, k.intake, k.attempts, k.finished],
+        n = self._requeue_dead(keys=[k.dead, k.jobs, k.intake, k.attempts, k.finished, k.retries],
                                args=[k.result_prefix, task or ""])
         if n:
             self.client.publish(k.wakeup_channel, b"1")

@@ -18,6 +18,7 @@ period kills what still runs and hands it back.
 import json
 import logging
 import os
+import random
 import signal
 import socket
 import time
@@ -79,6 +80,7 @@ class Worker:
         self._threads = gevent.get_hub().threadpool
         self._threads.maxsize = max(1, min(config.threads, config.concurrency))
         self._out = []
+        self._retry_out = []  # failures that may run again (Store.finish ``retries``)
         self._out_ready = Event()
         self._stop = Event()
         self._hard_stop = Event()
@@ -247,15 +249,20 @@ class Worker:
             if timer is not None:
                 timer.cancel()
         self.hooks.on_finished(job, result.status, time.perf_counter() - started)
-        self._emit(job, result)
+        self._emit(job, result, task)
 
-    def _emit(self, job, result):
+    def _emit(self, job, result, task=None):
         try:
             payload = self.codec.encode_result(result, job)
         except (TypeError, ValueError) as exc:
             result = error_result(job, "error", "EncodeError", f"result is not JSON-serialisable: {exc}")
             payload = self.codec.encode_result(result, job)
-        self._out.append((job.id, result.status, payload, job.reply))
+        retries = job.max_retries if job.max_retries is not None else task.max_retries if task else 0
+        if retries and result.status != "ok" and self.recording:
+            backoff = task.retry_backoff * random.uniform(0.5, 1.5)
+            self._retry_out.append((job.id, result.status, payload, job.reply or "", job.task, retries, backoff))
+        else:
+            self._out.append((job.id, result.status, payload, job.reply))
         if not self._out_ready.is_set():
             self._out_ready.set()
 
@@ -267,21 +274,24 @@ class Worker:
             ready.wait()
             ready.clear()
             batch, self._out = self._out, []
-            for i in range(0, len(batch), WRITE_BATCH):
-                self._write(batch[i:i + WRITE_BATCH])
+            retries, self._retry_out = self._retry_out, []
+            for i in range(0, max(len(batch), 1), WRITE_BATCH):
+                self._write(batch[i:i + WRITE_BATCH], retries if i == 0 else ())
             if self._stopping and not self._out and not self.runners.running:
                 return
 
-    def _write(self, batch):
+    def _write(self, batch, retries=()):
         """Write one batch, retrying until Redis takes it: a result is never dropped."""
+        if not batch and not retries:
+            return
         delay = 0.1
         while True:
             try:
                 if self.recording:
-                    self.store.finish(batch)
+                    self.store.finish(batch, retries=retries)
                 else:
                     self._publish(batch)
-                self.hooks.on_results_written(len(batch))
+                self.hooks.on_results_written(len(batch) + len(retries))
                 return
             except (transport.RedisError, OSError) as exc:
                 log.warning("worker %s: writing %d results failed (%s), retrying in %.1fs", self.id,
