@@ -34,7 +34,7 @@ from geventsched.hooks import MasterHooks, guarded
 from geventsched.keys import Keys
 from geventsched.lease import Lease
 from geventsched.protocol import RETRY, Job, JsonCodec, error_result, make_codec
-from geventsched.store import Store
+from geventsched.store import CLAIM_GRACE, DEADLINE_SLACK, Store
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ class Master:
         if room <= 0:
             return
         if self.durable:
-            claimed = self.store.claim(room, self.config.default_timeout)
+            claimed = self.store.claim(room)
         else:
             claimed = self.store.take(room)
         handed_back = 0
@@ -231,8 +231,14 @@ class Master:
             chunks.append(transport.pack_publish(channel.name, encode(job)))
         if not sent:
             return False
-        replies = self._pipe.call(b"".join(chunks), len(sent))
+        count = len(sent)
         now = time.time()
+        if self.durable:  # in the same write: published jobs get their full deadline
+            default = self.config.default_timeout
+            chunks.append(self.store.deadline_command(
+                [(now + (job.timeout or default) + DEADLINE_SLACK, job.id) for job, _ in sent]))
+            count += 1
+        replies = self._pipe.call(b"".join(chunks), count)
         missed = []
         for (job, channel), receivers in zip(sent, replies):
             if receivers and not transport.is_error(receivers):
@@ -342,6 +348,8 @@ class Master:
     def _reap(self):
         if self.store.promote():
             self._wake.set()
+        if self.pending and self.durable:  # still ours, waiting for room: keep the reaper off them
+            self.store.extend([job.id for job in self.pending], time.time() + CLAIM_GRACE)
         requeued, dead = self.store.reap(self.config.max_attempts)
         for job_id in requeued:
             self._forget(job_id)

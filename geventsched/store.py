@@ -21,9 +21,13 @@ was thought dead, or its deadline passed while it still ran) is counted once.
 import json
 import time
 
+from geventsched.transport import pack as transport_pack
+
 DEFAULT_RESULT_TTL = 24 * 3600
 #: Extra time past a job's own timeout before the master thinks it lost: covers time queued on the worker.
 DEADLINE_SLACK = 30.0
+#: Deadline of a claimed job not yet published: a master that dies holding it loses it for this long.
+CLAIM_GRACE = 10.0
 
 # Scripts batch their writes: one ZADD/HDEL/ZREM for the whole batch, never one per job where a
 # single call can carry many. In Redis 7 each redis.call() costs about a microsecond of overhead, as
@@ -33,23 +37,18 @@ DEADLINE_SLACK = 30.0
 # handed back); a job's current attempt is that count + 1.
 
 _CLAIM = """
--- KEYS: intake, jobs, inflight, attempts; ARGV: count, now, default_timeout, slack
+-- KEYS: intake, jobs, inflight, attempts; ARGV: count, deadline
+-- The deadline is short: the master moves it to the job's own once the job is published, so a job
+-- claimed by a master that died before publishing it comes back within seconds.
 local ids = redis.call('LPOP', KEYS[1], ARGV[1])
 if not ids then return {} end
 local bodies = redis.call('HMGET', KEYS[2], unpack(ids))
 local attempts = redis.call('HMGET', KEYS[4], unpack(ids))
-local now, default_timeout, slack = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local deadlines, out = {}, {}
 for i, id in ipairs(ids) do
   local body = bodies[i]
   if body then
-    local timeout = default_timeout
-    -- Decode only the jobs that carry their own time limit: most use the task's default.
-    if string.find(body, '"timeout":', 1, true) then
-      local ok, job = pcall(cjson.decode, body)
-      if ok and type(job) == 'table' and type(job.timeout) == 'number' then timeout = job.timeout end
-    end
-    deadlines[#deadlines + 1] = now + timeout + slack
+    deadlines[#deadlines + 1] = ARGV[2]
     deadlines[#deadlines + 1] = id
     out[#out + 1] = id
     out[#out + 1] = body
@@ -293,12 +292,27 @@ class Store:
 
     # -- master side ---------------------------------------------------------------------------
 
-    def claim(self, count, default_timeout, slack=DEADLINE_SLACK, now=None):
-        """Move up to ``count`` jobs from the intake to in-flight. Returns ``[(id, body, attempt), ...]``."""
+    def claim(self, count, grace=CLAIM_GRACE, now=None):
+        """Move up to ``count`` jobs from the intake to in-flight, with a deadline ``grace`` seconds
+        away (see ``deadline_command``). Returns ``[(id, body, attempt), ...]``."""
         k = self.keys
         flat = self._claim(keys=[k.intake, k.jobs, k.inflight, k.attempts],
-                           args=[count, now or time.time(), default_timeout, slack])
+                           args=[count, (now or time.time()) + grace])
         return [(flat[i].decode(), flat[i + 1], int(flat[i + 2])) for i in range(0, len(flat), 3)]
+
+    def deadline_command(self, deadlines):
+        """``ZADD inflight XX`` packed for ``[(deadline, id), ...]``: set when a job is published (its
+        time limit plus slack) and while it waits in the master (``CLAIM_GRACE``). XX: a job that has
+        finished meanwhile stays finished."""
+        args = ["ZADD", self.keys.inflight, "XX"]
+        for deadline, job_id in deadlines:
+            args += (repr(deadline), job_id)
+        return transport_pack(*args)
+
+    def extend(self, ids, deadline):
+        """Move the deadline of jobs still in flight (not those that finished meanwhile)."""
+        for i in range(0, len(ids), 1000):
+            self.client.zadd(self.keys.inflight, {job_id: deadline for job_id in ids[i:i + 1000]}, xx=True)
 
     def take(self, count):
         """``--durability none``: remove up to ``count`` jobs from the intake, keeping no record.
