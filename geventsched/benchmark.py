@@ -311,25 +311,33 @@ def progress_bar(label):
 def main(args):
     if args.log_level == "INFO":  # the figures are the output; keep the master's info lines out of them
         logging.getLogger("geventsched").setLevel(logging.WARNING)
+    modes = [args.durability] if args.durability else ["redis", "none"]
+    runs = {}
     with RedisFor(args.redis_url) as url:
-        with Rig(url, args.channels, args.concurrency, args.durability) as rig:
-            figures = rig.throughput(args.jobs, progress=progress_bar(f"{args.jobs:,} no-op jobs"))
-            figures["sequential_latency_ms"] = rig.sequential()
-        figures.update(channels=args.channels, concurrency=args.concurrency, durability=args.durability,
-                       environment=environment(rig.client))
-    print(report(figures))
+        for mode in modes:
+            with Rig(url, args.channels, args.concurrency, mode) as rig:
+                runs[mode] = rig.throughput(args.jobs, progress=progress_bar(f"{args.jobs:,} jobs, durability {mode}"))
+                runs[mode]["sequential_latency_ms"] = rig.sequential()
+            runs[mode].update(channels=args.channels, concurrency=args.concurrency, durability=mode)
+        env = environment(rig.client)
+    # The first mode (durable, the default) is the headline; the other rides along under its name.
+    figures = runs[modes[0]]
+    if len(modes) > 1:
+        figures["fire_and_forget"] = runs["none"]
+    figures["environment"] = env
+    print("\n".join(report(runs[mode], env) for mode in modes))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(figures, f, indent=2)
     return 0
 
 
-def report(f):
+def report(f, env):
     lat, seq = f["latency_ms"], f["sequential_latency_ms"]
     return "\n".join([
         f"geventsched bench: {f['jobs']:,} no-op jobs, 1 worker x {f['channels']} channels, "
         f"concurrency {f['concurrency']}, durability {f['durability']} "
-        f"(Redis {f['environment']['redis']}, {f['environment']['cpus']} CPUs)",
+        f"(Redis {env['redis']}, {env['cpus']} CPUs)",
         f"  throughput   {f['jobs_per_s']:>12,.0f} jobs/s   ({f['seconds']:.3f} s, {f['failed']} failed)",
         "  cpu per job  " + "   ".join(f"{k} {v} us" for k, v in f["cpu_us_per_job"].items()),
         f"  latency      p50 {lat['p50']:.2f} ms   p90 {lat['p90']:.2f} ms   p99 {lat['p99']:.2f} ms   "

@@ -142,7 +142,8 @@ def build_parser():
     b.add_argument("--jobs", type=positive_int, default=50_000)
     b.add_argument("--channels", type=positive_int, default=100)
     b.add_argument("--concurrency", type=positive_int, default=1000)
-    b.add_argument("--durability", default="redis", choices=["redis", "none"])
+    b.add_argument("--durability", choices=["redis", "none"],
+                   help="run one mode only (default: durable, then fire-and-forget)")
     b.add_argument("--json", metavar="FILE", help="write the figures as JSON")
     return parser
 
