@@ -234,9 +234,9 @@ class Master:
         count = len(sent)
         now = time.time()
         if self.durable:  # in the same write: published jobs get their full deadline
-            default = self.config.default_timeout
+            base, default = int(now + DEADLINE_SLACK), self.config.default_timeout
             chunks.append(self.store.deadline_command(
-                [(now + (job.timeout or default) + DEADLINE_SLACK, job.id) for job, _ in sent]))
+                [(base + int(job.timeout or default), job.id) for job, _ in sent]))
             count += 1
         replies = self._pipe.call(b"".join(chunks), count)
         missed = []

@@ -21,8 +21,6 @@ was thought dead, or its deadline passed while it still ran) is counted once.
 import json
 import time
 
-from geventsched.transport import pack as transport_pack
-
 DEFAULT_RESULT_TTL = 24 * 3600
 #: Extra time past a job's own timeout before the master thinks it lost: covers time queued on the worker.
 DEADLINE_SLACK = 30.0
@@ -301,13 +299,21 @@ class Store:
         return [(flat[i].decode(), flat[i + 1], int(flat[i + 2])) for i in range(0, len(flat), 3)]
 
     def deadline_command(self, deadlines):
-        """``ZADD inflight XX`` packed for ``[(deadline, id), ...]``: set when a job is published (its
-        time limit plus slack) and while it waits in the master (``CLAIM_GRACE``). XX: a job that has
-        finished meanwhile stays finished."""
-        args = ["ZADD", self.keys.inflight, "XX"]
+        """``ZADD inflight XX`` packed for ``[(deadline, id), ...]``, deadlines in whole seconds: set
+        when a job is published (its time limit plus slack). XX: a job that has finished meanwhile
+        stays finished. Packed by hand: it runs once per dispatched batch, one pair per job."""
+        scores = {}  # jobs mostly share a deadline: format each one once
+        parts = []
         for deadline, job_id in deadlines:
-            args += (repr(deadline), job_id)
-        return transport_pack(*args)
+            score = scores.get(deadline)
+            if score is None:
+                text = b"%d" % (deadline + 1)
+                score = scores[deadline] = b"$%d\r\n%s\r\n" % (len(text), text)
+            job_id = job_id.encode()
+            parts.append(b"%s$%d\r\n%s\r\n" % (score, len(job_id), job_id))
+        key = self.keys.inflight.encode()
+        head = b"*%d\r\n$4\r\nZADD\r\n$%d\r\n%s\r\n$2\r\nXX\r\n" % (3 + 2 * len(parts), len(key), key)
+        return head + b"".join(parts)
 
     def extend(self, ids, deadline):
         """Move the deadline of jobs still in flight (not those that finished meanwhile)."""
