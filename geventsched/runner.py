@@ -8,8 +8,15 @@ one other runner first. If the job finishes without yielding, the same runner go
 job and the woken one finds the queue empty (one wasted wake per batch, not one per job); if the job
 blocks, the woken runner takes the next job and wakes another. So ``size`` blocking jobs still run side
 by side, and a burst of short jobs does not stampede every idle runner.
+
+A runner that has held the hub for ``HOLD`` seconds of jobs that never yield (CPU-bound ones) yields
+once before the next job, so the reader, the writer and the heartbeat still get their turn: without it
+a backlog of such jobs starves the heartbeat until the master declares the worker dead.
 """
 
+HOLD = 0.005
+
+import time
 from collections import deque
 
 import gevent
@@ -63,9 +70,11 @@ class Runners:
         parked = Event()
         local = {}
         queue, current = self._queue, self._current
+        clock = time.perf_counter
         try:
             while not self._closed:
                 self._waking = False
+                since = clock()
                 while queue:
                     job = queue.popleft()
                     if queue and not self._waking:
@@ -77,6 +86,9 @@ class Runners:
                         del current[me]
                     if self._closed:
                         return
+                    if clock() - since > HOLD:
+                        gevent.sleep(0)
+                        since = clock()
                 parked.clear()
                 self._idle.append(parked)
                 parked.wait()

@@ -65,7 +65,7 @@ def test_channel_held_by_a_live_worker_is_refused(spawn, r, namespace, redis_url
     assert "channel " + namespace + ":CHANNEL_DISPATCH_3 is held by live worker" in second.output()
 
 
-def test_processes_above_one_is_refused_for_now(redis_url):
+def test_more_processes_than_channels_is_a_usage_error(redis_url):
     done = run_cli("worker", "--processes", "2", "--redis-url", redis_url)
     assert done.returncode == 2 and "--processes" in done.stderr
 

@@ -1,0 +1,416 @@
+"""``geventsched worker --processes N``: one supervisor process over N worker processes.
+
+The supervisor runs no worker and imports no app. It
+
+* splits the channels into N contiguous, disjoint parts and keeps one ``geventsched worker
+  --processes 1`` child running per part (a *slot*), with the supervisor's other worker options, its
+  own worker id, and its metrics on 127.0.0.1 at a free port;
+* restarts a child that exits: at once, then after 0.5, 1, 2 s while it keeps dying young; after
+  ``RestartPolicy.max_young_exits`` young deaths in a row the node gives up (stops the other children,
+  then ``run`` raises GeventschedError: one line, exit 1);
+* frees the leases of a child that died without deregistering (``LeaseReaper``), so its successor
+  claims the same channels at once rather than after the heartbeat TTL;
+* forwards SIGTERM/SIGINT to every child, which then drains (a second signal, forwarded too, is the
+  children's hard stop); ``run`` returns 0 once all have exited;
+* serves one metrics endpoint for the node (``NodeCollector``).
+
+Children run in a session of their own, so a Ctrl-C in a terminal reaches only the supervisor, which
+forwards it once. For the same reason, under systemd use ``KillMode=mixed``: with the default
+``control-group`` each child would get systemd's SIGTERM and the forwarded one, which is a hard stop.
+On Linux a child gets SIGTERM when the supervisor dies (``PR_SET_PDEATHSIG``): it drains rather than
+serving its channels on as an orphan.
+"""
+
+import ctypes
+import http.client
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import gevent
+from gevent.event import Event
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+
+from geventsched import transport
+from geventsched.embedded import free_port
+from geventsched.errors import GeventschedError
+from geventsched.keys import Keys
+from geventsched.store import Store
+
+log = logging.getLogger(__name__)
+
+#: Parsed options (argparse ``dest``) set per child; every other worker option is passed on as given.
+#: ``channels`` is the child's part, ``processes`` 1, metrics go to a private port, and ``redis_url``
+#: goes in the environment (GEVENTSCHED_REDIS_URL), where ``ps`` does not show a password.
+PER_CHILD = frozenset({"command", "channels", "processes", "metrics_port", "metrics_addr", "redis_url"})
+#: Seconds a scrape of the node waits for the children's answers.
+SCRAPE_TIMEOUT = 3.0
+_PR_SET_PDEATHSIG = 1
+
+
+def split_channels(channels, parts):
+    """``channels`` cut into ``parts`` contiguous, disjoint, non-empty runs, in order, whose sizes differ
+    by one at most (10 in 3: 3, 3, 4). Raises ValueError when there are fewer channels than parts."""
+    channels, count = list(channels), len(channels)
+    if not 1 <= parts <= count:
+        raise ValueError(f"cannot split {count} channels among {parts} processes")
+    return [tuple(channels[count * i // parts:count * (i + 1) // parts]) for i in range(parts)]
+
+
+def format_channels(channels):
+    """A ``--channels`` SPEC for exactly ``channels`` (as ``parse_channels`` returns them): runs of
+    consecutive numbers become ``A-B``, so a child's share fits in one argument (Linux caps one at 128 KiB)."""
+    items = []  # channel names, and [first, last] for runs of numbers
+    for name in channels:
+        number = int(name) if name.isascii() and name.isdecimal() else None
+        if number is not None and items and isinstance(items[-1], list) and number == items[-1][1] + 1:
+            items[-1][1] = number
+        else:
+            items.append(name if number is None else [number, number])
+    return ",".join(item if isinstance(item, str) else "-".join(map(str, sorted(set(item)))) for item in items)
+
+
+def child_argv(args, channels, metrics_port):
+    """The command line of a child serving ``channels``, from the supervisor's parsed ``args``: each
+    option ``dest`` outside PER_CHILD goes back as ``--dest=value`` (so that a value starting with "-"
+    is not taken for an option), a list as one ``--dest=item`` per item, a true flag as ``--dest``."""
+    argv = [sys.executable, "-m", "geventsched", "worker", "--processes=1",
+            f"--channels={format_channels(channels)}", f"--metrics-port={metrics_port}",
+            "--metrics-addr=127.0.0.1"]
+    for dest, value in sorted(vars(args).items()):
+        if dest in PER_CHILD or value is None or value is False:
+            continue
+        flag = "--" + dest.replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        elif isinstance(value, (list, tuple)):
+            argv += [f"{flag}={item}" for item in value]
+        else:
+            argv.append(f"{flag}={value}")
+    return argv
+
+
+def node_from_args(args, client):
+    """A Supervisor for ``geventsched worker --processes N`` (N > 1) with these parsed ``args``;
+    ``client`` is a Redis client for the namespace's registrations."""
+    return Supervisor(split_channels(args.channels, args.processes),
+                      lambda channels, port: child_argv(args, channels, port),
+                      env={**os.environ, "GEVENTSCHED_REDIS_URL": args.redis_url},
+                      reaper=LeaseReaper(client, args.namespace), metrics=bool(args.metrics_port))
+
+
+def describe_exit(code):
+    if code is not None and code < 0:
+        return f"was killed by {signal.Signals(-code).name if -code in signal.valid_signals() else -code}"
+    return f"exited with status {code}"
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    #: Seconds before restarting after the 1st, 2nd, ... young exit in a row (the last one repeats).
+    backoff: tuple = (0.0, 0.5, 1.0, 2.0, 4.0)
+    #: A child that exits sooner than this after its start died young.
+    min_uptime: float = 10.0
+    #: This many young exits in a row and the node gives up.
+    max_young_exits: int = 5
+
+    def delay(self, young_exits):
+        """Seconds to wait before the next start; None means give up."""
+        if young_exits >= self.max_young_exits:
+            return None
+        return self.backoff[max(0, min(young_exits - 1, len(self.backoff) - 1))]
+
+
+class Slot:
+    """One share of the channels and the child process serving it (``proc`` is None between children)."""
+
+    def __init__(self, index, channels):
+        self.index = index
+        self.channels = channels
+        self.proc = None
+        self.port = 0
+        self.started = None  # time.monotonic() of the current child's start
+        self.young_exits = 0
+        self.restarts = 0
+
+
+class Supervisor:
+    """Keeps one child per slot running until a signal, or until a slot's child keeps dying young.
+
+    ``command(channels, metrics_port)`` gives a child's argv, ``env`` its environment, and
+    ``reaper(pid)`` frees the registration of a child that died with its leases still held.
+    """
+
+    def __init__(self, parts, command, env=None, reaper=None, policy=RestartPolicy(), metrics=True):
+        self.slots = [Slot(index, tuple(part)) for index, part in enumerate(parts)]
+        self.command = command
+        self.env = env
+        self.reaper = reaper
+        self.policy = policy
+        self.metrics = metrics
+        self._stopping = False
+        self._stop = Event()  # wakes the slots that wait out a backoff
+        self._wake = Event()  # wakes run(): a signal came, a slot gave up, or a slot's greenlet ended
+        self._signals = []
+        self._failure = None
+        self._libc = _load_libc()
+
+    @property
+    def running(self):
+        """Children alive now."""
+        return sum(1 for slot in self.slots if slot.proc is not None)
+
+    def run(self):
+        """Start the children and supervise them until all have exited. Blocks.
+
+        Returns 0 after a SIGTERM/SIGINT; raises GeventschedError (one line) when a slot gave up.
+        """
+        handlers = [gevent.signal_handler(sig, self._on_signal, sig) for sig in (signal.SIGTERM, signal.SIGINT)]
+        try:
+            greenlets = [gevent.spawn(self._keep, slot) for slot in self.slots]
+            for greenlet in greenlets:
+                greenlet.link(lambda _: self._wake.set())
+            log.info("node: %d worker processes, %d channels", len(self.slots),
+                     sum(len(slot.channels) for slot in self.slots))
+            while not all(greenlet.dead for greenlet in greenlets):
+                self._wake.wait()
+                self._wake.clear()
+                self._act()
+        finally:
+            for handler in handlers:
+                handler.cancel()
+        if self._failure:
+            raise GeventschedError(self._failure)
+        log.info("node: all worker processes exited")
+        return 0
+
+    def _on_signal(self, signum):
+        # Runs in the hub: only note it, run() does the work.
+        self._signals.append(signum)
+        self._wake.set()
+
+    def _act(self):
+        signals, self._signals = self._signals, []
+        for signum in signals:
+            log.info("node: %s, %s", signal.Signals(signum).name,
+                     "hard stop" if self._stopping else "stopping the worker processes")
+            self._stopping = True
+            self._stop.set()
+            self._forward(signum)
+        if self._failure and not self._stopping:
+            self._stopping = True
+            self._stop.set()
+            self._forward(signal.SIGTERM)
+
+    def _forward(self, signum):
+        for slot in self.slots:
+            if slot.proc is not None:
+                try:
+                    slot.proc.send_signal(signum)
+                except ProcessLookupError:  # exited, not reaped yet: its slot hears of it next
+                    pass
+
+    # -- one slot --------------------------------------------------------------------------------
+
+    def _keep(self, slot):
+        """Run children for ``slot``, one after the other, until the node stops or gives up."""
+        delay = 0.0
+        while not self._stopping:
+            if delay and self._stop.wait(delay):
+                return
+            try:
+                proc = self._start(slot)
+            except OSError as exc:
+                self._give_up(f"cannot start worker process {slot.index}: {exc}")
+                return
+            code = proc.wait()
+            uptime = time.monotonic() - slot.started
+            slot.proc = None
+            if code != 0 and self.reaper is not None:
+                self.reaper(proc.pid)
+            if self._stopping:
+                (log.info if code == 0 else log.warning)("node: process %d (pid %d) %s", slot.index, proc.pid,
+                                                         describe_exit(code))
+                return
+            delay = self._next_delay(slot, proc.pid, code, uptime)
+            if delay is None:
+                return
+
+    def _start(self, slot):
+        # Another process may take the port first: the child then fails to bind, exits, and its
+        # successor gets another port.
+        slot.port = free_port() if self.metrics else 0
+        argv = self.command(slot.channels, slot.port)
+        if slot.started is not None:
+            slot.restarts += 1
+        slot.started = time.monotonic()
+        proc = slot.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, env=self.env, start_new_session=True,
+                                            preexec_fn=self._child_setup())
+        log.info("node: process %d (pid %d) serves %d channels", slot.index, proc.pid, len(slot.channels))
+        if self._stopping:  # the stop came while it was being started: run() did not see it
+            proc.send_signal(signal.SIGTERM)
+        return proc
+
+    def _next_delay(self, slot, pid, code, uptime):
+        """Seconds before ``slot`` gets its next child, or None when the node gives up."""
+        slot.young_exits = slot.young_exits + 1 if uptime < self.policy.min_uptime else 0
+        delay = self.policy.delay(slot.young_exits)
+        if delay is None:
+            self._give_up(f"worker process {slot.index} died {slot.young_exits} times in a row, each within "
+                          f"{self.policy.min_uptime:g}s of its start (last: {describe_exit(code)}); giving up, "
+                          f"see its error above")
+            return None
+        log.warning("node: process %d (pid %d) %s after %.1fs; restarting it%s", slot.index, pid,
+                    describe_exit(code), uptime, f" in {delay:g}s" if delay else "")
+        return delay
+
+    def _give_up(self, message):
+        if self._failure is None:
+            self._failure = message
+        self._wake.set()
+
+    def _child_setup(self):
+        """Runs in the child between fork and exec: ask for SIGTERM when the supervisor dies."""
+        libc, parent = self._libc, os.getpid()
+        if libc is None:
+            return None
+
+        def setup():
+            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
+            if os.getppid() != parent:  # the supervisor died before prctl: no signal would come
+                os._exit(1)
+
+        return setup
+
+
+def _load_libc():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc if hasattr(libc, "prctl") else None
+    except OSError:
+        return None
+
+
+class LeaseReaper:
+    """Frees the channels of a child that died without deregistering (SIGKILL, crash).
+
+    A worker's channel lease lasts as long as its heartbeat key (a 5 s TTL), and until then its successor
+    would be refused the same channels. Deleting that key ends the lease at once. The worker's id stays
+    in the set of workers: the master's discovery then sees a worker that stopped beating and sends its
+    in-flight jobs back to the queue at once (``Store.release_worker`` would drop the id from that set,
+    and with it the master's cue: those jobs would wait for their deadline). The id of a child is
+    random; it is found by the pid and host in the heartbeat.
+    """
+
+    def __init__(self, client, namespace, host=None):
+        self.client = client
+        self.keys = Keys(namespace)
+        self.store = Store(client, self.keys)
+        self.host = host or socket.gethostname()
+
+    def __call__(self, pid):
+        """Free the registration of the worker that ran as ``pid`` here. Returns the ids freed; on a
+        Redis error logs it and returns [] (the lease then runs out with its TTL)."""
+        try:
+            dead = [worker_id for worker_id, beat in self.store.workers().items()
+                    if beat and beat.get("pid") == pid and beat.get("host") == self.host]
+            if dead:
+                self.client.delete(*[self.keys.worker(worker_id) for worker_id in dead])
+        except transport.RedisError as exc:
+            log.warning("node: cannot free the channels of pid %d: %s", pid, transport.describe(exc))
+            return []
+        for worker_id in dead:
+            log.info("node: freed the channels of worker %s (pid %d)", worker_id, pid)
+        return dead
+
+
+# -- the node's metrics endpoint -----------------------------------------------------------------
+
+
+def node_registry(supervisor, timeout=SCRAPE_TIMEOUT):
+    """A registry that serves the node: pass it to ``metrics.serve``."""
+    registry = CollectorRegistry()
+    registry.register(NodeCollector(supervisor, timeout))
+    return registry
+
+
+class NodeCollector:
+    """Every child's samples with a ``process="<slot>"`` label, plus ``geventsched_node_*``.
+
+    The children are scraped when the node is, all at once; one that does not answer within
+    ``timeout`` s (starting, restarting, stuck) is left out of that scrape.
+    """
+
+    def __init__(self, supervisor, timeout=SCRAPE_TIMEOUT):
+        self.supervisor = supervisor
+        self.timeout = timeout
+
+    def collect(self):
+        yield GaugeMetricFamily("geventsched_node_processes", "Worker processes running on this node.",
+                                value=self.supervisor.running)
+        restarts = CounterMetricFamily("geventsched_node_restarts", "Worker processes restarted after they exited.",
+                                       labels=["process"])
+        for slot in self.supervisor.slots:
+            restarts.add_metric([str(slot.index)], slot.restarts)
+        yield restarts
+        yield from merge_families(self._scrape())
+
+    def _scrape(self):
+        targets = [(str(slot.index), slot.port) for slot in self.supervisor.slots
+                   if slot.proc is not None and slot.port]
+        fetches = [gevent.spawn(fetch_metrics, port, self.timeout) for _, port in targets]
+        gevent.joinall(fetches, timeout=self.timeout)
+        texts = []
+        for (process, port), fetch in zip(targets, fetches):
+            if fetch.successful():
+                texts.append((process, fetch.value))
+            else:
+                fetch.kill(block=False)
+                log.debug("node: process %s (port %d) did not answer the scrape: %s", process, port,
+                          fetch.exception or "timed out")
+        return texts
+
+
+def fetch_metrics(port, timeout):
+    """GET http://127.0.0.1:PORT/metrics (text format, no proxy). Raises OSError or HTTPException."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", "/metrics")
+        response = conn.getresponse()
+        body = response.read()
+        if response.status != 200:
+            raise http.client.HTTPException(f"HTTP {response.status}")
+        return body.decode("utf-8")
+    finally:
+        conn.close()
+
+
+def merge_families(texts):
+    """The families of ``[(process, exposition text), ...]``, each once (so HELP and TYPE come once),
+    with every sample labelled ``process``. A text that does not parse is left out."""
+    merged = {}
+    for process, text in texts:
+        try:
+            families = list(text_string_to_metric_families(text))
+        except Exception as exc:  # a scrape of the node must never fail because of one child
+            log.debug("node: metrics of process %s do not parse: %s", process, exc)
+            continue
+        for family in families:
+            into = merged.get(family.name)
+            if into is None:
+                into = merged[family.name] = Metric(family.name, family.documentation, family.type, family.unit)
+            elif into.type != family.type:
+                continue
+            into.samples.extend(sample._replace(labels={**sample.labels, "process": process})
+                                for sample in family.samples)
+    return list(merged.values())

@@ -1,0 +1,235 @@
+"""``geventsched worker --processes N``: the node supervisor, with real processes against the test Redis."""
+
+import os
+import signal
+import sys
+import time
+import urllib.request
+from collections import defaultdict
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import run_cli, wait_until
+from geventsched import supervisor
+from geventsched.channels import parse_channels
+from geventsched.cli import build_parser
+from geventsched.client import Client
+from geventsched.embedded import free_port
+from geventsched.keys import Keys
+from geventsched.store import Store
+
+# -- pure parts ------------------------------------------------------------------------------------
+
+
+def test_channels_are_split_into_contiguous_disjoint_parts():
+    channels = [str(n) for n in range(1, 11)]
+    assert supervisor.split_channels(channels, 2) == [("1", "2", "3", "4", "5"), ("6", "7", "8", "9", "10")]
+    parts = supervisor.split_channels(channels, 3)
+    assert [len(p) for p in parts] == [3, 3, 4]
+    assert [c for part in parts for c in part] == channels
+    with pytest.raises(ValueError):
+        supervisor.split_channels(["1"], 2)
+
+
+def test_a_part_goes_to_the_child_as_a_compact_spec_that_parses_back():
+    part = ("1", "2", "3", "5", "jobs-x", "7", "8", "CHANNEL_DISPATCH_9")
+    spec = supervisor.format_channels(part)
+    assert spec == "1-3,5,jobs-x,7-8,CHANNEL_DISPATCH_9"
+    assert tuple(parse_channels(spec)) == part
+    many = tuple(str(n) for n in range(1, 200_001))
+    assert supervisor.format_channels(many) == "1-200000"
+
+
+def test_a_child_gets_every_worker_option_but_its_own_channels_processes_and_metrics():
+    given = build_parser().parse_args([
+        "worker", "--processes", "3", "--channels", "1-6,x", "--app", "one", "--app", "two",
+        "--namespace=-ns", "--concurrency", "7", "--grace", "2.5", "--codec", "raw", "--raw-task", "noop",
+        "--durability", "none", "--max-payload", "4096", "--log-level", "DEBUG", "--metrics-port", "9999"])
+    argv = supervisor.child_argv(given, ("4", "5", "6"), 12345)
+    assert argv[:4] == [sys.executable, "-m", "geventsched", "worker"]
+    child = build_parser().parse_args(argv[3:])
+    assert child.channels == ("4", "5", "6") and child.processes == 1
+    assert (child.metrics_port, child.metrics_addr) == (12345, "127.0.0.1")
+    for dest, value in vars(given).items():
+        if dest not in supervisor.PER_CHILD:
+            assert getattr(child, dest) == value, dest
+    assert not any("redis" in arg for arg in argv)  # the URL (maybe with a password) goes in the environment
+
+
+def test_restarts_back_off_and_give_up_after_young_exits_in_a_row():
+    policy = supervisor.RestartPolicy()
+    assert [policy.delay(n) for n in range(6)] == [0.0, 0.0, 0.5, 1.0, 2.0, None]
+
+
+def test_node_metrics_name_each_family_once_and_label_every_sample_with_its_process():
+    text = ('# HELP geventsched_worker_jobs_finished_total Jobs run.\n'
+            '# TYPE geventsched_worker_jobs_finished_total counter\n'
+            'geventsched_worker_jobs_finished_total{task="echo",status="ok"} %d\n'
+            '# HELP geventsched_worker_loop_lag_seconds Lag.\n'
+            '# TYPE geventsched_worker_loop_lag_seconds histogram\n'
+            'geventsched_worker_loop_lag_seconds_bucket{le="+Inf"} 1.0\n'
+            'geventsched_worker_loop_lag_seconds_sum 0.5\n'
+            'geventsched_worker_loop_lag_seconds_count 1.0\n')
+    registry = CollectorRegistry()
+    families = supervisor.merge_families([("0", text % 3), ("1", text % 4), ("2", "not { metrics")])
+
+    class Fixed:
+        def collect(self):
+            return families
+
+    registry.register(Fixed())
+    out = generate_latest(registry).decode()
+    assert out.count("# HELP geventsched_worker_jobs_finished_total ") == 1
+    assert out.count("# TYPE geventsched_worker_loop_lag_seconds histogram") == 1
+    assert 'geventsched_worker_jobs_finished_total{process="1",status="ok",task="echo"} 4.0' in out
+    assert 'geventsched_worker_loop_lag_seconds_count{process="0"} 1.0' in out
+    assert 'process="2"' not in out
+
+
+# -- a node of real processes ----------------------------------------------------------------------
+
+
+def start_node(spawn, *args, processes=2, channels="10"):
+    return spawn("worker", "--processes", str(processes), "--channels", channels, *args)
+
+
+def live_workers(r, namespace):
+    return {w: beat for w, beat in Store(r, Keys(namespace)).workers().items() if beat is not None}
+
+
+def channels_by_worker(r, namespace):
+    live = live_workers(r, namespace)
+    out = defaultdict(set)
+    for channel, worker_id in Store(r, Keys(namespace)).channel_owners().items():
+        if worker_id in live:
+            out[worker_id].add(channel)
+    return dict(out)
+
+
+def dispatch(namespace, numbers):
+    keys = Keys(namespace)
+    return {keys.dispatch_channel(n) for n in numbers}
+
+
+def scrape(port):
+    with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(
+            f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        return response.read().decode()
+
+
+def samples(text, name):
+    return [s for family in text_string_to_metric_families(text) for s in family.samples if s.name == name]
+
+
+@pytest.fixture
+def client(redis_url, namespace):
+    client = Client.from_url(redis_url, namespace)
+    yield client
+    client.close()
+
+
+def test_two_processes_split_the_channels_run_jobs_and_share_one_metrics_endpoint(spawn, r, namespace, client):
+    port = free_port()
+    start_node(spawn, "--metrics-port", str(port), "--metrics-addr", "127.0.0.1")
+    wait_until(lambda: len(channels_by_worker(r, namespace)) == 2, timeout=20, message="two workers")
+    parts = list(channels_by_worker(r, namespace).values())
+    assert [len(part) for part in parts] == [5, 5]
+    assert parts[0] | parts[1] == dispatch(namespace, range(1, 11)) and not parts[0] & parts[1]
+    assert dispatch(namespace, range(1, 6)) in parts and dispatch(namespace, range(6, 11)) in parts
+
+    spawn("master", "--metrics-port", "0")
+    handles = client.submit_many([("echo", [i], {}) for i in range(200)], timeout=5)
+    results = client.wait(handles, timeout=60)
+    assert len(results) == 200 and all(result.ok for result in results.values())
+
+    text = scrape(port)
+    finished = samples(text, "geventsched_worker_jobs_finished_total")
+    assert {s.labels["process"] for s in finished} == {"0", "1"}
+    assert sum(s.value for s in finished) == 200
+    assert samples(text, "geventsched_node_processes")[0].value == 2
+    helps = [line for line in text.splitlines() if line.startswith("# HELP ")]
+    assert len(helps) == len(set(helps))
+
+
+def test_a_killed_process_is_restarted_on_its_channels_and_every_job_completes(spawn, r, namespace, client):
+    start_node(spawn, "--metrics-port", "0")
+    wait_until(lambda: len(live_workers(r, namespace)) == 2, timeout=20, message="two workers")
+    spawn("master", "--metrics-port", "0")
+    before = client.submit_many([("sleep", [0.2], {}) for _ in range(60)], timeout=2)
+    wait_until(lambda: Store(r, Keys(namespace)).counts()["in_flight"] >= 20, message="jobs in flight")
+    victim_id, victim = sorted(live_workers(r, namespace).items())[0]
+    victim_channels = channels_by_worker(r, namespace)[victim_id]
+
+    os.kill(victim["pid"], signal.SIGKILL)
+    killed = time.monotonic()
+    after = client.submit_many([("sleep", [0.2], {}) for _ in range(60)], timeout=2)
+
+    def successor():
+        return [w for w, chans in channels_by_worker(r, namespace).items()
+                if w != victim_id and chans == victim_channels]
+
+    wait_until(successor, timeout=10, interval=0.01, message="the successor's registration")
+    back_after = time.monotonic() - killed
+    results = client.wait(before + after, timeout=60)
+    assert len(results) == 120 and all(result.ok for result in results.values())
+    assert back_after < 10, back_after  # a hang guard; typically well under a second
+
+
+def test_sigterm_drains_every_process_and_the_node_exits_0(spawn, r, namespace, client):
+    node = start_node(spawn, "--metrics-port", "0")
+    wait_until(lambda: len(live_workers(r, namespace)) == 2, timeout=20, message="two workers")
+    spawn("master", "--metrics-port", "0")
+    handles = client.submit_many([("sleep", [1.5], {}) for _ in range(20)], timeout=10)
+    wait_until(lambda: sum(b.get("running", 0) for b in live_workers(r, namespace).values()) == 20,
+               message="all jobs running")
+    pids = [beat["pid"] for beat in live_workers(r, namespace).values()]
+
+    node.signal(signal.SIGTERM)
+    assert node.wait(30) == 0, node.output()
+    results = client.wait(handles, timeout=5)
+    assert len(results) == 20 and all(result.ok for result in results.values())  # finished, not handed back
+    assert not Store(r, Keys(namespace)).workers()  # every child deregistered
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert "all worker processes exited" in node.output()
+
+
+def test_a_process_that_cannot_start_makes_the_node_give_up_with_one_line(spawn):
+    node = start_node(spawn, "--app", "no_such_module", "--metrics-port", "0", channels="4")
+    assert node.wait(60) == 1
+    output = node.output()
+    last = output.strip().splitlines()[-1]
+    assert last.startswith("geventsched worker: error: worker process ") and "giving up" in last, output
+    assert "Traceback" not in output
+
+
+def test_more_processes_than_channels_is_a_usage_error(redis_url):
+    done = run_cli("worker", "--processes", "3", "--channels", "2", "--redis-url", redis_url)
+    assert done.returncode == 2 and "--processes 3 needs at least 3 channels" in done.stderr
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
+def test_the_processes_stop_when_the_supervisor_is_killed(spawn, r, namespace):
+    node = start_node(spawn, "--metrics-port", "0")
+    wait_until(lambda: len(live_workers(r, namespace)) == 2, timeout=20, message="two workers")
+    node.process.kill()
+    wait_until(lambda: not Store(r, Keys(namespace)).workers(), timeout=10, message="the processes deregistered")
+
+
+def test_a_second_sigterm_hard_stops_every_process_and_the_node_still_exits_0(spawn, r, namespace, client):
+    node = start_node(spawn, "--metrics-port", "0")
+    wait_until(lambda: len(live_workers(r, namespace)) == 2, timeout=20, message="two workers")
+    spawn("master", "--metrics-port", "0")
+    client.submit_many([("sleep", [60], {}) for _ in range(10)], timeout=90)
+    wait_until(lambda: sum(b.get("running", 0) for b in live_workers(r, namespace).values()) == 10,
+               message="all jobs running")
+
+    node.signal(signal.SIGTERM)
+    wait_until(lambda: node.output().count(": stopping, ") == 2, message="both processes draining")
+    node.signal(signal.SIGTERM)
+    assert node.wait(15) == 0, node.output()
+    counts = Store(r, Keys(namespace)).counts()
+    assert counts["finished"]["ok"] == 0 and counts["in_flight"] + counts["queued"] == 10  # handed back
