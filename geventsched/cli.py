@@ -115,6 +115,9 @@ def build_parser():
     m.add_argument("--prefetch", type=non_negative_int, default=0,
                    help="max jobs in flight per channel (default: the worker's capacity over its channels)")
     m.add_argument("--max-attempts", type=positive_int, default=3, help="dispatches per job before it is dead")
+    m.add_argument("--max-inflight-bytes", type=positive_int, default=4 << 20,
+                   help="bytes of jobs in flight per worker (default 4 MiB; keep it under Redis's "
+                        "client-output-buffer-limit pubsub)")
     m.add_argument("--metrics-port", type=non_negative_int, default=9108, help="0 turns it off")
 
     s = sub.add_parser("submit", parents=[common], help="submit jobs",
@@ -226,7 +229,8 @@ def cmd_master(args):
 
     config = MasterConfig(channels=args.channels, namespace=args.namespace, codec=args.codec,
                           strategy=args.strategy, prefetch=args.prefetch, max_attempts=args.max_attempts,
-                          durability=args.durability, max_payload=args.max_payload)
+                          durability=args.durability, max_payload=args.max_payload,
+                          max_inflight_bytes=args.max_inflight_bytes)
     if not args.metrics_port:
         return Master(config, _connect(args)).run()
     task_names = default_registry(_app_modules(args)).names()

@@ -57,6 +57,9 @@ class MasterConfig:
     max_attempts: int = 3
     #: The master lease: a standby master takes over this long after the active one stopped renewing.
     lease_ttl: float = 5.0
+    #: Bytes of job messages in flight per worker, below Redis's default pub/sub output-buffer limit
+    #: (32 MB hard, 8 MB for 60 s): a worker is never sent more than that at once.
+    max_inflight_bytes: int = 4 << 20
     claim_batch: int = 1000
     discovery_interval: float = 1.0
     reap_interval: float = 1.0

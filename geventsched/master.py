@@ -22,7 +22,7 @@ import logging
 import os
 import signal
 import time
-from collections import deque
+from collections import defaultdict, deque
 
 import gevent
 from gevent.event import Event
@@ -56,7 +56,10 @@ class Master:
         self.strategy = get_strategy(config.strategy)
         self.table = ChannelTable()
         self.pending = deque()  # claimed jobs waiting for a channel
-        self.in_flight = {}  # job id -> (job, channel)
+        self.in_flight = {}  # job id -> (job, channel, size of its message)
+        # Bytes in flight per subscriber (worker id, or channel name for workers that never register):
+        # Redis cuts off a subscriber whose output buffer outgrows client-output-buffer-limit pubsub.
+        self._window = defaultdict(int)
         self.workers = {}  # worker id -> last heartbeat
         self._static = [self.keys.dispatch_channel(c) for c in config.channels]
         self._benched = {}  # static channel name -> (time it may come back, cap)
@@ -204,9 +207,7 @@ class Master:
                 self.store.finish([(job_id, "error", self.stored.encode_result(error_result(
                     _Unreadable(job_id), "error", "DecodeError", str(exc))), "")], announce=False)
                 continue
-            old = self.in_flight.pop(job_id, None)
-            if old is not None:  # handed back by its worker, or re-queued: its old slot is free
-                self.table.release(old[1])
+            if self._free(job_id) is not None:  # handed back by its worker, or re-queued
                 handed_back += 1
             if attempt == 1:
                 self.hooks.on_submitted(job)
@@ -217,18 +218,25 @@ class Master:
     def _dispatch(self):
         """Publish pending jobs to channels with room. Returns True if any job was sent."""
         pending, table, choose = self.pending, self.table, self.strategy
-        encode, in_flight = self.codec.encode_job, self.in_flight
+        encode, in_flight, window = self.codec.encode_job, self.in_flight, self._window
+        budget = self.config.max_inflight_bytes
         sent, chunks = [], []
         while pending:
             job = pending[0]
             channel = choose(table, job)
             if channel is None:
                 break
+            payload = encode(job)
+            subscriber = channel.worker or channel.name
+            size = len(payload)
+            if window[subscriber] + size > budget and window[subscriber]:
+                break  # that subscriber's output buffer is full enough: wait for results
             pending.popleft()
             table.acquire(channel)
-            in_flight[job.id] = (job, channel)
+            window[subscriber] += size
+            in_flight[job.id] = (job, channel, size)
             sent.append((job, channel))
-            chunks.append(transport.pack_publish(channel.name, encode(job)))
+            chunks.append(transport.pack_publish(channel.name, payload))
         if not sent:
             return False
         count = len(sent)
@@ -246,8 +254,7 @@ class Master:
                 continue
             reason = "redis_error" if transport.is_error(receivers) else "no_subscriber"
             self.hooks.on_dispatch_failed(reason)
-            if self.in_flight.pop(job.id, None) is not None:
-                table.release(channel)
+            self._free(job.id)
             missed.append(job)
             self._bench(channel, reason, receivers)
         pending.extendleft(reversed(missed))
@@ -309,12 +316,11 @@ class Master:
             log.warning("master: ignored an unreadable result: %s", exc)
             self.hooks.on_unknown_result()
             return
-        entry = self.in_flight.pop(result.id, None)
+        entry = self._free(result.id)
         if entry is None:
             self.hooks.on_unknown_result()
             return
-        job, channel = entry
-        self.table.release(channel)
+        job = entry[0]
         if result.status == RETRY:  # failed, scheduled to run again: the slot is free, the job not done
             self.hooks.on_redispatched("retry", 1)
             return
@@ -365,11 +371,18 @@ class Master:
             log.warning("master: %d jobs ran out of attempts, dead-lettered", len(dead))
 
     def _forget(self, job_id):
+        entry = self._free(job_id)
+        return None if entry is None else entry[0]
+
+    def _free(self, job_id):
+        """Forget a job in flight: its channel slot and its bytes are free again. Returns its entry
+        ``(job, channel, size)``, or None if it was not in flight here."""
         entry = self.in_flight.pop(job_id, None)
-        if entry is None:
-            return None
-        self.table.release(entry[1])
-        return entry[0]
+        if entry is not None:
+            _, channel, size = entry
+            self.table.release(channel)
+            self._window[channel.worker or channel.name] -= size
+        return entry
 
     def _discover(self):
         workers = self.store.workers()
@@ -395,7 +408,7 @@ class Master:
     def _lose_worker(self, worker_id):
         log.warning("master: worker %s stopped heartbeating; taking its channels away", worker_id)
         self.store.release_worker(worker_id)
-        lost = [job_id for job_id, (_, ch) in self.in_flight.items() if ch.worker == worker_id]
+        lost = [job_id for job_id, (_, ch, _) in self.in_flight.items() if ch.worker == worker_id]
         for job_id in lost:
             self._forget(job_id)
         if not self.durable:

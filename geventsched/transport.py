@@ -28,6 +28,7 @@ RECV_SIZE = 1 << 18
 ConnectionLost = (rexc.ConnectionError, rexc.TimeoutError, OSError)
 RedisError = rexc.RedisError
 ResponseError = rexc.ResponseError
+DataError = rexc.DataError
 
 
 def connect(url, check=True):

@@ -293,6 +293,12 @@ class Worker:
                     self._publish(batch)
                 self.hooks.on_results_written(len(batch) + len(retries))
                 return
+            except (transport.DataError, TypeError, ValueError) as exc:
+                # Not Redis's fault, and retrying cannot help: the jobs stay in flight, and the
+                # master's reaper runs them again once their deadline passes.
+                log.error("worker %s: dropped a batch of %d results it could not write (%s); their jobs "
+                          "will run again", self.id, len(batch) + len(retries), exc)
+                return
             except (transport.RedisError, OSError) as exc:
                 log.warning("worker %s: writing %d results failed (%s), retrying in %.1fs", self.id,
                             len(batch), transport.describe(exc), delay)
