@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 
 #: Results per script call; a bigger backlog goes out as several calls in a row.
 WRITE_BATCH = 2000
+#: A worker asks for up to this many times its concurrency in flight (Celery's default prefetch
+#: multiplier, too): enough queued to keep the pipeline full while results travel back, and bounded
+#: in bytes by the master's --max-inflight-bytes.
+PREFETCH_MULTIPLIER = 4
 
 
 def _timer(local, seconds):
@@ -330,7 +334,8 @@ class Worker:
         return json.dumps({
             "id": self.id, "host": socket.gethostname(), "pid": os.getpid(),
             "concurrency": runners.size, "running": runners.running, "queued": runners.queued,
-            "free": runners.free, "capacity": 2 * runners.size, "channels": len(self.channels),
+            "free": runners.free, "capacity": PREFETCH_MULTIPLIER * runners.size,
+            "channels": len(self.channels),
             "codec": self.codec.name, "durability": self.config.durability, "started": self.started_at, "beat": time.time(),
         })
 
