@@ -16,7 +16,7 @@ import logging  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 
-from geventsched import __version__  # noqa: E402
+from geventsched import __version__, transport  # noqa: E402
 from geventsched.channels import parse_channels  # noqa: E402
 from geventsched.config import MasterConfig, WorkerConfig, redis_url_from_env  # noqa: E402
 from geventsched.dispatch import STRATEGIES  # noqa: E402
@@ -167,6 +167,9 @@ def main(argv=None):
         return EXIT_USAGE
     except GeventschedError as exc:
         print(f"geventsched {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except transport.RedisError as exc:  # Redis failed us after the first contact
+        print(f"geventsched {args.command}: error: {transport.describe(exc, args.redis_url)}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130

@@ -14,7 +14,7 @@ import os
 import time
 
 from geventsched import transport
-from geventsched.errors import DecodeError, JobFailed
+from geventsched.errors import DecodeError, JobFailed, RedisUnavailable
 from geventsched.keys import Keys
 from geventsched.protocol import Job, JsonCodec
 from geventsched.store import Store
@@ -113,8 +113,34 @@ class Client:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return
-            for _, data in self._subscriber.read(remaining):
+            try:
+                messages = self._subscriber.read(remaining)
+            except transport.ConnectionLost:
+                self._relisten(want, deadline)
+                continue
+            for _, data in messages:
                 self._keep(data, want)
+
+    def _relisten(self, want, deadline):
+        """Redis went away while we waited: listen again, then read what was stored meanwhile.
+        Raises RedisUnavailable once the wait's deadline passes with Redis still away."""
+        self._subscriber.close()
+        self._subscriber = None
+        delay = 0.1
+        while True:
+            try:
+                self._listen()
+                ids = sorted(want)
+                for data in self.store.get_results(ids):
+                    if data is not None:
+                        self._keep(data, want)
+                return
+            except (transport.RedisError, OSError) as exc:
+                self._subscriber = None
+                if deadline is not None and time.monotonic() + delay > deadline:
+                    raise RedisUnavailable(transport.describe(exc)) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     def _listen(self):
         if self._subscriber is None:

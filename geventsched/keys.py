@@ -15,6 +15,7 @@ Keys:
     geventsched:jobs              hash  id -> encoded job (queued or in flight)
     geventsched:intake            list  ids waiting for the master, oldest first
     geventsched:inflight          zset  id -> deadline (unix seconds) of dispatched jobs
+    geventsched:owner             hash  id -> worker a dispatched job went to (found again after a master restart)
     geventsched:attempts          hash  id -> dispatches that ended without a result (requeued)
     geventsched:retries           hash  id -> retries after failures so far
     geventsched:scheduled         zset  id -> when a failed job runs again (retry backoff)
@@ -45,6 +46,7 @@ class Keys:
         self.intake = own + "intake"
         self.inflight = own + "inflight"
         self.attempts = own + "attempts"
+        self.owner = own + "owner"
         self.dead = own + "dead"
         self.retries = own + "retries"
         self.scheduled = own + "scheduled"

@@ -68,10 +68,11 @@ class Lease:
         """Renew until ``stop`` is set; call ``lost()`` and return if the lease went to someone else."""
         while not stop.wait(self.ttl / 5):
             try:
-                if not self._renew(keys=[self.key], args=[self.holder, self.ttl_ms]):
-                    log.error("master: lost the lease to %s; stopping dispatch", self.current())
-                    lost()
-                    return
+                if self._renew(keys=[self.key], args=[self.holder, self.ttl_ms]) or self.try_acquire():
+                    continue  # renewed, or it had only run out (Redis was away) and is ours again
+                log.error("master: lost the lease to %s; stopping dispatch", self.current())
+                lost()
+                return
             except transport.RedisError as exc:
                 # Redis is away: the lease may run out meanwhile; the next renewal tells.
                 log.warning("master: lease renewal failed: %s", transport.describe(exc))

@@ -241,12 +241,23 @@ class Master:
             return False
         count = len(sent)
         now = time.time()
-        if self.durable:  # in the same write: published jobs get their full deadline
+        if self.durable:  # in the same write: published jobs get their full deadline and their owner
             base, default = int(now + DEADLINE_SLACK), self.config.default_timeout
             chunks.append(self.store.deadline_command(
                 [(base + int(job.timeout or default), job.id) for job, _ in sent]))
+            owners = [(job.id, channel.worker) for job, channel in sent if channel.worker]
+            if owners:
+                chunks.append(self.store.owner_command(owners))
+                count += 1
             count += 1
-        replies = self._pipe.call(b"".join(chunks), count)
+        try:
+            replies = self._pipe.call(b"".join(chunks), count)
+        except transport.ConnectionLost:
+            # Nothing is known to have gone out: the whole batch waits for the next connection.
+            for job, _ in sent:
+                self._free(job.id)
+            pending.extendleft(reversed([job for job, _ in sent]))
+            raise
         missed = []
         for (job, channel), receivers in zip(sent, replies):
             if receivers and not transport.is_error(receivers):
@@ -316,6 +327,9 @@ class Master:
             log.warning("master: ignored an unreadable result: %s", exc)
             self.hooks.on_unknown_result()
             return
+        self._take_result(result, raw_results)
+
+    def _take_result(self, result, raw_results):
         entry = self._free(result.id)
         if entry is None:
             self.hooks.on_unknown_result()
@@ -343,15 +357,32 @@ class Master:
             try:
                 self._subscriber = self._subscribe()
                 self.hooks.on_reconnect("collector")
+                self._reconcile()
                 return
             except (transport.RedisError, OSError) as exc:
                 log.warning("master: reconnect failed (%s), next try in %.1fs", transport.describe(exc), delay)
                 self._stop.wait(delay)
                 delay = min(delay * 2, 5.0)
 
+    def _reconcile(self):
+        """Results announced while we were not listening are lost to us, not to Redis: read the
+        stored results of every job we think in flight, and finish those that have one."""
+        if not self.durable or not self.in_flight:
+            return
+        ids = list(self.in_flight)
+        stored = [data for data in self.store.get_results(ids) if data is not None]
+        for data in stored:
+            try:
+                self._take_result(self.stored.decode_result(data), [])
+            except DecodeError as exc:
+                log.warning("master: ignored an unreadable stored result: %s", exc)
+        if stored:
+            log.info("master: %d results came in while the result connection was down", len(stored))
+            self._wake.set()
+
     # -- housekeeping ----------------------------------------------------------------------------
 
-    def _reap(self):
+    def _reap(self, reason="deadline"):
         if self.store.promote():
             self._wake.set()
         if self.pending and self.durable:  # still ours, waiting for room: keep the reaper off them
@@ -360,8 +391,8 @@ class Master:
         for job_id in requeued:
             self._forget(job_id)
         if requeued:
-            log.warning("master: %d jobs passed their deadline, re-queued", len(requeued))
-            self.hooks.on_redispatched("deadline", len(requeued))
+            log.warning("master: %d jobs re-queued (%s)", len(requeued), reason.replace("_", " "))
+            self.hooks.on_redispatched(reason, len(requeued))
             self._wake.set()
         for job_id in dead:
             job = self._forget(job_id)
@@ -411,14 +442,16 @@ class Master:
         lost = [job_id for job_id, (_, ch, _) in self.in_flight.items() if ch.worker == worker_id]
         for job_id in lost:
             self._forget(job_id)
+        if self.durable:  # and those a master before us sent it
+            lost = sorted(set(lost).union(self.store.owned_by(worker_id)))
         if not self.durable:
             if lost:
                 log.warning("master: %d jobs were in flight on worker %s and are lost (durability none)",
                             len(lost), worker_id)
             return
-        n = self.store.requeue(lost)
-        if n:
-            self.hooks.on_redispatched("worker_lost", n)
+        # Through the reaper, so a job that keeps killing its workers ends in the dead letters.
+        self.store.expire_now(lost)
+        self._reap(reason="worker_lost")
 
     def _refresh_channels(self, live):
         owners = self.store.channel_owners()

@@ -28,7 +28,7 @@ class Runners:
         if size < 1:
             raise ValueError("concurrency must be at least 1")
         self.size = size
-        self._execute = execute  # execute(job, local): local is a dict private to the runner
+        self._execute = execute
         self._queue = deque()
         self._idle = []  # Events of parked runners
         self._greenlets = set()
@@ -68,7 +68,6 @@ class Runners:
     def _run(self):
         me = gevent.getcurrent()
         parked = Event()
-        local = {}
         queue, current = self._queue, self._current
         clock = time.perf_counter
         try:
@@ -81,7 +80,7 @@ class Runners:
                         self._wake_one()  # someone for the next job, in case this one blocks
                     current[me] = job
                     try:
-                        self._execute(job, local)
+                        self._execute(job)
                     finally:
                         del current[me]
                     if self._closed:

@@ -58,7 +58,7 @@ return out
 """
 
 _FINISH = """
--- KEYS: finished, inflight, jobs, attempts, retries, scheduled
+-- KEYS: finished, inflight, jobs, attempts, retries, scheduled, owner
 -- ARGV: result_prefix, ttl, result_channel ('' = do not announce to the master), final count F,
 --       then id, status, payload, reply for each of the F results,
 --       then id, status, payload, reply, task, max_retries, backoff for each failure that may retry
@@ -89,6 +89,7 @@ for i = last + 1, #ARGV, 7 do
     -- Exponential backoff; the worker already scaled backoff by a random jitter factor.
     redis.call('ZADD', KEYS[6], now + math.min(3600, backoff * 2 ^ (retried - 1)), id)
     redis.call('ZREM', KEYS[2], id)
+    redis.call('HDEL', KEYS[7], id)
     if channel ~= '' then
       redis.call('PUBLISH', channel, cjson.encode({v = 1, id = id, task = task, status = 'retry'}))
     end
@@ -99,6 +100,7 @@ if #recorded > 0 then
   redis.call('HDEL', KEYS[3], unpack(recorded))
   redis.call('HDEL', KEYS[4], unpack(recorded))
   redis.call('HDEL', KEYS[5], unpack(recorded))
+  redis.call('HDEL', KEYS[7], unpack(recorded))
 end
 for status, n in pairs(counts) do redis.call('HINCRBY', KEYS[1], status, n) end
 return #recorded
@@ -114,13 +116,14 @@ return #ids
 """
 
 _REAP = """
--- KEYS: inflight, jobs, attempts, intake, dead, finished
+-- KEYS: inflight, jobs, attempts, intake, dead, finished, owner
 -- ARGV: now, limit, max_attempts, result_prefix, ttl
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 local max_attempts = tonumber(ARGV[3])
 local requeued, dead = {}, {}
 for _, id in ipairs(ids) do
   redis.call('ZREM', KEYS[1], id)
+  redis.call('HDEL', KEYS[7], id)
   local body = redis.call('HGET', KEYS[2], id)
   if body and redis.call('EXISTS', ARGV[4] .. id) == 0 then
     local attempts = redis.call('HINCRBY', KEYS[3], id, 1)
@@ -162,12 +165,13 @@ return out
 """
 
 _REQUEUE = """
--- KEYS: inflight, intake, attempts; ARGV[1]: result_prefix, ARGV[2..]: ids handed back
+-- Jobs handed back unrun (a worker or master shutting down): not a failed attempt.
+-- KEYS: inflight, intake, owner; ARGV[1]: result_prefix, ARGV[2..]: ids handed back
 local n = 0
 for i = 2, #ARGV do
   local id = ARGV[i]
+  redis.call('HDEL', KEYS[3], id)
   if redis.call('ZREM', KEYS[1], id) == 1 and redis.call('EXISTS', ARGV[1] .. id) == 0 then
-    redis.call('HINCRBY', KEYS[3], id, 1)
     redis.call('LPUSH', KEYS[2], id)
     n = n + 1
   end
@@ -315,6 +319,32 @@ class Store:
         head = b"*%d\r\n$4\r\nZADD\r\n$%d\r\n%s\r\n$2\r\nXX\r\n" % (3 + 2 * len(parts), len(key), key)
         return head + b"".join(parts)
 
+    def owner_command(self, owners):
+        """``HSET owner id worker ...`` packed for ``[(id, worker_id), ...]``: which worker each
+        dispatched job went to, so a master that starts after a crash finds a lost worker's jobs."""
+        workers = {}  # a batch goes to a few workers: pack each name once
+        parts = []
+        for job_id, worker_id in owners:
+            worker = workers.get(worker_id)
+            if worker is None:
+                name = worker_id.encode()
+                worker = workers[worker_id] = b"$%d\r\n%s\r\n" % (len(name), name)
+            job_id = job_id.encode()
+            parts.append(b"$%d\r\n%s\r\n%s" % (len(job_id), job_id, worker))
+        key = self.keys.owner.encode()
+        return b"*%d\r\n$4\r\nHSET\r\n$%d\r\n%s\r\n" % (2 + 2 * len(parts), len(key), key) + b"".join(parts)
+
+    def owned_by(self, worker_id):
+        """Ids of the jobs in flight that were dispatched to ``worker_id``."""
+        mine = worker_id.encode()
+        return [job_id.decode() for job_id, owner in self.client.hscan_iter(self.keys.owner, count=1000)
+                if owner == mine]
+
+    def expire_now(self, ids):
+        """Make in-flight jobs due for the reaper at once (their worker died): it re-queues them, or
+        dead-letters those out of attempts."""
+        self.extend(ids, 0)
+
     def extend(self, ids, deadline):
         """Move the deadline of jobs still in flight (not those that finished meanwhile)."""
         for i in range(0, len(ids), 1000):
@@ -333,18 +363,18 @@ class Store:
         """
         k = self.keys
         requeued, dead = self._reap(
-            keys=[k.inflight, k.jobs, k.attempts, k.intake, k.dead, k.finished],
+            keys=[k.inflight, k.jobs, k.attempts, k.intake, k.dead, k.finished, k.owner],
             args=[now or time.time(), limit, max_attempts, k.result_prefix, self.result_ttl])
         return [i.decode() for i in requeued], [i.decode() for i in dead]
 
     def requeue(self, ids):
-        """Hand in-flight jobs back to the intake (their worker is gone). Returns how many went back."""
+        """Hand in-flight jobs back to the intake unrun (no attempt counted). Returns how many went back."""
         if not ids:
             return 0
         k = self.keys
         total = 0
         for i in range(0, len(ids), 1000):
-            total += self._requeue(keys=[k.inflight, k.intake, k.attempts],
+            total += self._requeue(keys=[k.inflight, k.intake, k.owner],
                                    args=[k.result_prefix, *ids[i:i + 1000]])
         if total:
             self.client.publish(k.wakeup_channel, b"1")
@@ -367,7 +397,8 @@ class Store:
             args += (job_id, status, payload, reply or "")
         for entry in retries:
             args += entry
-        return self._finish(keys=[k.finished, k.inflight, k.jobs, k.attempts, k.retries, k.scheduled], args=args)
+        return self._finish(keys=[k.finished, k.inflight, k.jobs, k.attempts, k.retries, k.scheduled, k.owner],
+                            args=args)
 
     def promote(self, limit=1000, now=None):
         """Move retries that are due back to the intake. Returns how many."""

@@ -111,10 +111,12 @@ class Subscriber:
         self.channels.update(channels)
         want = len(self.channels)
         self._sock.settimeout(timeout)
+        early, self._early = self._early, []
         try:
             while self.subscribed < want:
-                self._early.extend(self.read())
+                early.extend(self.read())  # read() hands back (and empties) self._early first
         finally:
+            self._early = early
             self._sock.settimeout(None)
 
     def unsubscribe_all(self):

@@ -46,22 +46,6 @@ WRITE_BATCH = 2000
 PREFETCH_MULTIPLIER = 4
 
 
-def _timer(local, seconds):
-    """A ``gevent.Timeout`` for ``seconds``, reused by one runner: arming a kept one costs a quarter
-    of making a new one per job. A runner keeps a few (jobs mostly share their task's limit)."""
-    timers = local.get("timers")
-    if timers is None:
-        timers = local["timers"] = {}
-    timer = timers.get(seconds)
-    if timer is None:
-        if len(timers) >= 8:
-            for old in timers.values():
-                old.close()
-            timers.clear()
-        timer = timers[seconds] = Timeout(seconds)
-    return timer
-
-
 class Worker:
     def __init__(self, config, client, registry, hooks=None):
         self.config = config
@@ -225,7 +209,7 @@ class Worker:
 
     # -- running ---------------------------------------------------------------------------------
 
-    def _execute(self, job, local):
+    def _execute(self, job):
         task = self.registry.get(job.task)
         if task is None:
             self.hooks.on_rejected("unknown_task")
@@ -233,10 +217,9 @@ class Worker:
                                          f"no task named {job.task!r} is registered on this worker"))
             return
         seconds = job.timeout if job.timeout is not None else task.timeout
-        timer = _timer(local, seconds) if seconds else None
+        # A new Timeout per job: a restarted one keeps counting down from where it was cancelled.
+        timer = Timeout.start_new(seconds) if seconds else None
         started = time.perf_counter()
-        if timer is not None:
-            timer.start()
         try:
             if task.blocking:
                 value = self._threads.apply(task.fn, job.args, job.kwargs)
@@ -251,7 +234,7 @@ class Worker:
             result = error_result(job, "error", type(exc).__name__, str(exc), traceback.format_exc())
         finally:
             if timer is not None:
-                timer.cancel()
+                timer.close()
         self.hooks.on_finished(job, result.status, time.perf_counter() - started)
         self._emit(job, result, task)
 
