@@ -9,6 +9,7 @@ JSON (not run, or failed) is skipped.
 import argparse
 import json
 import os
+import statistics
 import sys
 
 GEVENTSCHED, RAW, PEER = "tab:blue", "tab:gray", "tab:orange"
@@ -153,32 +154,94 @@ def load_chart(document, out_dir):
     return _save(fig, out_dir, "latency_vs_load.png", document)
 
 
+def _panel(ax, xs, xlabel, ylabel, title):
+    """Log x labelled at ``xs`` in plain numbers, y from 0, a grid: the layout of every panel in the
+    density and concurrency charts."""
+    from matplotlib.ticker import NullFormatter
+
+    ax.set_xscale("log")
+    ax.set_xticks(xs, [f"{x:,}" for x in xs])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def _median_with_span(ax, xs, rows, key):
+    """The median over each row's runs of ``key``, with a bar from the lowest run to the highest."""
+    runs = [[run[key] for run in row["runs"]] for row in rows]
+    medians = [statistics.median(values) for values in runs]
+    spans = [[m - min(r) for m, r in zip(medians, runs)], [max(r) - m for m, r in zip(medians, runs)]]
+    ax.errorbar(xs, medians, yerr=spans, marker="o", capsize=3, color=GEVENTSCHED)
+
+
+def _lines(ax, xs, rows, series):
+    """One line per ``{label: row -> value}`` in ``series``."""
+    for (label, value), (style, colour) in zip(series.items(), LINE_STYLES):
+        ax.plot(xs, [value(row) for row in rows], marker="o", linestyle=style, color=colour, label=label)
+
+
+CHANNELS_AXIS = "dispatch channels on the worker"
+N_AXIS = "N jobs at once = worker concurrency"
+LINE_STYLES = (("-", GEVENTSCHED), ("--", "tab:green"), (":", "tab:red"))
+RATE_PANEL = ("no-op jobs/s (median; bars: min to max)", "Throughput vs channels per worker")
+
+
+def density_chart(document, out_dir):
+    density = _scenario(document, "density")
+    if not density:
+        return None
+    rows = density["channels"]
+    channels = [row["channels"] for row in rows]
+    fig, (rate, start, memory) = _pyplot().subplots(1, 3, figsize=(14, 4.5))
+    _median_with_span(rate, channels, rows, "jobs_per_s")
+    _panel(rate, channels, CHANNELS_AXIS, *RATE_PANEL)
+    _lines(start, channels, rows, {"all subscribed": lambda row: row["subscribed_s"],
+                                   "registered": lambda row: row["registered_s"]})
+    _panel(start, channels, CHANNELS_AXIS, "seconds from process start", "Worker start-up vs channels")
+    start.legend(fontsize=8)
+    memory.plot(channels, [row["idle_rss_mib"] for row in rows], marker="o", color=GEVENTSCHED)
+    _panel(memory, channels, CHANNELS_AXIS, "worker RSS, MiB (idle, subscribed)", "Worker memory vs channels")
+    return _save(fig, out_dir, "density.png", document)
+
+
 def fanout_chart(document, out_dir):
+    """For JSON written before the density scenario replaced the fan-out one."""
     fanout = _scenario(document, "fanout")
     if not fanout:
         return None
-    plt = _pyplot()
     rows = fanout["channels"]
     channels = [row["channels"] for row in rows]
-    rates = [row["median"]["jobs_per_s"] for row in rows]
-    spans = [[r - row["median"]["min_jobs_per_s"] for r, row in zip(rates, rows)],
-             [row["median"]["max_jobs_per_s"] - r for r, row in zip(rates, rows)]]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.5))
-    left.errorbar(channels, rates, yerr=spans, marker="o", capsize=3, color=GEVENTSCHED)
-    left.set_xscale("log")
-    left.set_ylim(bottom=0)
-    left.set_xlabel("dispatch channels on the worker")
-    left.set_ylabel("no-op jobs/s (median; bars: min to max)")
-    left.set_title("Throughput vs channels per worker")
+    fig, (left, right) = _pyplot().subplots(1, 2, figsize=(10, 4.5))
+    _median_with_span(left, channels, rows, "jobs_per_s")
+    _panel(left, channels, CHANNELS_AXIS, *RATE_PANEL)
     right.plot(channels, [row["worker_ready_s"] for row in rows], marker="o", color=GEVENTSCHED)
-    right.set_xscale("log")
-    right.set_ylim(bottom=0)
-    right.set_xlabel("dispatch channels on the worker")
-    right.set_ylabel("seconds from process start to subscribed")
-    right.set_title("Worker start-up vs channels")
-    for ax in (left, right):
-        ax.grid(True, which="both", alpha=0.3)
+    _panel(right, channels, CHANNELS_AXIS, "seconds from process start to registered", "Worker start-up vs channels")
     return _save(fig, out_dir, "fanout.png", document)
+
+
+def concurrency_chart(document, out_dir):
+    result = _scenario(document, "concurrency")
+    if not result:
+        return None
+    rows = result["sizes"]
+    jobs = [row["jobs"] for row in rows]
+    fig, (drain, memory, lag) = _pyplot().subplots(1, 3, figsize=(14, 4.5))
+    _median_with_span(drain, jobs, rows, "seconds")
+    drain.axhline(result["seconds"], linestyle=":", color=RAW, label=f"the sleep itself ({result['seconds']} s)")
+    _panel(drain, jobs, N_AXIS, "seconds, first submit to last result",
+           f"Drain time of N `{result['task']} {result['seconds']}` jobs")
+    _lines(memory, jobs, rows, {"peak": lambda row: row["peak_rss_mib"],
+                                "idle, before the jobs": lambda row: row["idle_rss_mib"]})
+    _panel(memory, jobs, N_AXIS, "worker RSS, MiB", "Worker memory vs concurrency")
+    _lines(lag, jobs, rows, {"max": lambda row: row["loop_lag"]["max_ms"],
+                             "p99": lambda row: row["loop_lag"]["p99_ms"]})
+    _panel(lag, jobs, N_AXIS, "hub lag, ms (upper bound of the histogram bucket)", "Worker hub lag during the runs")
+    for ax in (drain, memory, lag):
+        ax.legend(fontsize=8)
+    return _save(fig, out_dir, "concurrency.png", document)
 
 
 def payload_chart(document, out_dir):
@@ -203,7 +266,8 @@ def _size(n):
     return f"{n // 1024} KiB" if n >= 1024 else f"{n} B"
 
 
-CHARTS = (throughput_chart, latency_chart, load_chart, fanout_chart, payload_chart)
+CHARTS = (throughput_chart, latency_chart, load_chart, density_chart, fanout_chart, concurrency_chart,
+          payload_chart)
 
 
 def plot_all(document, out_dir):

@@ -1,4 +1,5 @@
-"""The geventsched benchmark suite: throughput, latency, fan-out, payload size and peer systems.
+"""The geventsched benchmark suite: throughput, latency, channel density, concurrency, payload size and peer
+systems.
 
     python bench/suite.py [--redis-url URL] [--quick] [--only SCENARIOS] [--json FILE] [--plots DIR]
                           [--no-peers]
@@ -20,11 +21,13 @@ import datetime  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
+import re  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
+import urllib.request  # noqa: E402
 from dataclasses import asdict, dataclass  # noqa: E402
 
 import gevent  # noqa: E402
@@ -34,9 +37,10 @@ from geventsched.benchmark import RedisFor, Rig, environment, progress_bar  # no
 from geventsched.keys import Keys  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SCENARIOS = ("throughput", "latency", "fanout", "payload", "peers")
+SCENARIOS = ("throughput", "latency", "density", "concurrency", "payload", "peers")
+ALIASES = {"fanout": "density"}         # density grew out of the fan-out scenario and replaced it
 MIB = 1024 * 1024
-CHANNELS, CONCURRENCY = 100, 1000       # the worker of every scenario but fan-out (as `geventsched bench`)
+CHANNELS, CONCURRENCY = 100, 1000       # the worker of every scenario but density (as `geventsched bench`)
 
 
 @dataclass(frozen=True)
@@ -46,8 +50,9 @@ class Sizes:
     throughput_jobs: int
     round_trips: int
     open_loop_seconds: float
-    fanout_channels: tuple
-    fanout_jobs: int
+    density_channels: tuple
+    density_jobs: int
+    concurrency_jobs: tuple    # N sleep jobs at once on a worker of concurrency N
     payload_jobs: int
     payload_budget: int        # bytes per run: big payloads get fewer jobs, so Redis memory stays bounded
     peer_jobs: int
@@ -55,11 +60,11 @@ class Sizes:
 
 
 FULL = Sizes(repeats=3, warmup_jobs=5_000, throughput_jobs=100_000, round_trips=1_000, open_loop_seconds=10.0,
-             fanout_channels=(1, 100, 1_000, 10_000), fanout_jobs=50_000, payload_jobs=50_000,
-             payload_budget=256 * MIB, peer_jobs=10_000, raw_messages=200_000)
+             density_channels=(1, 100, 1_000, 10_000), density_jobs=50_000, concurrency_jobs=(1_000, 5_000, 10_000),
+             payload_jobs=50_000, payload_budget=256 * MIB, peer_jobs=10_000, raw_messages=200_000)
 QUICK = Sizes(repeats=3, warmup_jobs=500, throughput_jobs=3_000, round_trips=100, open_loop_seconds=1.0,
-              fanout_channels=(1, 100, 1_000, 10_000), fanout_jobs=2_000, payload_jobs=2_000,
-              payload_budget=16 * MIB, peer_jobs=500, raw_messages=10_000)
+              density_channels=(1, 100, 1_000, 10_000), density_jobs=2_000, concurrency_jobs=(100, 500),
+              payload_jobs=2_000, payload_budget=16 * MIB, peer_jobs=500, raw_messages=10_000)
 
 # name -> Rig keyword arguments, in the order the runs interleave (metrics off, then on, side by side).
 THROUGHPUT_CONFIGS = {
@@ -159,18 +164,20 @@ def forget_results(rig):
         rig.client.unlink(*batch)
 
 
-def interleaved(rigs, task_for, repeats, jobs, progress):
+def interleaved(rigs, task_for, repeats, jobs, progress, run=None):
     """A throughput run on each rig in turn, ``repeats`` rounds: {name: [figures, ...]}.
 
     ``task_for(name)`` gives the (task, args) of a rig's jobs and ``jobs[name]`` its (warm-up,
-    measured) job counts. Each rig first runs a warm-up that is thrown away.
+    measured) job counts. Each rig first runs a warm-up that is thrown away. ``run`` (default
+    ``_one_run``) makes one run and returns its figures.
     """
+    run = run or _one_run
     for name, rig in rigs.items():
-        _one_run(name, rig, task_for(name), jobs[name][0], progress)
+        run(name, rig, task_for(name), jobs[name][0], progress)
     runs = {name: [] for name in rigs}
     for _ in range(repeats):
         for name, rig in rigs.items():
-            runs[name].append(_one_run(name, rig, task_for(name), jobs[name][1], progress))
+            runs[name].append(run(name, rig, task_for(name), jobs[name][1], progress))
     return runs
 
 
@@ -189,6 +196,76 @@ def _one_run(name, rig, task, jobs, progress):
 
 def noop_task(name):
     return "noop", ()
+
+
+def sleep_task(name):
+    return "sleep", (1,)
+
+
+# -- what the worker process uses ------------------------------------------------------------------
+
+
+def process_mib(pid, field):
+    """``VmRSS`` (resident now) or ``VmHWM`` (resident at its peak so far) of a process, in MiB; None
+    where /proc cannot tell (not Linux)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return round(int(line.split()[1]) / 1024, 1)  # the kernel gives kB
+    except OSError:
+        pass
+    return None
+
+
+LAG = "geventsched_worker_loop_lag_seconds"
+LAG_BUCKET = re.compile(rf'^{LAG}_bucket\{{le="([^"]+)"\}} (\S+)$', re.M)
+LAG_SUM = re.compile(rf"^{LAG}_sum (\S+)$", re.M)
+
+
+def loop_lag(port):
+    """The worker's hub-lag histogram from its metrics endpoint: cumulative count per bucket bound
+    (``{"0.001": n, ..., "+Inf": n}``) and the sum of the lags in seconds."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {"buckets": {le: float(n) for le, n in LAG_BUCKET.findall(text)},
+            "sum_s": float(LAG_SUM.search(text).group(1))}
+
+
+def lag_since(before, after):
+    """The histogram of the lags observed between two readings."""
+    return {"buckets": {le: n - before["buckets"].get(le, 0) for le, n in after["buckets"].items()},
+            "sum_s": round(after["sum_s"] - before["sum_s"], 6)}
+
+
+def lag_total(histograms):
+    """One histogram holding the observations of all of ``histograms``."""
+    return {"buckets": {le: sum(h["buckets"].get(le, 0) for h in histograms) for le in histograms[0]["buckets"]},
+            "sum_s": round(sum(h["sum_s"] for h in histograms), 6)}
+
+
+def lag_summary(histogram):
+    """Samples, mean, and the upper bounds (ms) of the buckets that hold the p99 and the maximum (None:
+    beyond the largest bound). The monitor samples every 50 ms, so a stall of the hub counts once."""
+    buckets = histogram["buckets"]
+    total = buckets.get("+Inf", 0)
+    if not total:
+        return {"samples": 0, "mean_ms": None, "p99_ms": None, "max_ms": None}
+
+    def bound(q):
+        le = next(le for le in sorted(buckets, key=float) if buckets[le] >= q * total)
+        return None if le == "+Inf" else round(float(le) * 1000, 3)
+
+    return {"samples": int(total), "mean_ms": round(histogram["sum_s"] / total * 1000, 3), "p99_ms": bound(0.99),
+            "max_ms": bound(1.0)}
+
+
+def lagged_run(name, rig, task, jobs, progress):
+    """``_one_run`` on a rig with metrics on, plus the worker's hub-lag histogram over the run."""
+    before = loop_lag(rig.metrics_port)
+    figures = _one_run(name, rig, task, jobs, progress)
+    figures["loop_lag"] = lag_since(before, loop_lag(rig.metrics_port))
+    return figures
 
 
 # -- summaries -------------------------------------------------------------------------------------
@@ -279,19 +356,68 @@ def scenario_latency(url, sizes, results):
             "max_jobs_per_s": rates, "max_source": source, "open_loop": open_loop}
 
 
-def scenario_fanout(url, sizes, results):
-    configs = {str(c): dict(channels=c, durability="redis") for c in sizes.fanout_channels}
-    jobs = {name: (sizes.warmup_jobs, sizes.fanout_jobs) for name in configs}
-    progress = Progress("fan-out", len(configs) * (sizes.warmup_jobs + sizes.repeats * sizes.fanout_jobs))
+def open_density_rig(stack, url, channels):
+    """A durable rig whose worker serves ``channels`` channels, and the seconds from the worker's start
+    until Redis has every one of them subscribed. (``Rig.subscribe_seconds`` ends when the worker
+    registers, which it does before it subscribes.)"""
+    rig = Rig(url, channels=channels, concurrency=CONCURRENCY, durability="redis")
+    last = Keys(rig.namespace).dispatch_channel(channels)  # the worker subscribes its channels in order
+    started = time.monotonic()
+    watcher = gevent.spawn(_subscribed_at, rig.client, last)
+    try:
+        stack.enter_context(rig)
+        return rig, round(watcher.get(timeout=60) - started, 3)
+    finally:
+        watcher.kill()
+
+
+def _subscribed_at(client, channel):
+    while not client.pubsub_numsub(channel)[0][1]:
+        gevent.sleep(0.005)
+    return time.monotonic()
+
+
+def scenario_density(url, sizes, results):
+    """Channels per worker process: start-up, idle memory, throughput (formerly "fan-out")."""
+    names = [str(c) for c in sizes.density_channels]
+    jobs = {name: (sizes.warmup_jobs, sizes.density_jobs) for name in names}
+    progress = Progress("density", len(names) * (sizes.warmup_jobs + sizes.repeats * sizes.density_jobs))
     with contextlib.ExitStack() as stack:
-        rigs = open_rigs(stack, url, configs)
-        ready = {name: round(rig.subscribe_seconds, 3) for name, rig in rigs.items()}
+        opened = {name: open_density_rig(stack, url, int(name)) for name in names}
+        rigs = {name: rig for name, (rig, _) in opened.items()}
+        idle = {name: process_mib(rig.worker.pid, "VmRSS") for name, rig in rigs.items()}
         runs = interleaved(rigs, noop_task, sizes.repeats, jobs, progress)
     progress.close()
-    rows = [{"channels": int(name), "worker_ready_s": ready[name], "runs": runs[name],
-             "median": summarize(runs[name])} for name in configs]
-    return {"jobs": sizes.fanout_jobs, "repeats": sizes.repeats, "concurrency": CONCURRENCY, "durability": "redis",
+    rows = [{"channels": int(name), "registered_s": round(rigs[name].subscribe_seconds, 3),
+             "subscribed_s": opened[name][1], "idle_rss_mib": idle[name], "runs": runs[name],
+             "median": summarize(runs[name])} for name in names]
+    return {"jobs": sizes.density_jobs, "repeats": sizes.repeats, "concurrency": CONCURRENCY, "durability": "redis",
             "channels": rows}
+
+
+def scenario_concurrency(url, sizes, results):
+    """N ``sleep 1`` jobs at once on a worker of concurrency N: drain time, memory, hub lag."""
+    names = [str(n) for n in sizes.concurrency_jobs]
+    jobs = {name: (int(name), int(name)) for name in names}  # the warm-up grows the worker to its full size
+    configs = {name: dict(concurrency=int(name), metrics=True) for name in names}
+    progress = Progress("concurrency", (1 + sizes.repeats) * sum(sizes.concurrency_jobs))
+    with contextlib.ExitStack() as stack:
+        rigs = open_rigs(stack, url, configs)
+        idle = {name: process_mib(rig.worker.pid, "VmRSS") for name, rig in rigs.items()}
+        runs = interleaved(rigs, sleep_task, sizes.repeats, jobs, progress, run=lagged_run)
+        peak = {name: process_mib(rig.worker.pid, "VmHWM") for name, rig in rigs.items()}
+    progress.close()
+    rows = [concurrency_row(int(name), runs[name], idle[name], peak[name]) for name in names]
+    return {"task": "sleep", "seconds": 1, "repeats": sizes.repeats, "channels": CHANNELS, "durability": "redis",
+            "sizes": rows}
+
+
+def concurrency_row(jobs, runs, idle_mib, peak_mib):
+    grown = peak_mib - idle_mib if None not in (peak_mib, idle_mib) else None
+    return {"jobs": jobs, "concurrency": jobs, "runs": runs, "median": summarize(runs),
+            "drain_s": _median([run["seconds"] for run in runs]), "idle_rss_mib": idle_mib, "peak_rss_mib": peak_mib,
+            "kib_per_job": round(grown * 1024 / jobs, 2) if grown is not None else None,
+            "loop_lag": lag_summary(lag_total([run["loop_lag"] for run in runs]))}
 
 
 def echo_task(name):
@@ -369,7 +495,8 @@ def _run_system(name, argv, timeout):
 SCENARIO_FUNCTIONS = {
     "throughput": scenario_throughput,
     "latency": scenario_latency,
-    "fanout": scenario_fanout,
+    "density": scenario_density,
+    "concurrency": scenario_concurrency,
     "payload": scenario_payload,
     "peers": scenario_peers,
 }
@@ -393,6 +520,11 @@ def _n(value, digits=0):
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
+def _runs(runs, key="jobs_per_s", digits=0):
+    """One figure of every run, as the tables show them."""
+    return " ".join(_n(run[key], digits) for run in runs)
+
+
 def _cpu(cpu):
     return " / ".join(_n(cpu.get(k), 1) for k in ("master", "worker", "redis")) + f"  ({_n(cpu.get('total'), 1)})"
 
@@ -401,9 +533,8 @@ def report_throughput(r):
     rows = []
     for config in r["configs"].values():
         m = config["median"]
-        runs = " ".join(_n(run["jobs_per_s"]) for run in config["runs"])
-        rows.append([config["label"], _n(m["jobs_per_s"]), runs, f"{m['spread_pct']}%", _cpu(m["cpu_us_per_job"]),
-                     _n(m["latency_ms"]["p99"], 1)])
+        rows.append([config["label"], _n(m["jobs_per_s"]), _runs(config["runs"]), f"{m['spread_pct']}%",
+                     _cpu(m["cpu_us_per_job"]), _n(m["latency_ms"]["p99"], 1)])
     ratios = "; ".join(f"{mode}: {v['jobs_per_s']}x jobs/s, {v['cpu_us_per_job']}x CPU/job"
                        for mode, v in r["metrics_ratio"].items())
     return "\n".join([
@@ -431,19 +562,33 @@ def report_latency(r):
         table(["run", "offered/s", "achieved/s", "p50", "p90", "p99", "max"], rows)])
 
 
-def report_fanout(r):
-    rows = [[_n(row["channels"]), f"{row['worker_ready_s']:.2f}", _n(row["median"]["jobs_per_s"]),
-             " ".join(_n(run["jobs_per_s"]) for run in row["runs"]), _n(row["median"]["latency_ms"]["p99"], 1)]
+def report_density(r):
+    rows = [[_n(row["channels"]), _n(row["registered_s"], 2), _n(row["subscribed_s"], 2), _n(row["idle_rss_mib"], 1),
+             _n(row["median"]["jobs_per_s"]), _runs(row["runs"]), _n(row["median"]["latency_ms"]["p99"], 1)]
             for row in r["channels"]]
     return "\n".join([
-        f"fan-out: one worker, concurrency {r['concurrency']}, {r['jobs']:,} no-op jobs per run, durability "
-        f"{r['durability']}, {r['repeats']} interleaved runs",
-        table(["channels", "worker ready s", "jobs/s (median)", "runs", "p99 ms (burst)"], rows)])
+        f"density: one worker process, concurrency {r['concurrency']}, {r['jobs']:,} no-op jobs per run, durability "
+        f"{r['durability']}, {r['repeats']} interleaved runs; times from the worker's start",
+        table(["channels", "registered s", "subscribed s", "idle RSS MiB", "jobs/s (median)", "runs",
+               "p99 ms (burst)"], rows)])
+
+
+def report_concurrency(r):
+    rows = [[_n(row["jobs"]), _n(row["drain_s"], 2), _runs(row["runs"], "seconds", 2),
+             _n(row["median"]["latency_ms"]["p99"]), _n(row["idle_rss_mib"], 1), _n(row["peak_rss_mib"], 1),
+             _n(row["kib_per_job"], 1), _n(row["loop_lag"]["p99_ms"], 1), _n(row["loop_lag"]["max_ms"], 1)]
+            for row in r["sizes"]]
+    return "\n".join([
+        f"concurrency: N jobs of `{r['task']} {r['seconds']}` submitted at once to one worker of concurrency N, "
+        f"{r['channels']} channels, durability {r['durability']}, {r['repeats']} interleaved runs after a warm-up",
+        "  (peak RSS: the worker's high-water mark; hub lag: bucket bounds, over the measured runs)",
+        table(["N", "drain s (median)", "runs", "p99 ms", "idle RSS MiB", "peak RSS MiB", "KiB/job",
+               "hub lag p99 ms", "hub lag max ms"], rows)])
 
 
 def report_payload(r):
     rows = [[f"{row['bytes']:,} B", _n(row["jobs"]), _n(row["concurrency"]), _n(row["median"]["jobs_per_s"]),
-             " ".join(_n(run["jobs_per_s"]) for run in row["runs"]), _n(row["mib_per_s"], 1),
+             _runs(row["runs"]), _n(row["mib_per_s"], 1),
              _n(row["median"]["latency_ms"]["p99"], 1)] for row in r["sizes"]]
     return "\n".join([
         f"payload: echo jobs with a string argument, durability {r['durability']}, {r['repeats']} interleaved runs; "
@@ -475,8 +620,8 @@ def report_peers(r, results):
         *(["not measured:"] + errors if errors else [])])
 
 
-REPORTS = {"throughput": report_throughput, "latency": report_latency, "fanout": report_fanout,
-           "payload": report_payload, "peers": report_peers}
+REPORTS = {"throughput": report_throughput, "latency": report_latency, "density": report_density,
+           "concurrency": report_concurrency, "payload": report_payload, "peers": report_peers}
 
 
 def report(name, result, results):
@@ -494,13 +639,13 @@ def parse_args(argv=None):
                         help="Redis to run against (an embedded server when nothing answers there)")
     parser.add_argument("--quick", action="store_true", help="small runs: the whole suite in well under a minute")
     parser.add_argument("--only", default=",".join(SCENARIOS), metavar="SCENARIOS",
-                        help=f"comma list out of {','.join(SCENARIOS)} (default: all)")
+                        help=f"comma list out of {','.join(SCENARIOS)} (default: all; fanout is density's old name)")
     parser.add_argument("--json", metavar="FILE",
                         help="write every figure here (default: bench/results/suite-<time>.json)")
     parser.add_argument("--plots", metavar="DIR", help="write PNG charts here (needs matplotlib)")
     parser.add_argument("--no-peers", action="store_true", help="skip the peers scenario")
     args = parser.parse_args(argv)
-    chosen = [s.strip() for s in args.only.split(",") if s.strip()]
+    chosen = [ALIASES.get(s.strip(), s.strip()) for s in args.only.split(",") if s.strip()]
     unknown = sorted(set(chosen) - set(SCENARIOS))
     if unknown or not chosen:
         parser.error(f"--only: unknown scenario(s) {', '.join(unknown) or '(none given)'}; "

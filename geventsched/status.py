@@ -1,39 +1,72 @@
-"""``geventsched status``: what Redis knows about workers, channels and jobs."""
+"""``geventsched status``: what Redis knows about workers, nodes, channels and jobs."""
 
 from geventsched.keys import Keys
 from geventsched.store import Store
 
+#: Per-worker figures that add up to a node's (host's) figures.
+SUMMED = ("channels", "running", "queued", "free")
+#: Text columns after the name: (key, header, width).
+COLUMNS = (("pid", "pid", 7), ("channels", "channels", 8), ("running", "running", 7), ("queued", "queued", 7),
+           ("free", "free", 7))
+NAME_WIDTH = 44
+
 
 def snapshot(client, namespace=""):
-    """A JSON-ready dict: ``workers``, ``channels``, ``queued``, ``in_flight``, ``dead``, ``finished``."""
+    """A JSON-ready dict: ``workers``, ``nodes``, ``channels``, ``queued``, ``in_flight``, ``retrying``,
+    ``dead``, ``finished``."""
     store = Store(client, Keys(namespace))
-    live = {w: beat for w, beat in store.workers().items() if beat is not None}
-    owners = store.channel_owners()
+    return assemble(store.workers(), store.channel_owners(), store.counts())
+
+
+def assemble(beats, owners, counts):
+    """The snapshot from Redis's records: heartbeats ``{worker id: dict, or None once it stopped
+    beating}``, channel owners ``{channel: worker id}`` and the job counts of ``Store.counts()``."""
+    live = {w: beat for w, beat in beats.items() if beat is not None}
     per_worker = {}
-    for channel, worker_id in owners.items():
+    for worker_id in owners.values():
         per_worker[worker_id] = per_worker.get(worker_id, 0) + 1
-    workers = []
-    for worker_id, beat in sorted(live.items()):
-        workers.append({
-            "id": worker_id, "host": beat.get("host"), "pid": beat.get("pid"),
-            "channels": per_worker.get(worker_id, 0), "concurrency": beat.get("concurrency"),
-            "running": beat.get("running"), "queued": beat.get("queued"), "free": beat.get("free"),
-            "codec": beat.get("codec"),
-        })
+    workers = [_worker(worker_id, beat, per_worker.get(worker_id, 0)) for worker_id, beat in sorted(live.items())]
     return {
         "workers": workers,
+        "nodes": nodes(workers),
         "channels": sum(1 for w in owners.values() if w in live),
-        **store.counts(),
+        **counts,
     }
 
 
+def _worker(worker_id, beat, channels):
+    return {"id": worker_id, "host": beat.get("host"), "pid": beat.get("pid"), "channels": channels,
+            "concurrency": beat.get("concurrency"), "running": beat.get("running"), "queued": beat.get("queued"),
+            "free": beat.get("free"), "codec": beat.get("codec")}
+
+
+def nodes(workers):
+    """One entry per host, sorted by name: ``{host, processes, channels, running, queued, free}``, the
+    sums over that host's worker processes (a figure a heartbeat lacks counts as 0)."""
+    by_host = {}
+    for w in workers:
+        node = by_host.setdefault(w["host"], {"host": w["host"], "processes": 0, **dict.fromkeys(SUMMED, 0)})
+        node["processes"] += 1
+        for key in SUMMED:
+            node[key] += w.get(key) or 0
+    return sorted(by_host.values(), key=lambda node: str(node["host"]))
+
+
 def render(snap):
-    lines = [f"workers: {len(snap['workers'])}   channels: {snap['channels']}   queued: {snap['queued']}   "
-             f"in flight: {snap['in_flight']}   retrying: {snap['retrying']}   dead: {snap['dead']}",
+    """The text form: totals, then per node a total line followed by its worker processes."""
+    lines = [f"workers: {len(snap['workers'])}   nodes: {len(snap['nodes'])}   channels: {snap['channels']}   "
+             f"queued: {snap['queued']}   in flight: {snap['in_flight']}   retrying: {snap['retrying']}   "
+             f"dead: {snap['dead']}",
              "finished: " + "  ".join(f"{k} {v}" for k, v in snap["finished"].items())]
     if snap["workers"]:
-        lines.append("")
-        lines.append(f"{'worker':<40} {'channels':>8} {'running':>8} {'queued':>7} {'free':>6}")
-        for w in snap["workers"]:
-            lines.append(f"{w['id']:<40} {w['channels']:>8} {w['running']:>8} {w['queued']:>7} {w['free']:>6}")
+        lines += ["", _line("node / worker process", {key: header for key, header, _ in COLUMNS})]
+        for node in snap["nodes"]:
+            processes = f"{node['processes']} process{'es' if node['processes'] != 1 else ''}"
+            lines.append(_line(f"{node['host'] or '?'} ({processes})", {**node, "pid": ""}))
+            lines += [_line("  " + w["id"], w) for w in snap["workers"] if w["host"] == node["host"]]
     return "\n".join(lines)
+
+
+def _line(name, row):
+    cells = ("-" if row.get(key) is None else str(row[key]) for key, _, _ in COLUMNS)
+    return f"{name:<{NAME_WIDTH}}" + "".join("  " + cell.rjust(width) for cell, (_, _, width) in zip(cells, COLUMNS))

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import ROOT
 
-SCENARIOS = "throughput,latency,fanout,payload"
+SCENARIOS = "throughput,latency,density,concurrency,payload"
 PERCENTILE_KEYS = {"p50", "p90", "p99", "max"}
 
 
@@ -72,11 +72,25 @@ def test_quick_suite_writes_sane_figures(suite_json):
             assert loop["jobs"] > 0 and loop["achieved_per_s"] > 0
             assert_latency(loop["latency_ms"])
 
-    fanout = scenarios["fanout"]
-    assert [row["channels"] for row in fanout["channels"]] == [1, 100, 1000, 10000]
-    for row in fanout["channels"]:
-        assert row["worker_ready_s"] > 0
-        assert_runs(row["runs"], fanout["jobs"], fanout["repeats"])
+    density = scenarios["density"]
+    assert [row["channels"] for row in density["channels"]] == [1, 100, 1000, 10000]
+    for row in density["channels"]:
+        # Subscribing comes after registering; the two clocks poll at 10 and 5 ms.
+        assert 0 < row["registered_s"] < row["subscribed_s"] + 0.05 < 30, row
+        assert 5 < row["idle_rss_mib"] < 2000, row
+        assert_runs(row["runs"], density["jobs"], density["repeats"])
+
+    concurrency = scenarios["concurrency"]
+    assert [row["jobs"] for row in concurrency["sizes"]] == [100, 500]
+    for row in concurrency["sizes"]:
+        assert_runs(row["runs"], row["jobs"], concurrency["repeats"])
+        assert 1.0 <= row["drain_s"] < 30, "every job sleeps 1 s"
+        assert all(run["latency_ms"]["p50"] >= 1000 for run in row["runs"])
+        assert 5 < row["idle_rss_mib"] <= row["peak_rss_mib"] < 2000, row
+        assert row["kib_per_job"] >= 0
+        lag = row["loop_lag"]
+        assert lag["samples"] >= 3 * 15, "the monitor samples every 50 ms through runs of 1 s or more"
+        assert 0 <= lag["mean_ms"] and 0 < lag["p99_ms"] <= lag["max_ms"], lag
 
     payload = scenarios["payload"]
     assert [row["bytes"] for row in payload["sizes"]] == [16, 1024, 65536]
@@ -93,6 +107,43 @@ def test_plot_writes_png_files(suite_json, tmp_path):
     done = run_script([os.path.join("bench", "plot.py"), str(suite_json), "--out", str(out)], timeout=120)
     assert done.returncode == 0, done.stderr
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["fanout.png", "latency.png", "latency_vs_load.png", "payload.png", "throughput.png"]
+    assert names == ["concurrency.png", "density.png", "latency.png", "latency_vs_load.png", "payload.png",
+                     "throughput.png"]
     for name in names:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def load_suite():
+    spec = importlib.util.spec_from_file_location("bench_suite", os.path.join(ROOT, "bench", "suite.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def histogram(counts, sum_s):
+    """A cumulative lag histogram in the suite's form from per-bucket counts {bound: count}."""
+    buckets, total = {}, 0
+    for le, count in counts.items():
+        total += count
+        buckets[le] = float(total)
+    return {"buckets": buckets, "sum_s": sum_s}
+
+
+def test_loop_lag_figures_come_from_bucket_bounds():
+    suite = load_suite()
+    before = histogram({"0.001": 5, "0.01": 0, "0.1": 0, "+Inf": 0}, 0.002)
+    after = histogram({"0.001": 105, "0.01": 98, "0.1": 2, "+Inf": 0}, 0.402)
+    run = suite.lag_since(before, after)
+    assert run == histogram({"0.001": 100, "0.01": 98, "0.1": 2, "+Inf": 0}, 0.4)
+    assert suite.lag_summary(run) == {"samples": 200, "mean_ms": 2.0, "p99_ms": 10.0, "max_ms": 100.0}
+    both = suite.lag_total([run, histogram({"0.001": 0, "0.01": 0, "0.1": 0, "+Inf": 1}, 90.0)])
+    assert suite.lag_summary(both)["max_ms"] is None, "beyond the largest bound"
+    assert suite.lag_summary(both)["samples"] == 201
+    assert suite.lag_summary(histogram({"0.001": 0, "+Inf": 0}, 0.0))["p99_ms"] is None
+
+
+def test_fanout_is_an_alias_of_density():
+    suite = load_suite()
+    assert suite.parse_args(["--only", "fanout,concurrency"]).scenarios == ["density", "concurrency"]
+    with pytest.raises(SystemExit):
+        suite.parse_args(["--only", "fan-out"])
