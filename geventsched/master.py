@@ -352,17 +352,11 @@ class Master:
     def _resubscribe(self, exc):
         log.warning("master: lost the result connection (%s); reconnecting", transport.describe(exc))
         self._subscriber.close()
-        delay = 0.1
-        while not self._stop.is_set():
-            try:
-                self._subscriber = self._subscribe()
-                self.hooks.on_reconnect("collector")
-                self._reconcile()
-                return
-            except (transport.RedisError, OSError) as exc:
-                log.warning("master: reconnect failed (%s), next try in %.1fs", transport.describe(exc), delay)
-                self._stop.wait(delay)
-                delay = min(delay * 2, 5.0)
+        subscriber = transport.keep_trying(self._subscribe, self._stop, "master")
+        if subscriber is not None:
+            self._subscriber = subscriber
+            self.hooks.on_reconnect("collector")
+            transport.keep_trying(self._reconcile, self._stop, "master")
 
     def _reconcile(self):
         """Results announced while we were not listening are lost to us, not to Redis: read the

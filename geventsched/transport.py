@@ -64,6 +64,21 @@ def describe(exc, url=""):
     return f"Redis error{where}: {text}"
 
 
+def keep_trying(attempt, stop, who, first=0.1, cap=5.0):
+    """Call ``attempt()`` until it succeeds and return its value, or return None once ``stop`` (an
+    Event) is set. Waits ``first``, twice that, ... up to ``cap`` seconds between tries, and logs each
+    failure in one line."""
+    delay = first
+    while not stop.is_set():
+        try:
+            return attempt()
+        except (RedisError, OSError) as exc:
+            log.warning("%s: reconnect failed (%s), next try in %.1fs", who, describe(exc), delay)
+            stop.wait(delay)
+            delay = min(delay * 2, cap)
+    return None
+
+
 def redact(url):
     """``url`` without its password."""
     scheme, sep, rest = url.partition("://")

@@ -170,9 +170,8 @@ class Worker:
             try:
                 messages = self._subscriber.read()
             except transport.ConnectionLost as exc:
-                if self._stopping:
-                    return
-                self._reconnect(exc)
+                if self._stopping or not self._reconnect(exc):
+                    return  # stopping: nothing more to read
                 continue
             for channel, data in messages:
                 accept(channel, data)
@@ -194,18 +193,13 @@ class Worker:
         log.warning("worker %s: lost the subscriber connection (%s); reconnecting", self.id,
                     transport.describe(exc))
         self._subscriber.close()
-        delay = 0.1
-        while not self._stopping:
-            try:
-                self._subscriber = self._subscribe()
-                self.hooks.on_reconnect("subscriber")
-                log.info("worker %s: resubscribed %d channels", self.id, len(self.channels))
-                return
-            except (transport.RedisError, OSError) as exc:
-                log.warning("worker %s: reconnect failed (%s), next try in %.1fs", self.id,
-                            transport.describe(exc), delay)
-                self._stop.wait(delay)
-                delay = min(delay * 2, 5.0)
+        subscriber = transport.keep_trying(self._subscribe, self._stop, f"worker {self.id}")
+        if subscriber is None:
+            return False
+        self._subscriber = subscriber
+        self.hooks.on_reconnect("subscriber")
+        log.info("worker %s: resubscribed %d channels", self.id, len(self.channels))
+        return True
 
     # -- running ---------------------------------------------------------------------------------
 
