@@ -111,7 +111,7 @@ class JsonCodec:
             doc["key"] = job.key
         if job.max_retries is not None:
             doc["max_retries"] = job.max_retries
-        return _dumps(doc, (job.args, job.kwargs))
+        return _dumps(doc, (job.args, job.kwargs, job.timeout, job.submitted_at))
 
     def decode_job(self, data):
         doc = self._load(data)

@@ -78,20 +78,26 @@ local now
 for i = last + 1, #ARGV, 7 do
   local id, task = ARGV[i], ARGV[i + 4]
   local max_retries, backoff = tonumber(ARGV[i + 5]), tonumber(ARGV[i + 6])
-  local retried = redis.call('HINCRBY', KEYS[5], id, 1)
-  if retried > max_retries or redis.call('EXISTS', prefix .. id) == 1 then
-    record(id, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
+  if redis.call('EXISTS', prefix .. id) == 1 then
+    record(id, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])  -- another copy finished it: a no-op
+  elseif not redis.call('ZSCORE', KEYS[2], id) then
+    -- A late report from a copy that was re-queued meanwhile: the copy now queued reports for it.
   else
-    if not now then
-      local t = redis.call('TIME')
-      now = tonumber(t[1]) + tonumber(t[2]) / 1e6
-    end
-    -- Exponential backoff; the worker already scaled backoff by a random jitter factor.
-    redis.call('ZADD', KEYS[6], now + math.min(3600, backoff * 2 ^ (retried - 1)), id)
-    redis.call('ZREM', KEYS[2], id)
-    redis.call('HDEL', KEYS[7], id)
-    if channel ~= '' then
-      redis.call('PUBLISH', channel, cjson.encode({v = 1, id = id, task = task, status = 'retry'}))
+    local retried = redis.call('HINCRBY', KEYS[5], id, 1)
+    if retried > max_retries then
+      record(id, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
+    else
+      if not now then
+        local t = redis.call('TIME')
+        now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+      end
+      -- Exponential backoff; the worker already scaled backoff by a random jitter factor.
+      redis.call('ZADD', KEYS[6], now + math.min(3600, backoff * 2 ^ (retried - 1)), id)
+      redis.call('ZREM', KEYS[2], id)
+      redis.call('HDEL', KEYS[7], id)
+      if channel ~= '' then
+        redis.call('PUBLISH', channel, cjson.encode({v = 1, id = id, task = task, status = 'retry'}))
+      end
     end
   end
 end
