@@ -21,7 +21,7 @@ def test_client_kill_of_every_subscriber_loses_no_job(spawn, r, namespace, redis
     assert len(results) == 300 and all(result.ok for result in results.values())
     snap = wait_until(lambda: (s := status(r, namespace))["in_flight"] == 0 and s, message="nothing in flight")
     assert snap["finished"]["ok"] == 300 and snap["queued"] == 0
-    assert "resubscribed 2 channels" in worker.output()
+    wait_until(lambda: "resubscribed 2 channels" in worker.output(), message="the worker to resubscribe")
 
 
 GARBAGE = {
