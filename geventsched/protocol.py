@@ -157,7 +157,7 @@ class JsonCodec:
         if not isinstance(doc, dict):
             raise DecodeError("not_an_object", f"expected a JSON object, got {type(doc).__name__}")
         version = doc.get("v")
-        if version != VERSION:
+        if type(version) is not int or version != VERSION:  # true and 1.0 are not 1
             raise DecodeError("bad_version", f"version {version!r}, this side speaks {VERSION}")
         return doc
 
