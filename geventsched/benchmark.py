@@ -106,12 +106,7 @@ class Rig:
     def __exit__(self, *exc):
         if self.master is not None:
             self.master.stop()
-        self.worker.terminate()
-        try:
-            self.worker.wait(30)
-        except subprocess.TimeoutExpired:
-            self.worker.kill()
-            self.worker.wait()
+        embedded.stop_process(self.worker, 30)
         _delete_namespace(self.client, self.namespace)
 
     # -- scenarios ------------------------------------------------------------------------------

@@ -35,6 +35,18 @@ def free_port():
         return s.getsockname()[1]
 
 
+def stop_process(process, timeout):
+    """SIGTERM ``process``, and SIGKILL it if it has not exited ``timeout`` seconds later."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def answers(host, port, timeout=0.5):
     """True if a Redis server answers PING at host:port (a NOAUTH error counts as an answer)."""
     try:
@@ -80,13 +92,8 @@ class EmbeddedRedis:
         return self
 
     def stop(self):
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process, 5)
         if self.process is not None and self.process.stderr:
             self.process.stderr.close()
         if self._dir:
