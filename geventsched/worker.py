@@ -97,9 +97,11 @@ class Worker:
 
     def run(self):
         """Start, serve until SIGTERM/SIGINT, then shut down gracefully. Returns the exit code."""
-        self.start()
+        # The handlers go in before the worker registers: a signal that comes while it subscribes must
+        # drain it, not kill it with its registration still in Redis.
         handlers = [gevent.signal_handler(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)]
         try:
+            self.start()
             self._stop.wait()
             self.stop(self.config.grace)
         finally:

@@ -49,3 +49,13 @@ def test_second_signal_stops_at_once(spawn, r, namespace, redis_url):
     worker.signal(signal.SIGTERM)
     assert worker.wait(15) == 0  # well before the 60 s grace and the 30 s job
     client.close()
+
+
+def test_sigterm_while_subscribing_drains_and_deregisters(spawn, r, namespace):
+    # The heartbeat is written before the 10,000 channels are subscribed: a SIGTERM in that window
+    # (a supervisor dying, systemd stopping a unit that just started) must still drain.
+    worker = spawn("worker", "--channels", "10000", "--metrics-port", "0")
+    wait_until(lambda: status(r, namespace)["workers"], interval=0.001, message="the registration")
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(30) == 0, worker.output()
+    assert status(r, namespace)["workers"] == []
