@@ -76,6 +76,9 @@ def build_parser():
     common.add_argument("--redis-url", default=redis_url_from_env(),
                         help="Redis URL (env GEVENTSCHED_REDIS_URL; default %(default)s)")
     common.add_argument("--namespace", default="", help="prefix every channel and key with NS:")
+    common.add_argument("--cluster", action="store_true",
+                        help="treat the URL as a node of a Redis Cluster (found out by itself when the "
+                             "server answers INFO)")
     common.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     role = argparse.ArgumentParser(add_help=False)
     role.add_argument("--codec", default="json", choices=["json", "raw"],
@@ -186,7 +189,7 @@ def tune_gc():
 def _connect(args):
     from geventsched import transport
 
-    return transport.connect(args.redis_url)
+    return transport.connect(args.redis_url, cluster=True if args.cluster else None)
 
 
 def cmd_worker(args):
@@ -338,7 +341,8 @@ def cmd_requeue_dead(args):
     from geventsched.keys import Keys
     from geventsched.store import Store
 
-    print(Store(_connect(args), Keys(args.namespace)).requeue_dead(args.task))
+    client = _connect(args)
+    print(Store(client, Keys(args.namespace, cluster=transport.is_cluster(client))).requeue_dead(args.task))
     return EXIT_OK
 
 

@@ -48,7 +48,7 @@ class JobHandle:
 class Client:
     def __init__(self, redis_client, namespace="", timeout=None):
         self.redis = redis_client
-        self.keys = Keys(namespace)
+        self.keys = Keys(namespace, cluster=transport.is_cluster(redis_client))
         self.store = Store(redis_client, self.keys)
         self.codec = JsonCodec()
         self.timeout = timeout
@@ -135,7 +135,7 @@ class Client:
                     if data is not None:
                         self._keep(data, want)
                 return
-            except (transport.RedisError, OSError) as exc:
+            except transport.RedisError as exc:
                 self._subscriber = None
                 if deadline is not None and time.monotonic() + delay > deadline:
                     raise RedisUnavailable(transport.describe(exc)) from None
@@ -144,8 +144,7 @@ class Client:
 
     def _listen(self):
         if self._subscriber is None:
-            self._subscriber = transport.Subscriber(self.redis)
-            self._subscriber.subscribe([self.reply_channel])
+            self._subscriber = transport.subscribe(self.redis, [self.reply_channel])
 
     def _keep(self, data, want):
         try:

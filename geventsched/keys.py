@@ -26,6 +26,12 @@ Keys:
     geventsched:worker:<id>       string, the worker's heartbeat (JSON), expires when it stops beating
     geventsched:channels          hash  channel -> id of the worker holding it (the channel lease)
     geventsched:master            string, id of the active master (lease with a TTL)
+
+On a Redis Cluster (``cluster=True``) our own prefix is a hash tag, ``{geventsched}:`` (or
+``{NS:geventsched}:``), and the result channel is ``{geventsched}:CHANNEL_RESULT``: every key, the
+result, reply and wake-up channels then live in one slot, so each Lua script stays on one shard
+and may publish (SPUBLISH) from inside. The dispatch channels keep their names and spread over
+every shard's slots: that is the traffic that grows with the fleet.
 """
 
 DISPATCH_PREFIX = "CHANNEL_DISPATCH_"
@@ -34,12 +40,13 @@ DISPATCH_PREFIX = "CHANNEL_DISPATCH_"
 class Keys:
     """Names for one namespace. Build every key and channel through this class."""
 
-    def __init__(self, namespace=""):
+    def __init__(self, namespace="", cluster=False):
         self.namespace = namespace
+        self.cluster = cluster
         self.prefix = f"{namespace}:" if namespace else ""
-        own = f"{self.prefix}geventsched:"
+        own = f"{{{self.prefix}geventsched}}:" if cluster else f"{self.prefix}geventsched:"
         self.own = own
-        self.result_channel = f"{self.prefix}CHANNEL_RESULT"
+        self.result_channel = f"{own}CHANNEL_RESULT" if cluster else f"{self.prefix}CHANNEL_RESULT"
         self.wakeup_channel = own + "wakeup"
         self.seq = own + "seq"
         self.jobs = own + "jobs"

@@ -47,7 +47,7 @@ class Master:
         self.config = config
         self.client = client
         self.hooks = guarded(hooks, MasterHooks)
-        self.keys = Keys(config.namespace)
+        self.keys = Keys(config.namespace, cluster=transport.is_cluster(client))
         self.store = Store(client, self.keys, config.result_ttl)
         self.codec = make_codec(config.codec, max_payload=config.max_payload)
         self.stored = JsonCodec(max_payload=config.max_payload)  # jobs in Redis are always JSON
@@ -71,7 +71,8 @@ class Master:
         self._stop = Event()
         self._greenlets = []
         self._subscriber = None
-        self._pipe = None
+        self._publisher = transport.Publisher(client, self.keys.inflight)
+        self._publisher_broken = False
         self.lease = Lease(client, self.keys.master, config.lease_ttl)
         self.lease_lost = False
 
@@ -84,7 +85,6 @@ class Master:
             return False
         self._greenlets.append(self.lease.spawn_keeper(self._stop, self._lose_lease))
         self._subscriber = self._subscribe()
-        self._pipe = transport.Pipe(self.client)
         for name in self._static:
             self.table.add(name.encode(), None, self.config.prefetch or self.config.static_prefetch)
         if not self._static:
@@ -124,9 +124,9 @@ class Master:
         if not self.lease_lost:
             self._return_pending()
             self.lease.release()
-        for conn in (self._subscriber, self._pipe):
-            if conn is not None:
-                conn.close()
+        if self._subscriber is not None:
+            self._subscriber.close()
+        self._publisher.close()
         log.info("master: stopped with %d jobs in flight", len(self.in_flight))
 
     def _return_pending(self):
@@ -178,9 +178,9 @@ class Master:
             except transport.ConnectionLost as exc:
                 log.warning("master: dispatch connection lost (%s); reconnecting in %.1fs",
                             transport.describe(exc), delay)
+                self._publisher_broken = True
                 self._stop.wait(delay)
                 delay = min(delay * 2, 5.0)
-                self._reconnect_pipe()
                 continue
             except transport.RedisError as exc:
                 log.warning("master: dispatch failed: %s", transport.describe(exc))
@@ -220,7 +220,7 @@ class Master:
         pending, table, choose = self.pending, self.table, self.strategy
         encode, in_flight, window = self.codec.encode_job, self.in_flight, self._window
         budget = self.config.max_inflight_bytes
-        sent, chunks = [], []
+        sent, messages = [], []
         while pending:
             job = pending[0]
             channel = choose(table, job)
@@ -236,28 +236,29 @@ class Master:
             window[subscriber] += size
             in_flight[job.id] = (job, channel, size)
             sent.append((job, channel))
-            chunks.append(transport.pack_publish(channel.name, payload))
+            messages.append((channel.name, payload))
         if not sent:
             return False
-        count = len(sent)
         now = time.time()
+        commands = []
         if self.durable:  # in the same write: published jobs get their full deadline and their owner
             base, default = int(now + DEADLINE_SLACK), self.config.default_timeout
-            chunks.append(self.store.deadline_command(
+            commands.append(self.store.deadline_command(
                 [(base + int(job.timeout or default), job.id) for job, _ in sent]))
             owners = [(job.id, channel.worker) for job, channel in sent if channel.worker]
             if owners:
-                chunks.append(self.store.owner_command(owners))
-                count += 1
-            count += 1
+                commands.append(self.store.owner_command(owners))
         try:
-            replies = self._pipe.call(b"".join(chunks), count)
+            replies = self._publisher.send(messages, commands)
         except transport.ConnectionLost:
             # Nothing is known to have gone out: the whole batch waits for the next connection.
             for job, _ in sent:
                 self._free(job.id)
             pending.extendleft(reversed([job for job, _ in sent]))
             raise
+        if self._publisher_broken:
+            self._publisher_broken = False
+            self.hooks.on_reconnect("dispatch")
         missed = []
         for (job, channel), receivers in zip(sent, replies):
             if receivers and not transport.is_error(receivers):
@@ -288,20 +289,10 @@ class Master:
             self.table.add(name, None, cap)
             self._wake.set()
 
-    def _reconnect_pipe(self):
-        self._pipe.close()
-        try:
-            self._pipe = transport.Pipe(self.client)
-            self.hooks.on_reconnect("dispatch")
-        except (transport.RedisError, OSError) as exc:
-            log.warning("master: reconnect failed: %s", transport.describe(exc))
-
     # -- collecting ------------------------------------------------------------------------------
 
     def _subscribe(self):
-        subscriber = transport.Subscriber(self.client)
-        subscriber.subscribe([self.keys.result_channel, self.keys.wakeup_channel])
-        return subscriber
+        return transport.subscribe(self.client, [self.keys.result_channel, self.keys.wakeup_channel])
 
     def _collect_loop(self):
         wakeup = self.keys.wakeup_channel.encode()

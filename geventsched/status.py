@@ -1,5 +1,6 @@
 """``geventsched status``: what Redis knows about workers, nodes, channels and jobs."""
 
+from geventsched import transport
 from geventsched.keys import Keys
 from geventsched.store import Store
 
@@ -14,7 +15,7 @@ NAME_WIDTH = 44
 def snapshot(client, namespace=""):
     """A JSON-ready dict: ``workers``, ``nodes``, ``channels``, ``queued``, ``in_flight``, ``retrying``,
     ``dead``, ``finished``."""
-    store = Store(client, Keys(namespace))
+    store = Store(client, Keys(namespace, cluster=transport.is_cluster(client)))
     return assemble(store.workers(), store.channel_owners(), store.counts())
 
 

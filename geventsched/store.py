@@ -257,7 +257,14 @@ class Store:
         self.client = client
         self.keys = keys
         self.result_ttl = int(result_ttl)
-        register = client.register_script
+        # On a cluster every key and channel of ours shares one slot (keys.py): scripts and wake-ups
+        # publish on the sharded twin of PUBLISH, which stays on that slot's shard.
+        sharded = keys.cluster
+        self._wake_up = client.spublish if sharded else client.publish
+
+        def register(script):
+            return client.register_script(script.replace("'PUBLISH'", "'SPUBLISH'") if sharded else script)
+
         self._claim = register(_CLAIM)
         self._take = register(_TAKE)
         self._finish = register(_FINISH)
@@ -287,7 +294,7 @@ class Store:
                 pipe.lpush(k.intake, *reversed(ids))
             else:
                 pipe.rpush(k.intake, *ids)
-        pipe.publish(k.wakeup_channel, b"1")
+        (pipe.spublish if k.cluster else pipe.publish)(k.wakeup_channel, b"1")
         pipe.execute()
 
     def get_results(self, ids):
@@ -383,7 +390,7 @@ class Store:
             total += self._requeue(keys=[k.inflight, k.intake, k.owner],
                                    args=[k.result_prefix, *ids[i:i + 1000]])
         if total:
-            self.client.publish(k.wakeup_channel, b"1")
+            self._wake_up(k.wakeup_channel, b"1")
         return total
 
     # -- worker side ---------------------------------------------------------------------------
@@ -410,7 +417,7 @@ class Store:
         """Move retries that are due back to the intake. Returns how many."""
         n = self._promote(keys=[self.keys.scheduled, self.keys.intake], args=[now or time.time(), limit])
         if n:
-            self.client.publish(self.keys.wakeup_channel, b"1")
+            self._wake_up(self.keys.wakeup_channel, b"1")
         return n
 
     def register_worker(self, worker_id, heartbeat, ttl, channels):
@@ -460,7 +467,7 @@ class Store:
         n = self._requeue_dead(keys=[k.dead, k.jobs, k.intake, k.attempts, k.finished, k.retries],
                                args=[k.result_prefix, task or ""])
         if n:
-            self.client.publish(k.wakeup_channel, b"1")
+            self._wake_up(k.wakeup_channel, b"1")
         return n
 
 

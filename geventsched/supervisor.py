@@ -314,7 +314,7 @@ class LeaseReaper:
 
     def __init__(self, client, namespace, host=None):
         self.client = client
-        self.keys = Keys(namespace)
+        self.keys = Keys(namespace, cluster=transport.is_cluster(client))
         self.store = Store(client, self.keys)
         self.host = host or socket.gethostname()
 

@@ -13,9 +13,13 @@ carry anything else, so nothing can interleave with them.
 
 import logging
 
+import gevent
 import hiredis
 import redis
+import redis.cluster
+from gevent.queue import Empty, Queue
 from redis import exceptions as rexc
+from redis.crc import key_slot
 
 from geventsched.errors import ConfigError, RedisUnavailable
 
@@ -26,29 +30,51 @@ SUBSCRIBE_BATCH = 1000
 RECV_SIZE = 1 << 18
 
 ConnectionLost = (rexc.ConnectionError, rexc.TimeoutError, OSError)
-RedisError = rexc.RedisError
+#: Every way talking to Redis fails: redis-py's errors (a cluster client that cannot map the slots
+#: raises the second kind) and a socket's own. A tuple: ``except RedisError`` catches them all.
+RedisError = (rexc.RedisError, rexc.RedisClusterException, OSError)
 ResponseError = rexc.ResponseError
 DataError = rexc.DataError
 
 
-def connect(url, check=True):
-    """A redis-py client for ``url`` (``redis://``, ``rediss://``, ``unix://``; user:password@ works).
+def connect(url, check=True, cluster=None):
+    """A redis-py client for ``url``: ``redis://``, ``rediss://`` (TLS options as query parameters:
+    ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``, ...), ``unix://``, ``redis+sentinel://``;
+    ``user:password@`` works on each.
 
     With ``check`` it PINGs once, so a wrong address or password fails here with RedisUnavailable
-    carrying one clear line, rather than later inside a loop.
+    carrying one clear line, rather than later inside a loop. ``cluster``: True or False forces the
+    mode; None asks the server (``cluster_enabled:1`` gives a cluster client, see ``is_cluster``).
     """
     try:
-        client = redis.Redis.from_url(url, protocol=2, socket_connect_timeout=5,
-                                      socket_keepalive=True, health_check_interval=0,
-                                      max_connections=None)
+        if url.startswith(SENTINEL_SCHEMES):
+            client = _sentinel_client(url)
+        else:
+            client = redis.Redis.from_url(url, **_OPTIONS)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"bad Redis URL {redact(url)!r}: {exc}") from None
-    if check:
-        try:
+    if not check and not cluster:
+        return client
+    try:
+        client.ping()
+        if cluster is None:
+            cluster = _cluster_enabled(client)
+        if cluster:
+            client = _cluster_client(url)
             client.ping()
-        except RedisError as exc:
-            raise RedisUnavailable(describe(exc, url)) from None
+    except RedisError as exc:
+        raise RedisUnavailable(describe(exc, url)) from None
     return client
+
+
+#: Connection options for every client: RESP2 (see the module docstring), no pool limit.
+_OPTIONS = dict(protocol=2, socket_connect_timeout=5, socket_keepalive=True, health_check_interval=0,
+                max_connections=None)
+SENTINEL_SCHEMES = ("redis+sentinel://", "rediss+sentinel://")
+
+
+def _sentinel_client(url):
+    raise ConfigError("redis+sentinel:// URLs are not supported yet")
 
 
 def describe(exc, url=""):
@@ -72,7 +98,7 @@ def keep_trying(attempt, stop, who, first=0.1, cap=5.0):
     while not stop.is_set():
         try:
             return attempt()
-        except (RedisError, OSError) as exc:
+        except RedisError as exc:
             log.warning("%s: reconnect failed (%s), next try in %.1fs", who, describe(exc), delay)
             stop.wait(delay)
             delay = min(delay * 2, cap)
@@ -104,9 +130,12 @@ class Subscriber:
     ``read()`` blocks (yielding to the hub) until at least one reply arrives and returns every pub/sub
     message decoded from that read as ``(channel, data)`` pairs. Subscription confirmations are counted
     in ``subscribed``. Raises one of ``ConnectionLost`` when Redis goes away.
+
+    ``sharded``: SSUBSCRIBE (Redis Cluster's sharded pub/sub) instead of SUBSCRIBE. The server then
+    drops a channel by itself when its slot moves to another shard: such channels collect in ``moved``.
     """
 
-    def __init__(self, client):
+    def __init__(self, client, sharded=False):
         self._conn = client.connection_pool.make_connection()
         self._conn.connect()
         self._sock = self._conn._sock
@@ -114,16 +143,21 @@ class Subscriber:
         self.channels = set()
         self.subscribed = 0
         self._early = []
+        self.moved = []
+        self.sharded = sharded
+        if sharded:
+            self._command, self._message, self._confirm, self._drop = (
+                "SSUBSCRIBE", b"smessage", b"ssubscribe", b"sunsubscribe")
+        else:
+            self._command, self._message, self._confirm, self._drop = (
+                "SUBSCRIBE", b"message", b"subscribe", b"unsubscribe")
 
     def subscribe(self, channels, batch=SUBSCRIBE_BATCH, timeout=30.0):
         """Subscribe ``channels`` in large batches, then wait until Redis confirmed every one.
 
         Messages that arrive meanwhile are kept for the next ``read()``.
         """
-        channels = [c for c in channels if c not in self.channels]
-        for i in range(0, len(channels), batch):
-            self._sock.sendall(pack("SUBSCRIBE", *channels[i:i + batch]))
-        self.channels.update(channels)
+        self.send_subscribe(channels, batch)
         want = len(self.channels)
         self._sock.settimeout(timeout)
         early, self._early = self._early, []
@@ -134,8 +168,23 @@ class Subscriber:
             self._early = early
             self._sock.settimeout(None)
 
+    def send_subscribe(self, channels, batch=SUBSCRIBE_BATCH):
+        """Ask for ``channels`` without waiting for the confirmations: ``read()`` counts them."""
+        channels = [c for c in channels if c not in self.channels]
+        if self.sharded:  # one SSUBSCRIBE names channels of one slot only: one command per slot
+            by_slot = {}
+            for channel in channels:
+                by_slot.setdefault(key_slot(channel.encode()), []).append(channel)
+            groups = list(by_slot.values())
+        else:
+            groups = [channels[i:i + batch] for i in range(0, len(channels), batch)]
+        commands = [pack(self._command, *group) for group in groups]
+        for i in range(0, len(commands), batch):  # each write at most a few hundred KiB
+            self._sock.sendall(b"".join(commands[i:i + batch]))
+        self.channels.update(channels)
+
     def unsubscribe_all(self):
-        self._sock.sendall(pack("UNSUBSCRIBE"))
+        self._sock.sendall(pack("SUNSUBSCRIBE" if self.sharded else "UNSUBSCRIBE"))
         self.channels.clear()
 
     def read(self, timeout=None):
@@ -158,14 +207,19 @@ class Subscriber:
         reader = self._reader
         reader.feed(data)
         messages = []
+        kind = self._message
         reply = reader.gets()
         while reply is not False:
-            if type(reply) is list and reply[0] == b"message":
+            if type(reply) is list and reply[0] == kind:
                 messages.append((reply[1], reply[2]))
-            elif type(reply) is list and reply[0] == b"subscribe":
+            elif type(reply) is list and reply[0] == self._confirm:
                 self.subscribed = reply[2]
-            elif type(reply) is list and reply[0] == b"unsubscribe":
+            elif type(reply) is list and reply[0] == self._drop:
                 self.subscribed = reply[2]
+                if self.sharded and self.channels:  # not asked for: the channel's slot moved
+                    channel = reply[1].decode()
+                    self.channels.discard(channel)
+                    self.moved.append(channel)
             elif isinstance(reply, hiredis.ReplyError):
                 raise rexc.ResponseError(str(reply))
             reply = reader.gets()
@@ -176,6 +230,96 @@ class Subscriber:
             self._conn.disconnect()
         except Exception:  # closing a broken socket must not hide the error that got us here
             pass
+
+
+class ShardedSubscriber:
+    """``Subscriber``'s interface over a Redis Cluster: SSUBSCRIBE on every primary that owns some of
+    the channels, one connection (and one reader greenlet) per such shard.
+
+    A slot that moves (the server drops its channels) is followed here: the slot map is read again
+    and the channels subscribed on their new owner, while the other shards' connections carry on.
+    A lost connection (a primary died, a failover) raises ``ConnectionLost`` from ``read()`` once the
+    messages read before it are delivered; the caller then subscribes again from scratch.
+    """
+
+    def __init__(self, cluster):
+        self._cluster = cluster
+        self._shards = {}  # node name -> Subscriber
+        self._readers = []
+        self._inbox = Queue()
+        self.channels = set()
+
+    @property
+    def subscribed(self):
+        return sum(shard.subscribed for shard in self._shards.values())
+
+    def subscribe(self, channels, batch=SUBSCRIBE_BATCH, timeout=30.0):
+        by_node = {}
+        for channel in channels:
+            node = self._cluster.get_node_from_key(channel)
+            by_node.setdefault(node.name, (node, []))[1].append(channel)
+        for name, (node, names) in by_node.items():
+            shard = self._shards.get(name)
+            if shard is None:
+                try:
+                    shard = Subscriber(self._cluster.get_redis_connection(node), sharded=True)
+                except ConnectionLost:
+                    self._cluster.nodes_manager.initialize()  # the next try finds the new primaries
+                    raise
+                self._shards[name] = shard
+                shard.subscribe(names, batch, timeout)
+                self._readers.append(gevent.spawn(self._pump, shard))
+            else:  # its reader greenlet is in recv(): confirmations come in through it
+                shard.send_subscribe(names, batch)
+            self.channels.update(names)
+
+    def _pump(self, shard):
+        inbox = self._inbox
+        try:
+            while True:
+                messages = shard.read()
+                if messages:
+                    inbox.put(messages)
+                if shard.moved:
+                    moved, shard.moved = shard.moved, []
+                    self.channels.difference_update(moved)
+                    log.info("%d channels moved to another shard; subscribing them there", len(moved))
+                    self._cluster.nodes_manager.initialize()
+                    self.subscribe(moved)
+        except RedisError as exc:
+            inbox.put(exc)
+
+    def read(self, timeout=None):
+        try:
+            item = self._inbox.get(timeout=timeout)
+        except Empty:
+            return []
+        if isinstance(item, BaseException):
+            raise item
+        while self._inbox.qsize() and not isinstance(self._inbox.peek(), BaseException):
+            item = item + self._inbox.get()
+        return item
+
+    def unsubscribe_all(self):
+        for shard in self._shards.values():
+            shard.unsubscribe_all()
+        self.channels.clear()
+
+    def close(self):
+        gevent.killall(self._readers, block=False)
+        for shard in self._shards.values():
+            shard.close()
+
+
+def subscribe(client, channels):
+    """A ``Subscriber`` (or, on a cluster, a ``ShardedSubscriber``) subscribed to ``channels``."""
+    subscriber = ShardedSubscriber(client) if is_cluster(client) else Subscriber(client)
+    try:
+        subscriber.subscribe(channels)
+    except BaseException:
+        subscriber.close()
+        raise
+    return subscriber
 
 
 class Pipe:
@@ -194,7 +338,13 @@ class Pipe:
         self._reader = hiredis.Reader()
 
     def call(self, data, count):
+        self.send(data)
+        return self.receive(count)
+
+    def send(self, data):
         self._sock.sendall(data)
+
+    def receive(self, count):
         replies = []
         reader = self._reader
         while len(replies) < count:
@@ -215,10 +365,116 @@ class Pipe:
             pass
 
 
-def pack_publish(channel, payload):
-    """``PUBLISH channel payload`` in RESP, for bytes arguments: the master's per-job command."""
-    return b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(channel), channel, len(payload), payload)
+class Publisher:
+    """Publishes batches of messages: one write per Redis node, replies read through hiredis.
+
+    ``send(messages, commands)`` PUBLISHes each ``(channel, payload)`` and runs the packed
+    ``commands`` (state changes that belong with the batch) on the node that holds ``home``, a key
+    of ours. On one server that is one write. On a cluster each message goes out with SPUBLISH to the
+    primary that owns its channel's slot; every node's write goes out before any reply is read.
+
+    Connections are opened on first use and again after a failure, so a caller only retries.
+    One greenlet at a time.
+    """
+
+    def __init__(self, client, home):
+        self._client = client
+        self._cluster = is_cluster(client)
+        self._home = home
+        self._pipes = {}  # node name (None on one server) -> Pipe
+        self._nodes = {}  # cluster: channel -> node name
+        self._stale = False  # cluster: a MOVED reply or a lost node; read the slot map again
+
+    def send(self, messages, commands=()):
+        """Returns one reply per message, in order: the number of subscribers that got it, or a
+        ``hiredis.ReplyError`` value. Raises ``ConnectionLost`` (nothing is known about the batch)."""
+        try:
+            if not self._cluster:
+                chunks = [pack_publish(channel, payload) for channel, payload in messages]
+                chunks += commands
+                return self._pipe(None).call(b"".join(chunks), len(chunks))[:len(messages)]
+            return self._send_sharded(messages, commands)
+        except ConnectionLost:
+            self.close()
+            self._stale = True
+            raise
+
+    def _send_sharded(self, messages, commands):
+        if self._stale:
+            self._client.nodes_manager.initialize()
+            self._nodes.clear()
+            self._stale = False
+        node_of, locate = self._nodes, self._locate
+        batches = {}  # node name -> (indexes of its messages, packed commands)
+        for i, (channel, payload) in enumerate(messages):
+            name = node_of.get(channel) or locate(channel)
+            batch = batches.get(name)
+            if batch is None:
+                batch = batches[name] = ([], [])
+            batch[0].append(i)
+            batch[1].append(pack_publish(channel, payload, SPUBLISH))
+        if commands:
+            batches.setdefault(node_of.get(self._home) or locate(self._home), ([], []))[1].extend(commands)
+        written = []
+        for name, (indexes, chunks) in batches.items():
+            pipe = self._pipe(name)
+            pipe.send(b"".join(chunks))
+            written.append((pipe, indexes, len(chunks)))
+        replies = [None] * len(messages)
+        for pipe, indexes, count in written:
+            for i, reply in zip(indexes, pipe.receive(count)):
+                replies[i] = reply
+                if isinstance(reply, hiredis.ReplyError) and str(reply).startswith(("MOVED", "ASK")):
+                    self._stale = True
+        return replies
+
+    def _locate(self, name):
+        node = self._nodes[name] = self._client.get_node_from_key(name).name
+        return node
+
+    def _pipe(self, name):
+        pipe = self._pipes.get(name)
+        if pipe is None:
+            if name is None:
+                pipe = Pipe(self._client)
+            else:
+                pipe = Pipe(self._client.get_redis_connection(self._client.get_node(node_name=name)))
+            self._pipes[name] = pipe
+        return pipe
+
+    def close(self):
+        pipes, self._pipes = self._pipes, {}
+        for pipe in pipes.values():
+            pipe.close()
+
+
+PUBLISH = b"*3\r\n$7\r\nPUBLISH\r\n"
+SPUBLISH = b"*3\r\n$8\r\nSPUBLISH\r\n"
+
+
+def pack_publish(channel, payload, head=PUBLISH):
+    """``PUBLISH channel payload`` (``head=SPUBLISH``: its sharded twin) in RESP, for bytes arguments."""
+    return b"%s$%d\r\n%s\r\n$%d\r\n%s\r\n" % (head, len(channel), channel, len(payload), payload)
 
 
 def is_error(reply):
     return isinstance(reply, hiredis.ReplyError)
+
+
+# -- Redis Cluster ---------------------------------------------------------------------------------
+
+def is_cluster(client):
+    """True for a Redis Cluster client: keys then carry a hash tag, pub/sub is sharded."""
+    return isinstance(client, redis.cluster.RedisCluster)
+
+
+def _cluster_enabled(client):
+    try:
+        return client.info("cluster").get("cluster_enabled") == 1
+    except ResponseError:  # a user not allowed INFO, or a server without it: --cluster says so
+        return False
+
+
+def _cluster_client(url):
+    options = {k: v for k, v in _OPTIONS.items() if k != "max_connections"}
+    return redis.cluster.RedisCluster.from_url(url, **options)

@@ -52,13 +52,13 @@ class Worker:
         self.client = client
         self.registry = registry
         self.hooks = guarded(hooks, WorkerHooks)
-        self.keys = Keys(config.namespace)
+        self.keys = Keys(config.namespace, cluster=transport.is_cluster(client))
         self.store = Store(client, self.keys, config.result_ttl)
         self.codec = make_codec(config.codec, config.raw_task, config.max_payload)
         self.raw = config.codec == "raw"
         # The raw codec's master (the original script) records nothing, and neither do we without durability.
         self.recording = not self.raw and config.durability == "redis"
-        self._pipe = None
+        self._publisher = transport.Publisher(client, self.keys.result_channel)
         self.id = config.worker_id
         # "3" and "CHANNEL_DISPATCH_3" name the same channel: subscribe it once.
         self.channels = list(dict.fromkeys(self.keys.dispatch_channel(c) for c in config.channels))
@@ -140,8 +140,7 @@ class Worker:
                 greenlet.kill(block=False)
         self._greenlets[1].join(timeout=max(1.0, deadline - time.monotonic()))
         self._greenlets[1].kill()
-        if self._pipe is not None:
-            self._pipe.close()
+        self._publisher.close()
         try:
             self.store.release_worker(self.id)
         except transport.RedisError as exc:
@@ -161,8 +160,7 @@ class Worker:
     # -- reading ---------------------------------------------------------------------------------
 
     def _subscribe(self):
-        subscriber = transport.Subscriber(self.client)
-        subscriber.subscribe(self.channels)
+        subscriber = transport.subscribe(self.client, self.channels)
         self.hooks.on_subscribed(len(self.channels))
         return subscriber
 
@@ -282,27 +280,21 @@ class Worker:
                 log.error("worker %s: dropped a batch of %d results it could not write (%s); their jobs "
                           "will run again", self.id, len(batch) + len(retries), exc)
                 return
-            except (transport.RedisError, OSError) as exc:
+            except transport.RedisError as exc:
                 log.warning("worker %s: writing %d results failed (%s), retrying in %.1fs", self.id,
                             len(batch), transport.describe(exc), delay)
-                if self._pipe is not None:
-                    self._pipe.close()
-                    self._pipe = None
                 gevent.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
     def _publish(self, batch):
         """Results without a record: PUBLISH each to CHANNEL_RESULT (and its reply channel), one write."""
-        if self._pipe is None:
-            self._pipe = transport.Pipe(self.client)
         channel = self.keys.result_channel.encode()
-        pack = transport.pack_publish
-        chunks = []
+        messages = []
         for _, _, payload, reply in batch:
-            chunks.append(pack(channel, payload))
+            messages.append((channel, payload))
             if reply:
-                chunks.append(pack(reply.encode(), payload))
-        for reply in self._pipe.call(b"".join(chunks), len(chunks)):
+                messages.append((reply.encode(), payload))
+        for reply in self._publisher.send(messages):
             if transport.is_error(reply):
                 raise transport.ResponseError(str(reply))
 

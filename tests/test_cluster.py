@@ -1,0 +1,120 @@
+"""Redis Cluster: a private 3-primary cluster; dispatch over sharded pub/sub, keys in one slot.
+
+The tests point every process at one node (not the first) and let it find the cluster by itself.
+"""
+
+import signal
+
+import pytest
+import redis
+import redis.cluster
+
+from conftest import run_cli, wait_until
+from geventsched.embedded import EmbeddedCluster
+from helpers import client_for, status
+
+CHANNELS = 30
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with EmbeddedCluster(primaries=3) as running:
+        yield running
+
+
+@pytest.fixture
+def redis_url(cluster):
+    return cluster.servers[1].url
+
+
+@pytest.fixture
+def r(redis_url):
+    client = redis.cluster.RedisCluster.from_url(redis_url, protocol=2)
+    yield client
+    client.close()
+
+
+def node(server):
+    return redis.Redis(port=server.port, protocol=2)
+
+
+def start(spawn, r, namespace, *worker_args):
+    worker = spawn("worker", "--channels", str(CHANNELS), "--metrics-port", "0", *worker_args)
+    wait_until(lambda: status(r, namespace)["channels"] == CHANNELS, timeout=20, message="the worker's channels")
+    master = spawn("master", "--metrics-port", "0")
+    return worker, master
+
+
+def shard_channels(server, namespace):
+    with node(server) as client:
+        return {c.decode() for c in client.execute_command("PUBSUB", "SHARDCHANNELS", f"{namespace}:*")}
+
+
+def dispatch_names(namespace):
+    return {f"{namespace}:CHANNEL_DISPATCH_{n}" for n in range(1, CHANNELS + 1)}
+
+
+def assert_all_echoed(client, handles, timeout):
+    results = client.wait(handles, timeout=timeout)
+    missing = [h.id for h in handles if h.id not in results]
+    assert not missing, f"{len(missing)} of {len(handles)} jobs have no result (first: {missing[:5]})"
+    assert [results[h.id].value for h in handles] == list(range(len(handles)))
+
+
+def test_2000_jobs_run_through_one_node_of_a_3_primary_cluster_over_sharded_pubsub(
+        spawn, r, namespace, redis_url, cluster):
+    start(spawn, r, namespace)
+    client = client_for(redis_url, namespace)
+    handles = client.submit_many([("echo", (i,), {}) for i in range(2000)])
+    assert_all_echoed(client, handles, timeout=60)
+    client.close()
+
+    # Every primary carries some of the dispatch channels, all of them sharded, none classic.
+    per_primary = [shard_channels(server, namespace) & dispatch_names(namespace) for server in cluster.primaries]
+    assert all(per_primary), per_primary
+    assert set().union(*per_primary) == dispatch_names(namespace)
+    for server in cluster.primaries:
+        with node(server) as client:
+            assert client.execute_command("PUBSUB", "CHANNELS", f"{namespace}:*") == []
+
+    # Our keys share one slot (one hash tag), so every Lua script stays on one shard.
+    with node(cluster.servers[1]) as client:
+        slots = {r.keyslot(key) for key in r.scan_iter(match=f"{{{namespace}:geventsched}}:*")}
+    assert len(slots) == 1
+    out = run_cli("status", "--json", "--redis-url", redis_url, "--namespace", namespace)
+    assert out.returncode == 0, out.stderr
+    assert '"ok": 2000' in out.stdout
+
+
+def test_a_slot_that_moves_mid_run_takes_its_channels_along(spawn, r, namespace, redis_url, cluster):
+    worker, _ = start(spawn, r, namespace)
+    # The slot of one dispatch channel, moved to another primary while jobs run.
+    channel = f"{namespace}:CHANNEL_DISPATCH_7"
+    slot = r.keyslot(channel)
+    source = next(s for s in cluster.primaries if channel in shard_channels(s, namespace))
+    target = next(s for s in cluster.primaries if s is not source)
+    with node(source) as src, node(target) as dst:
+        source_id, target_id = src.execute_command("CLUSTER", "MYID"), dst.execute_command("CLUSTER", "MYID")
+        client = client_for(redis_url, namespace)
+        handles = client.submit_many([("echo", (i,), {}) for i in range(3000)])
+        wait_until(lambda: status(r, namespace)["finished"]["ok"] >= 300, timeout=30, message="300 jobs done")
+        dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+        src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+        assert src.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 0  # channels are not keys
+        dst.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+        src.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+    wait_until(lambda: channel in shard_channels(target, namespace), timeout=20,
+               message="the channel subscribed on its new shard")
+    assert channel not in shard_channels(source, namespace)
+    # Nothing was lost on the way: no job waits for its deadline.
+    assert_all_echoed(client, handles, timeout=60)
+    client.close()
+    assert "moved to another shard" in worker.output()
+    assert status(r, namespace)["finished"]["ok"] == 3000
+
+
+def test_a_worker_drains_and_deregisters_on_sigterm(spawn, r, namespace):
+    worker, _ = start(spawn, r, namespace)
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(30) == 0, worker.output()
+    assert status(r, namespace)["workers"] == []
