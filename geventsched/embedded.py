@@ -172,6 +172,9 @@ class EmbeddedCluster:
                 command(replica.port, "CLUSTER", "REPLICATE", node_id)
         self._wait(lambda: all(_field(command(s.port, "CLUSTER", "INFO"), "cluster_state") == "ok"
                                for s in self.servers), "the cluster to be ok")
+        replicas = self.servers[self.primaries_count:]
+        self._wait(lambda: all(_field(command(s.port, "INFO", "replication"), "master_link_status") == "up"
+                               for s in replicas), "every replica to be in sync")
 
     def _wait(self, ready, what):
         deadline = time.monotonic() + self.start_timeout

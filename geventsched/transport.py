@@ -12,6 +12,10 @@ carry anything else, so nothing can interleave with them.
 """
 
 import logging
+import os
+import re
+import ssl
+from urllib.parse import parse_qs, urlsplit
 
 import gevent
 import hiredis
@@ -81,13 +85,70 @@ def describe(exc, url=""):
     """One line that tells a user what went wrong talking to Redis."""
     where = f" at {redact(url)}" if url else ""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    # redis-py strips the server's error code (NOPERM, WRONGPASS, ...) off the messages it maps to
+    # exception classes; put it back, it is what users search for.
+    code = getattr(exc, "status_code", None) or (isinstance(exc, rexc.NoPermissionError) and "NOPERM")
+    if isinstance(code, str) and code and not text.startswith(code):
+        text = f"{code} {text}"
     if isinstance(exc, rexc.AuthenticationError) or "WRONGPASS" in text or "NOAUTH" in text:
         return f"Redis{where} refused the credentials: {text}"
     if isinstance(exc, rexc.NoPermissionError) or text.startswith("NOPERM"):
         return f"Redis{where} denied a command to this user: {text}"
-    if isinstance(exc, (rexc.ConnectionError, rexc.TimeoutError, OSError)):
-        return f"cannot reach Redis{where}: {text}"
+    if "user executing the script can't" in text:  # a command in a Lua script; Redis 7.0 says ERR, not NOPERM
+        return f"Redis{where} denied a command to this user (NOPERM inside a Lua script; ACL LOG names it): {text}"
+    if isinstance(exc, ConnectionLost):
+        return _describe_connection(exc, text, url, where)
     return f"Redis error{where}: {text}"
+
+
+def _describe_connection(exc, text, url, where):
+    # TLS failures come wrapped: redis-py raises ConnectionError with the ssl.SSLError (or the OSError
+    # of a certificate file it could not read) as its __cause__ or __context__.
+    chain, link = [], exc
+    while link is not None and len(chain) < 8 and all(link is not seen for seen in chain):
+        chain.append(link)
+        link = link.__cause__ or link.__context__
+    scheme = url.partition("://")[0].lower()
+    query = parse_qs(urlsplit(url).query) if scheme.startswith("rediss") else None
+    # A server that rejects the client (no certificate, or one it does not trust) may just close the
+    # connection; when that shows depends on timing, so the hint depends on what the URL asked for.
+    closed = ("the server closed the connection: does it trust the CA that signed ssl_certfile?"
+              if query and "ssl_certfile" in query else
+              "the server closed the connection: if it requires a client certificate, set ssl_certfile "
+              "and ssl_keyfile")
+    tls = next((e for e in chain if isinstance(e, ssl.SSLError)), None)
+    if tls is not None:
+        detail, hint = _tls_failure(tls, closed)
+        return f"TLS handshake with Redis{where} failed: {detail}" + (f" ({hint})" if hint else "")
+    unreadable = next((e for e in chain if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError))),
+                      None)
+    if unreadable is not None and query is not None:
+        files = [f"{name}={path}" for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_ca_path")
+                 for path in query.get(name, ())[:1] if not os.access(path, os.R_OK)]
+        what = " or ".join(files) or "a certificate or key file"
+        return f"TLS setup for Redis{where} failed: cannot read {what}: {unreadable.strerror or unreadable}"
+    hint = ""
+    if any(isinstance(e, (ConnectionResetError, BrokenPipeError)) for e in chain) or "closed by server" in text:
+        if query is not None:
+            hint = f" ({closed})"
+        elif scheme == "redis":
+            hint = " (if that port expects TLS, use rediss://)"
+    return f"cannot reach Redis{where}: {text}{hint}"
+
+
+def _tls_failure(tls, closed):
+    """``(detail, hint)`` for an ``ssl.SSLError``."""
+    reason = getattr(tls, "reason", None) or ""
+    if isinstance(tls, ssl.SSLCertVerificationError):
+        return (f"certificate verify failed: {tls.verify_message or reason}",
+                "ssl_ca_certs must be the CA that signed the server's certificate, and it must name the URL's host")
+    detail = tls.args[1] if len(tls.args) > 1 and isinstance(tls.args[1], str) else str(tls)
+    detail = re.sub(r"^\[\w+: \w+\] |\s*\(_ssl\.c:\d+\)$", "", detail) or type(tls).__name__
+    if "CERTIFICATE_REQUIRED" in reason:
+        return detail, "the server requires a client certificate: set ssl_certfile and ssl_keyfile"
+    if any(code in reason for code in ("UNKNOWN_CA", "BAD_CERTIFICATE", "CERTIFICATE_UNKNOWN")):
+        return detail, "the server does not trust the client certificate (ssl_certfile)"
+    return detail, closed if isinstance(tls, ssl.SSLEOFError) else ""
 
 
 def keep_trying(attempt, stop, who, first=0.1, cap=5.0):
@@ -106,7 +167,8 @@ def keep_trying(attempt, stop, who, first=0.1, cap=5.0):
 
 
 def redact(url):
-    """``url`` without its password."""
+    """``url`` without its passwords (the user's, a sentinel's, a TLS key's)."""
+    url = re.sub(r"((?:^|[?&])(?:ssl_password|sentinel_password|password)=)[^&]*", r"\1***", url)
     scheme, sep, rest = url.partition("://")
     userinfo, at, hostpart = rest.rpartition("@")
     if not at or ":" not in userinfo:
@@ -415,18 +477,38 @@ class Publisher:
             batch[1].append(pack_publish(channel, payload, SPUBLISH))
         if commands:
             batches.setdefault(node_of.get(self._home) or locate(self._home), ([], []))[1].extend(commands)
-        written = []
-        for name, (indexes, chunks) in batches.items():
-            pipe = self._pipe(name)
-            pipe.send(b"".join(chunks))
-            written.append((pipe, indexes, len(chunks)))
         replies = [None] * len(messages)
-        for pipe, indexes, count in written:
-            for i, reply in zip(indexes, pipe.receive(count)):
-                replies[i] = reply
-                if isinstance(reply, hiredis.ReplyError) and str(reply).startswith(("MOVED", "ASK")):
-                    self._stale = True
+        written, failures = [], []
+        for name, (indexes, chunks) in batches.items():
+            try:
+                pipe = self._pipe(name)
+                pipe.send(b"".join(chunks))
+                written.append((name, pipe, indexes, len(chunks)))
+            except ConnectionLost as exc:
+                failures.append(self._lose(name, indexes, replies, exc))
+        for name, pipe, indexes, count in written:
+            try:
+                for i, reply in zip(indexes, pipe.receive(count)):
+                    replies[i] = reply
+                    if isinstance(reply, hiredis.ReplyError) and str(reply).startswith(("MOVED", "ASK")):
+                        self._stale = True
+            except ConnectionLost as exc:
+                failures.append(self._lose(name, indexes, replies, exc))
+        if len(failures) == len(batches):
+            raise failures[0]  # no node answered: the caller backs off
         return replies
+
+    def _lose(self, name, indexes, replies, exc):
+        """One node failed (a primary died; its replica takes over): its messages fail, the others
+        stand, and the slot map is read again before the next batch."""
+        self._stale = True
+        pipe = self._pipes.pop(name, None)
+        if pipe is not None:
+            pipe.close()
+        failed = hiredis.ReplyError(f"connection to {name} lost: {exc}")
+        for i in indexes:
+            replies[i] = failed
+        return exc
 
     def _locate(self, name):
         node = self._nodes[name] = self._client.get_node_from_key(name).name

@@ -89,7 +89,14 @@ class Worker:
         if conflict:
             channel, owner = conflict
             raise ChannelConflict(f"channel {channel} is held by live worker {owner}")
-        self._subscriber = self._subscribe()
+        try:
+            self._subscriber = self._subscribe()
+        except BaseException:  # (a user not allowed to subscribe): leave no registration behind
+            try:
+                self.store.release_worker(self.id)
+            except transport.RedisError:
+                pass  # it expires with its heartbeat key
+            raise
         self._greenlets = [gevent.spawn(self._read_loop), gevent.spawn(self._write_loop),
                            gevent.spawn(self._heartbeat_loop)]
         log.info("worker %s: %d channels subscribed, concurrency %d, codec %s", self.id,

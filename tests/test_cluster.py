@@ -11,6 +11,7 @@ import redis.cluster
 
 from conftest import run_cli, wait_until
 from geventsched.embedded import EmbeddedCluster
+from geventsched.store import DEADLINE_SLACK
 from helpers import client_for, status
 
 CHANNELS = 30
@@ -118,3 +119,38 @@ def test_a_worker_drains_and_deregisters_on_sigterm(spawn, r, namespace):
     worker.signal(signal.SIGTERM)
     assert worker.wait(30) == 0, worker.output()
     assert status(r, namespace)["workers"] == []
+
+
+@pytest.fixture(scope="module")
+def cluster_with_replicas():
+    with EmbeddedCluster(primaries=3, replicas=1) as running:
+        yield running
+
+
+def test_a_primary_killed_mid_run_fails_over_and_no_job_is_lost(spawn, namespace, cluster_with_replicas):
+    cluster = cluster_with_replicas
+    url = cluster.servers[1].url
+    r = redis.cluster.RedisCluster.from_url(url, protocol=2)
+    worker = spawn("worker", "--redis-url", url, "--channels", str(CHANNELS), "--concurrency", "30",
+                   "--metrics-port", "0")
+    wait_until(lambda: status(r, namespace)["channels"] == CHANNELS, timeout=20, message="the worker's channels")
+    spawn("master", "--redis-url", url, "--metrics-port", "0")
+    # The victim carries dispatch channels but not our keys. Replication is asynchronous: a primary
+    # that dies takes the writes its replica had not seen yet, and Redis acknowledged them (WAIT or
+    # min-replicas-to-write narrow that window; no job system on Redis can close it).
+    home = r.get_node_from_key(f"{{{namespace}:geventsched}}:jobs").port
+    victim = next(s for s in cluster.primaries if s.port != home)
+    client = client_for(url, namespace)
+    # 2,000 jobs of 30 ms at concurrency 30: about 2 s of work, and the kill comes early in it.
+    handles = client.submit_many([("sleep", (0.03,), {}) for _ in range(2000)], timeout=1)
+    wait_until(lambda: status(r, namespace)["finished"]["ok"] >= 100, timeout=30, message="100 jobs done")
+    victim.process.kill()
+    wait_until(lambda: "resubscribed" in worker.output(), timeout=30, message="the worker to resubscribe")
+    # Jobs whose messages died with the primary come back at their deadline (1 s + the slack).
+    results = client.wait(handles, timeout=DEADLINE_SLACK + 30)
+    client.close()
+    assert sorted({results[h.id].status for h in handles if h.id in results}) == ["ok"]
+    assert len(results) == len(handles)
+    assert status(r, namespace)["finished"]["ok"] == 2000
+    r.close()
+
