@@ -37,7 +37,7 @@ from geventsched.benchmark import RedisFor, Rig, environment, progress_bar  # no
 from geventsched.keys import Keys  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SCENARIOS = ("throughput", "latency", "density", "concurrency", "payload", "peers")
+SCENARIOS = ("throughput", "latency", "density", "concurrency", "payload", "cluster", "peers")
 ALIASES = {"fanout": "density"}         # density grew out of the fan-out scenario and replaced it
 MIB = 1024 * 1024
 CHANNELS, CONCURRENCY = 100, 1000       # the worker of every scenario but density (as `geventsched bench`)
@@ -153,7 +153,7 @@ def forget_results(rig):
     Every run then starts on the same keyspace: a Redis that keeps growing would make later runs pay
     for rehashing and memory the earlier ones did not.
     """
-    keys = Keys(rig.namespace)
+    keys = rig.keys
     batch = []
     for key in rig.client.scan_iter(match=keys.result_prefix + "*", count=1000):
         batch.append(key)
@@ -492,12 +492,41 @@ def _run_system(name, argv, timeout):
         return [{"system": name, "error": str(exc)}]
 
 
+def scenario_cluster(url, sizes, results):
+    """The throughput and sequential round trips of both durability modes on the Redis at ``url``
+    and on a private 3-primary cluster started here, runs interleaved."""
+    from geventsched.embedded import EmbeddedCluster
+
+    servers = {"1 node": url}
+    configs = {f"{where}, {mode}": (where, THROUGHPUT_CONFIGS[mode]) for where in ("1 node", "3 shards")
+               for mode in MODES}
+    jobs = {name: (sizes.warmup_jobs, sizes.throughput_jobs) for name in configs}
+    progress = Progress("cluster", len(configs) * (sizes.warmup_jobs + sizes.repeats * sizes.throughput_jobs
+                                                   + sizes.round_trips))
+    with contextlib.ExitStack() as stack:
+        servers["3 shards"] = stack.enter_context(EmbeddedCluster(primaries=3)).url
+        rigs = {name: stack.enter_context(Rig(servers[where], **{"channels": CHANNELS, "concurrency": CONCURRENCY,
+                                                                  **kwargs}))
+                for name, (where, kwargs) in configs.items()}
+        runs = interleaved(rigs, noop_task, sizes.repeats, jobs, progress)
+        sequential = {}
+        for name, rig in rigs.items():
+            rig.sequential(min(50, sizes.round_trips))
+            sequential[name] = rig.sequential(sizes.round_trips)
+            progress.advance(sizes.round_trips)
+    progress.close()
+    return {"jobs": sizes.throughput_jobs, "repeats": sizes.repeats, "round_trips": sizes.round_trips,
+            "configs": {name: {"runs": runs[name], "median": summarize(runs[name]), "sequential_ms": sequential[name]}
+                        for name in configs}}
+
+
 SCENARIO_FUNCTIONS = {
     "throughput": scenario_throughput,
     "latency": scenario_latency,
     "density": scenario_density,
     "concurrency": scenario_concurrency,
     "payload": scenario_payload,
+    "cluster": scenario_cluster,
     "peers": scenario_peers,
 }
 
@@ -620,8 +649,22 @@ def report_peers(r, results):
         *(["not measured:"] + errors if errors else [])])
 
 
+def report_cluster(r):
+    rows = []
+    for name, config in r["configs"].items():
+        m = config["median"]
+        rows.append([name, _n(m["jobs_per_s"]), _runs(config["runs"]), _cpu(m["cpu_us_per_job"]),
+                     *_pcts(config["sequential_ms"])])
+    return "\n".join([
+        f"cluster: {r['jobs']:,} no-op jobs per run, {r['repeats']} interleaved runs; {r['round_trips']:,} "
+        "sequential round trips (ms)",
+        table(["server, durability", "jobs/s (median)", "runs", "CPU us/job master/worker/redis",
+               "rtt p50", "p90", "p99", "max"], rows)])
+
+
 REPORTS = {"throughput": report_throughput, "latency": report_latency, "density": report_density,
-           "concurrency": report_concurrency, "payload": report_payload, "peers": report_peers}
+           "concurrency": report_concurrency, "payload": report_payload, "cluster": report_cluster,
+           "peers": report_peers}
 
 
 def report(name, result, results):

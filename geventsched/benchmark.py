@@ -74,6 +74,7 @@ class Rig:
         self.intake = durability == "redis" if intake is None else intake
         self.namespace = f"bench-{os.urandom(4).hex()}"
         self.client = transport.connect(url)
+        self.keys = Keys(self.namespace, cluster=transport.is_cluster(self.client))
         self.recorder = Recorder()
         self.worker = self.master = self.metrics_port = None
 
@@ -85,7 +86,7 @@ class Rig:
              "--durability", self.durability, "--metrics-port", str(self.metrics_port),
              "--metrics-addr", "127.0.0.1", "--log-level", "WARNING"])
         try:
-            self.subscribe_seconds = _wait_for_worker(self.client, Keys(self.namespace), self.worker, self.channels)
+            self.subscribe_seconds = _wait_for_worker(self.client, self.keys, self.worker, self.channels)
             hooks = [self.recorder]
             if self.metrics:
                 from geventsched import metrics
@@ -107,7 +108,7 @@ class Rig:
         if self.master is not None:
             self.master.stop()
         embedded.stop_process(self.worker, 30)
-        _delete_namespace(self.client, self.namespace)
+        _delete_namespace(self.client, self.keys)
 
     # -- scenarios ------------------------------------------------------------------------------
 
@@ -181,10 +182,13 @@ class CpuMeter:
         self.start = self._read()
 
     def _read(self):
-        info = self.client.info("cpu")
+        if transport.is_cluster(self.client):  # every primary's
+            infos = self.client.info("cpu", target_nodes=self.client.PRIMARIES).values()
+        else:
+            infos = [self.client.info("cpu")]
         return {"master": sum(resource.getrusage(resource.RUSAGE_SELF)[:2]),
                 "worker": _process_cpu(self.worker_pid),
-                "redis": info["used_cpu_user"] + info["used_cpu_sys"]}
+                "redis": sum(info["used_cpu_user"] + info["used_cpu_sys"] for info in infos)}
 
     def per_job(self, jobs):
         end = self._read()
@@ -231,8 +235,10 @@ def _wait_for_worker(client, keys, worker, channels, timeout=60.0):
     return time.monotonic() - started
 
 
-def _delete_namespace(client, namespace):
-    keys = list(client.scan_iter(match=f"{namespace}:*", count=1000))
+def _delete_namespace(client, keys):
+    # Our keys (hash-tagged on a cluster), and the raw codec's result keys under the bare prefix.
+    keys = sorted({key for pattern in {keys.own + "*", keys.prefix + "*"}
+                   for key in client.scan_iter(match=pattern, count=1000)})
     for i in range(0, len(keys), 1000):
         client.delete(*keys[i:i + 1000])
 

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import ROOT
 
-SCENARIOS = "throughput,latency,density,concurrency,payload"
+SCENARIOS = "throughput,latency,density,concurrency,payload,cluster"
 PERCENTILE_KEYS = {"p50", "p90", "p99", "max"}
 
 
@@ -27,7 +27,7 @@ def suite_json(redis_server, tmp_path_factory):
     """Runs the quick suite once for this module; the path of the JSON it wrote."""
     path = tmp_path_factory.mktemp("bench") / "quick.json"
     done = run_script([os.path.join("bench", "suite.py"), "--quick", "--no-peers", "--only", SCENARIOS,
-                       "--redis-url", redis_server, "--json", str(path)], timeout=100)
+                       "--redis-url", redis_server, "--json", str(path)], timeout=160)
     assert done.returncode == 0, f"suite failed ({done.returncode}):\n{done.stdout}\n{done.stderr[-3000:]}"
     return path
 
@@ -46,7 +46,7 @@ def assert_runs(runs, jobs, repeats):
         assert_latency(run["latency_ms"])
 
 
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(200)
 def test_quick_suite_writes_sane_figures(suite_json):
     doc = json.loads(suite_json.read_text())
     assert doc["quick"] is True and doc["timestamp"] and doc["command"][:2] == ["python", "bench/suite.py"]
@@ -98,8 +98,15 @@ def test_quick_suite_writes_sane_figures(suite_json):
         assert_runs(row["runs"], row["jobs"], payload["repeats"])
         assert row["mib_per_s"] > 0
 
+    cluster = scenarios["cluster"]
+    assert set(cluster["configs"]) == {"1 node, redis", "1 node, none", "3 shards, redis", "3 shards, none"}
+    for config in cluster["configs"].values():
+        assert_runs(config["runs"], cluster["jobs"], cluster["repeats"])
+        assert config["median"]["cpu_us_per_job"]["redis"] > 0
+        assert_latency(config["sequential_ms"])
 
-@pytest.mark.timeout(150)
+
+@pytest.mark.timeout(200)
 def test_plot_writes_png_files(suite_json, tmp_path):
     if importlib.util.find_spec("matplotlib") is None:
         pytest.skip("matplotlib is not installed (it comes with the 'bench' extra, not with 'test')")
