@@ -121,6 +121,45 @@ def test_a_worker_drains_and_deregisters_on_sigterm(spawn, r, namespace):
     assert status(r, namespace)["workers"] == []
 
 
+#: The narrowest ACL user on a cluster (set on every node: ACL rules are not shared). As on one server
+#: (tests/test_security.py), with our keys and channels under the hash tag, the sharded pub/sub
+#: commands, and what a cluster client needs to map the slots (CLUSTER SLOTS, COMMAND).
+CLUSTER_ACL_SETUSER = (
+    "ACL SETUSER geventsched reset on >PASSWORD "
+    "~{NS:geventsched}:* "
+    "&NS:CHANNEL_DISPATCH_* &{NS:geventsched}:* "
+    "+ping +info +cluster|slots +command +evalsha +script|load +multi +exec +spublish +ssubscribe +time "
+    "+get +set +del +exists +mget +incrby +pexpire "
+    "+hset +hget +hmget +hgetall +hdel +hincrby +hscan "
+    "+lpush +rpush +lpop +lrange +lrem +llen "
+    "+sadd +srem +smembers "
+    "+zadd +zrem +zscore +zrangebyscore +zcard"
+)
+
+
+def test_an_acl_user_with_the_documented_cluster_line_runs_everything(spawn, namespace, cluster):
+    rules = CLUSTER_ACL_SETUSER.replace("NS:", f"{namespace}:").replace(">PASSWORD", ">pw").split()[3:]
+    for server in cluster.servers:
+        with node(server) as admin:
+            admin.acl_log_reset()
+            admin.execute_command("ACL", "SETUSER", namespace, *rules)
+    url = f"redis://{namespace}:pw@127.0.0.1:{cluster.servers[1].port}/0"
+    r = redis.cluster.RedisCluster.from_url(url, protocol=2)
+    spawn("worker", "--redis-url", url, "--channels", "6", "--metrics-port", "0")
+    wait_until(lambda: status(r, namespace)["channels"] == 6, timeout=20, message="the worker's channels")
+    spawn("master", "--redis-url", url, "--metrics-port", "0")
+    client = client_for(url, namespace)
+    assert_all_echoed(client, client.submit_many([("echo", (i,), {}) for i in range(200)]), timeout=60)
+    client.close()
+    for command in (["status"], ["requeue-dead"]):
+        done = run_cli(*command, "--redis-url", url, "--namespace", namespace)
+        assert done.returncode == 0, done.stderr
+    r.close()
+    for server in cluster.servers:
+        with node(server) as admin:
+            assert [e for e in admin.acl_log() if e.get("username") == namespace] == []
+
+
 @pytest.fixture(scope="module")
 def cluster_with_replicas():
     with EmbeddedCluster(primaries=3, replicas=1) as running:
