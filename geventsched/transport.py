@@ -1,4 +1,4 @@
-"""Bytes on names over Redis. The only module that imports ``redis`` and ``hiredis``.
+"""Bytes on names over Redis. With ``sentinel.py``, the only module that imports ``redis`` and ``hiredis``.
 
 Two kinds of connection:
 
@@ -25,6 +25,7 @@ from gevent.queue import Empty, Queue
 from redis import exceptions as rexc
 from redis.crc import key_slot
 
+from geventsched import sentinel
 from geventsched.errors import ConfigError, RedisUnavailable
 
 log = logging.getLogger(__name__)
@@ -51,8 +52,8 @@ def connect(url, check=True, cluster=None):
     mode; None asks the server (``cluster_enabled:1`` gives a cluster client, see ``is_cluster``).
     """
     try:
-        if url.startswith(SENTINEL_SCHEMES):
-            client = _sentinel_client(url)
+        if url.startswith(sentinel.SCHEMES):
+            client = sentinel.client(url, _OPTIONS)
         else:
             client = redis.Redis.from_url(url, **_OPTIONS)
     except (ValueError, TypeError) as exc:
@@ -74,11 +75,6 @@ def connect(url, check=True, cluster=None):
 #: Connection options for every client: RESP2 (see the module docstring), no pool limit.
 _OPTIONS = dict(protocol=2, socket_connect_timeout=5, socket_keepalive=True, health_check_interval=0,
                 max_connections=None)
-SENTINEL_SCHEMES = ("redis+sentinel://", "rediss+sentinel://")
-
-
-def _sentinel_client(url):
-    raise ConfigError("redis+sentinel:// URLs are not supported yet")
 
 
 def describe(exc, url=""):
@@ -94,7 +90,7 @@ def describe(exc, url=""):
         return f"Redis{where} refused the credentials: {text}"
     if isinstance(exc, rexc.NoPermissionError) or text.startswith("NOPERM"):
         return f"Redis{where} denied a command to this user: {text}"
-    if "user executing the script can't" in text:  # a command in a Lua script; Redis 7.0 says ERR, not NOPERM
+    if "user executing the script can't" in text or "ACL failure in script" in text:  # Redis 7.0, Valkey: ERR
         return f"Redis{where} denied a command to this user (NOPERM inside a Lua script; ACL LOG names it): {text}"
     if isinstance(exc, ConnectionLost):
         return _describe_connection(exc, text, url, where)
@@ -454,7 +450,9 @@ class Publisher:
             if not self._cluster:
                 chunks = [pack_publish(channel, payload) for channel, payload in messages]
                 chunks += commands
-                return self._pipe(None).call(b"".join(chunks), len(chunks))[:len(messages)]
+                replies = self._pipe(None).call(b"".join(chunks), len(chunks))
+                _check_commands(replies[len(messages):])
+                return replies[:len(messages)]
             return self._send_sharded(messages, commands)
         except ConnectionLost:
             self.close()
@@ -488,12 +486,15 @@ class Publisher:
                 failures.append(self._lose(name, indexes, replies, exc))
         for name, pipe, indexes, count in written:
             try:
-                for i, reply in zip(indexes, pipe.receive(count)):
-                    replies[i] = reply
-                    if isinstance(reply, hiredis.ReplyError) and str(reply).startswith(("MOVED", "ASK")):
-                        self._stale = True
+                got = pipe.receive(count)
             except ConnectionLost as exc:
                 failures.append(self._lose(name, indexes, replies, exc))
+                continue
+            for i, reply in zip(indexes, got):
+                replies[i] = reply
+                if isinstance(reply, hiredis.ReplyError) and str(reply).startswith(("MOVED", "ASK")):
+                    self._stale = True
+            _check_commands(got[len(indexes):])
         if len(failures) == len(batches):
             raise failures[0]  # no node answered: the caller backs off
         return replies
@@ -528,6 +529,12 @@ class Publisher:
         pipes, self._pipes = self._pipes, {}
         for pipe in pipes.values():
             pipe.close()
+
+
+def _check_commands(replies):
+    failed = [reply for reply in replies if isinstance(reply, hiredis.ReplyError)]
+    if failed:  # READONLY, OOM, ...: the messages went out without what belonged with them
+        log.warning("%d commands sent with a batch of messages failed: %s", len(failed), failed[0])
 
 
 PUBLISH = b"*3\r\n$7\r\nPUBLISH\r\n"
