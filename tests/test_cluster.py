@@ -10,9 +10,11 @@ import redis
 import redis.cluster
 
 from conftest import run_cli, wait_until
+from geventsched import transport
 from geventsched.embedded import EmbeddedCluster
 from geventsched.store import DEADLINE_SLACK
 from helpers import client_for, status
+from test_security import setinfo_rule
 
 CHANNELS = 30
 
@@ -142,9 +144,9 @@ def test_an_acl_user_with_the_documented_cluster_line_runs_everything(spawn, nam
     for server in cluster.servers:
         with node(server) as admin:
             admin.acl_log_reset()
-            admin.execute_command("ACL", "SETUSER", namespace, *rules)
+            admin.execute_command("ACL", "SETUSER", namespace, *rules, *setinfo_rule(admin))
     url = f"redis://{namespace}:pw@127.0.0.1:{cluster.servers[1].port}/0"
-    r = redis.cluster.RedisCluster.from_url(url, protocol=2)
+    r = transport.connect(url)
     spawn("worker", "--redis-url", url, "--channels", "6", "--metrics-port", "0")
     wait_until(lambda: status(r, namespace)["channels"] == 6, timeout=20, message="the worker's channels")
     spawn("master", "--redis-url", url, "--metrics-port", "0")
