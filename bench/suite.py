@@ -468,8 +468,8 @@ def run_json_command(argv, timeout):
 def scenario_peers(url, sizes, results):
     rates, source = max_rates(url, sizes, results)
     # No bar here: the two scripts report their own progress on stderr.
-    print("  peers: bench/raw_echo.py, then bench/peers/run_peers.py", file=sys.stderr, flush=True)
-    systems = _run_system("raw-echo", [os.path.join(HERE, "raw_echo.py"), "--redis-url", url,
+    print("  peers: the raw echo (geventsched.rawecho), then bench/peers/run_peers.py", file=sys.stderr, flush=True)
+    systems = _run_system("raw-echo", ["-m", "geventsched.rawecho", "--redis-url", url,
                                        "--messages", str(sizes.raw_messages), "--json"], timeout=600)
     runner = os.path.join(HERE, "peers", "run_peers.py")
     if os.path.exists(runner):  # the first run builds a virtualenv per peer: the timeout allows for installs

@@ -30,7 +30,7 @@ from urllib.parse import urlparse
 import gevent
 from gevent.event import Event
 
-from geventsched import __version__, embedded, transport
+from geventsched import __version__, embedded, rawecho, transport
 from geventsched.client import Client
 from geventsched.config import MasterConfig
 from geventsched.hooks import MasterHooks
@@ -321,12 +321,26 @@ def main(args):
                 runs[mode]["sequential_latency_ms"] = rig.sequential()
             runs[mode].update(channels=args.channels, concurrency=args.concurrency, durability=mode)
         env = environment(rig.client)
+        raw = None
+        if not transport.is_cluster(rig.client):  # the echo speaks plain PUBLISH to one server
+            print("  raw pub/sub echo (the limit)...", file=sys.stderr, flush=True)
+            raw = rawecho.measure(url, messages=min(200_000, max(20_000, 2 * args.jobs)))
     # The first mode (durable, the default) is the headline; the other rides along under its name.
     figures = runs[modes[0]]
     if len(modes) > 1:
         figures["fire_and_forget"] = runs["none"]
     figures["environment"] = env
+    if raw is not None:
+        figures["raw_limit"] = raw
+        for mode in modes:
+            runs[mode]["of_raw_limit"] = round(runs[mode]["jobs_per_s"] / raw["jobs_per_s"], 4)
     print("\n".join(report(runs[mode], env) for mode in modes))
+    if raw is not None:
+        lat = raw["latency_ms"]
+        print(f"raw limit: a pub/sub echo with no job machinery, same Redis, same run: {raw['jobs_per_s']:,.0f} msg/s, "
+              f"round trip p50 {lat['p50']:.2f} ms p99 {lat['p99']:.2f} ms\n  geventsched reaches "
+              + ", ".join(f"{runs[mode]['of_raw_limit']:.1%} of it ({'durable' if mode == 'redis' else 'fire-and-forget'})"
+                          for mode in modes))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(figures, f, indent=2)

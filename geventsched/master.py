@@ -94,8 +94,9 @@ class Master:
             self._greenlets.append(gevent.spawn(self._every, self.config.reap_interval, self._reap))
         if not self._static:
             self._greenlets.append(gevent.spawn(self._every, self.config.discovery_interval, self._discover))
-        log.info("master: %d channels, strategy %s, codec %s, durability %s", len(self.table),
-                 self.config.strategy, self.codec.name, self.config.durability)
+        log.info("master: %d channels, strategy %s, codec %s, durability %s%s", len(self.table),
+                 self.config.strategy, self.codec.name, self.config.durability,
+                 ", Redis Cluster" if self.keys.cluster else "")
         return True
 
     def run(self):

@@ -99,8 +99,8 @@ class Worker:
             raise
         self._greenlets = [gevent.spawn(self._read_loop), gevent.spawn(self._write_loop),
                            gevent.spawn(self._heartbeat_loop)]
-        log.info("worker %s: %d channels subscribed, concurrency %d, codec %s", self.id,
-                 len(self.channels), self.config.concurrency, self.codec.name)
+        log.info("worker %s: %d channels subscribed%s, concurrency %d, codec %s", self.id, len(self.channels),
+                 " (sharded, Redis Cluster)" if self.keys.cluster else "", self.config.concurrency, self.codec.name)
 
     def run(self):
         """Start, serve until SIGTERM/SIGINT, then shut down gracefully. Returns the exit code."""

@@ -33,4 +33,8 @@ def test_bench_starts_an_embedded_server_when_nothing_answers(tmp_path):
     assert figures["jobs"] == 300 and figures["failed"] == 0
     assert figures["jobs_per_s"] > 0 and figures["seconds"] > 0
     assert set(figures["latency_ms"]) == {"p50", "p90", "p99", "max"}
+    # The raw limit ran in the same run, and the report says how close each mode came to it.
+    assert figures["raw_limit"]["jobs_per_s"] > 0 and figures["raw_limit"]["jobs"] == 20_000
+    assert 0 < figures["of_raw_limit"] and 0 < figures["fire_and_forget"]["of_raw_limit"]
+    assert "geventsched reaches " in done.stdout and "(fire-and-forget)" in done.stdout
     assert not answers("127.0.0.1", port)  # stopped at the end

@@ -12,7 +12,11 @@ the figure is a ceiling for what the scheduler can reach on the same machine.
 Phase 1: throughput, with at most --window messages published but not yet echoed.
 Phase 2: latency, --round-trips one-at-a-time round trips (publish, wait for the echo).
 
-    python bench/raw_echo.py --redis-url redis://127.0.0.1:6379/0 --messages 200000 --json
+    python -m geventsched.rawecho --redis-url redis://127.0.0.1:6379/0 --messages 200000 --json
+
+``geventsched bench`` runs it after its own runs and prints how close it came (``measure``).
+Like a benchmark's client should, it reads through hiredis itself: it is the one module besides
+transport.py and sentinel.py that imports hiredis (and redis-py's URL parser).
 
 Pub/sub channels are global to a Redis server (not per db), so by default the
 channel names carry a per-run namespace ("rawecho-<pid>:CHANNEL_DISPATCH_1") to
@@ -226,7 +230,7 @@ def run_master(args):
     drain = gevent.spawn(discard_replies, pub)
 
     worker = subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), "--role", "worker",
+        [sys.executable, "-m", "geventsched.rawecho", "--role", "worker",
          "--redis-url", args.redis_url, "--namespace", args.namespace],
         stdin=subprocess.PIPE,  # closed when we exit, however we exit: B then exits too
         stdout=subprocess.PIPE,
@@ -264,6 +268,12 @@ def run_master(args):
         "latency_ms": summarize(samples),
         "round_trips": args.round_trips,
     }
+
+
+def measure(url, messages=200_000, round_trips=1000, timeout=120.0):
+    """The raw limit at ``url``: ``{"jobs_per_s": ..., "latency_ms": {...}, ...}`` (gevent patched)."""
+    return run_master(parse_args(["--redis-url", url, "--messages", str(messages),
+                                  "--round-trips", str(round_trips), "--timeout", str(timeout)]))
 
 
 def parse_args(argv=None):
