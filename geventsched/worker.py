@@ -4,7 +4,7 @@ Greenlets, each with one job:
 
 * reader      one subscribed connection for every channel; each ``recv`` goes to ``hiredis.Reader``
               and every complete message is decoded and queued for the runners (``runner.Runners``).
-* runners     run jobs under ``gevent.Timeout``; a result is encoded and appended to the out-buffer.
+* runners     run jobs under a time limit (``deadlines.py``); a result is encoded and appended to the out-buffer.
 * writer      wakes when the out-buffer is non-empty and writes all of it in one script call: results
               recorded once, in-flight cleared, result announced (``Store.finish``). While that round
               trip is under way new results collect, so batches grow with load and never wait for it.
@@ -25,10 +25,11 @@ import time
 import traceback
 
 import gevent
-from gevent import Timeout
+from gevent import getcurrent
 from gevent.event import Event
 
 from geventsched import transport
+from geventsched.deadlines import DeadlineExceeded, Deadlines
 from geventsched.errors import ChannelConflict, DecodeError
 from geventsched.hooks import WorkerHooks, guarded
 from geventsched.keys import Keys
@@ -63,6 +64,7 @@ class Worker:
         # "3" and "CHANNEL_DISPATCH_3" name the same channel: subscribe it once.
         self.channels = list(dict.fromkeys(self.keys.dispatch_channel(c) for c in config.channels))
         self.runners = Runners(config.concurrency, self._execute)
+        self._deadlines = Deadlines()
         # Tasks declared blocking=True run here. A timeout stops the wait, not the thread: the thread
         # finishes its call in the background, as any thread would.
         self._threads = gevent.get_hub().threadpool
@@ -141,6 +143,7 @@ class Worker:
         if self.runners.running:
             log.warning("worker %s: %d jobs still running, handing them back", self.id, self.runners.running)
             self._hand_back(self.runners.kill())
+        self._deadlines.close()
         self._out_ready.set()
         for greenlet in self._greenlets:
             if greenlet is not self._greenlets[1]:
@@ -218,8 +221,8 @@ class Worker:
                                          f"no task named {job.task!r} is registered on this worker"))
             return
         seconds = job.timeout if job.timeout is not None else task.timeout
-        # A new Timeout per job: a restarted one keeps counting down from where it was cancelled.
-        timer = Timeout.start_new(seconds) if seconds else None
+        me = getcurrent()
+        armed = self._deadlines.arm(me, seconds) if seconds else None
         started = time.perf_counter()
         try:
             if task.blocking:
@@ -227,15 +230,14 @@ class Worker:
             else:
                 value = task.fn(*job.args, **job.kwargs)
             result = Result(job.id, "ok", value, task=job.task)
-        except Timeout as exc:
-            if exc is not timer:
-                raise
+        except DeadlineExceeded:
+            armed = None  # it fired: nothing left to disarm
             result = error_result(job, "timeout", "JobTimeout", f"job exceeded its {seconds:g}s time limit")
         except Exception as exc:
             result = error_result(job, "error", type(exc).__name__, str(exc), traceback.format_exc())
         finally:
-            if timer is not None:
-                timer.close()
+            if armed is not None:
+                self._deadlines.disarm(me, armed)
         self.hooks.on_finished(job, result.status, time.perf_counter() - started)
         self._emit(job, result, task)
 
