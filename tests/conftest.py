@@ -9,9 +9,9 @@ import time  # noqa: E402
 import uuid  # noqa: E402
 
 import pytest  # noqa: E402
-import redis  # noqa: E402
 
-from geventsched.embedded import EmbeddedRedis  # noqa: E402
+from geventsched import transport  # noqa: E402
+from geventsched.embedded import EmbeddedCluster, EmbeddedRedis  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,14 +30,28 @@ def redis_server():
         yield server.url
 
 
+@pytest.fixture(scope="session")
+def redis_cluster():
+    """A private 3-primary Redis Cluster for the session; the URL of one node (not the first)."""
+    with EmbeddedCluster(primaries=3) as cluster:
+        yield cluster.servers[1].url
+
+
 @pytest.fixture
 def redis_url(redis_server):
     return redis_server
 
 
+def on_one_server_and_a_cluster(request):
+    """For a module's ``redis_url`` fixture with params ["server", "cluster"]: its integration tests
+    then run twice, against one server and against a 3-primary cluster."""
+    return request.getfixturevalue("redis_cluster" if request.param == "cluster" else "redis_server")
+
+
 @pytest.fixture
 def r(redis_url):
-    client = redis.Redis.from_url(redis_url, protocol=2)
+    """A client of the test's Redis: redis-py's cluster client when that is a cluster."""
+    client = transport.connect(redis_url)
     yield client
     client.close()
 
@@ -47,7 +61,8 @@ def namespace(r):
     """A fresh key namespace per test; its keys are deleted afterwards."""
     ns = f"gs-test-{uuid.uuid4().hex[:12]}"
     yield ns
-    keys = list(r.scan_iter(match=f"{ns}:*", count=1000))
+    keys = {key for pattern in (f"{ns}:*", f"{{{ns}:geventsched}}:*") for key in r.scan_iter(match=pattern, count=1000)}
+    keys = sorted(keys)
     for i in range(0, len(keys), 1000):
         r.delete(*keys[i:i + 1000])
 
@@ -122,6 +137,6 @@ def run_cli(*args, input=None, env=None, timeout=60):
 def workers_registered(r, namespace, count=1):
     from geventsched.keys import Keys
 
-    keys = Keys(namespace)
+    keys = Keys(namespace, cluster=transport.is_cluster(r))
     return lambda: r.scard(keys.workers) >= count and all(
         r.exists(keys.worker(w.decode())) for w in r.smembers(keys.workers))

@@ -2,7 +2,9 @@
 
 import json
 
-from conftest import run_cli
+import pytest
+
+from conftest import on_one_server_and_a_cluster, run_cli
 from helpers import client_for, start_system, status
 
 TASKS = '''
@@ -31,6 +33,12 @@ def plain(marker):
     runs(marker)
     raise RuntimeError("always")
 '''
+
+
+
+@pytest.fixture(params=["server", "cluster"])
+def redis_url(request):
+    return on_one_server_and_a_cluster(request)
 
 
 def system(spawn, r, namespace, tmp_path):

@@ -2,9 +2,15 @@
 
 import pytest
 
-from conftest import run_cli, wait_until
+from conftest import on_one_server_and_a_cluster, run_cli, wait_until
 from geventsched.errors import JobFailed
 from helpers import client_for, start_system, status
+
+
+
+@pytest.fixture(params=["server", "cluster"])
+def redis_url(request):
+    return on_one_server_and_a_cluster(request)
 
 
 @pytest.fixture
