@@ -14,14 +14,13 @@ carry anything else, so nothing can interleave with them.
 import logging
 import os
 import re
+import select
 import ssl
 from urllib.parse import parse_qs, urlsplit
 
-import gevent
 import hiredis
 import redis
 import redis.cluster
-from gevent.queue import Empty, Queue
 from redis import exceptions as rexc
 from redis.crc import key_slot
 
@@ -292,19 +291,18 @@ class Subscriber:
 
 class ShardedSubscriber:
     """``Subscriber``'s interface over a Redis Cluster: SSUBSCRIBE on every primary that owns some of
-    the channels, one connection (and one reader greenlet) per such shard.
+    the channels, one connection per such shard, read through ``select`` (cooperative under gevent,
+    and still correct in a program that does not patch: a client waiting for its results).
 
     A slot that moves (the server drops its channels) is followed here: the slot map is read again
     and the channels subscribed on their new owner, while the other shards' connections carry on.
-    A lost connection (a primary died, a failover) raises ``ConnectionLost`` from ``read()`` once the
-    messages read before it are delivered; the caller then subscribes again from scratch.
+    A lost connection (a primary died, a failover) raises ``ConnectionLost``; the caller then
+    subscribes again from scratch.
     """
 
     def __init__(self, cluster):
         self._cluster = cluster
         self._shards = {}  # node name -> Subscriber
-        self._readers = []
-        self._inbox = Queue()
         self.channels = set()
 
     @property
@@ -325,38 +323,32 @@ class ShardedSubscriber:
                     self._cluster.nodes_manager.initialize()  # the next try finds the new primaries
                     raise
                 self._shards[name] = shard
-                shard.subscribe(names, batch, timeout)
-                self._readers.append(gevent.spawn(self._pump, shard))
-            else:  # its reader greenlet is in recv(): confirmations come in through it
-                shard.send_subscribe(names, batch)
+            shard.subscribe(names, batch, timeout)
             self.channels.update(names)
 
-    def _pump(self, shard):
-        inbox = self._inbox
-        try:
-            while True:
-                messages = shard.read()
-                if messages:
-                    inbox.put(messages)
-                if shard.moved:
-                    moved, shard.moved = shard.moved, []
-                    self.channels.difference_update(moved)
-                    log.info("%d channels moved to another shard; subscribing them there", len(moved))
-                    self._cluster.nodes_manager.initialize()
-                    self.subscribe(moved)
-        except RedisError as exc:
-            inbox.put(exc)
-
     def read(self, timeout=None):
-        try:
-            item = self._inbox.get(timeout=timeout)
-        except Empty:
-            return []
-        if isinstance(item, BaseException):
-            raise item
-        while self._inbox.qsize() and not isinstance(self._inbox.peek(), BaseException):
-            item = item + self._inbox.get()
-        return item
+        shards = list(self._shards.values())
+        early = [message for shard in shards if shard._early for message in shard.read()]
+        if early:
+            return early
+        # TLS keeps decrypted bytes of its own that select does not see.
+        ready = [shard for shard in shards if getattr(shard._sock, "pending", None) and shard._sock.pending()]
+        if not ready:
+            readable, _, _ = select.select([shard._sock for shard in shards], [], [], timeout)
+            ready = [shard for shard in shards if shard._sock in readable]
+        messages = []
+        for shard in ready:
+            messages += shard.read()
+            if shard.moved:
+                self._follow(shard)
+        return messages
+
+    def _follow(self, shard):
+        moved, shard.moved = shard.moved, []
+        self.channels.difference_update(moved)
+        log.info("%d channels moved to another shard; subscribing them there", len(moved))
+        self._cluster.nodes_manager.initialize()
+        self.subscribe(moved)
 
     def unsubscribe_all(self):
         for shard in self._shards.values():
@@ -364,7 +356,6 @@ class ShardedSubscriber:
         self.channels.clear()
 
     def close(self):
-        gevent.killall(self._readers, block=False)
         for shard in self._shards.values():
             shard.close()
 

@@ -3,13 +3,16 @@
 The tests point every process at one node (not the first) and let it find the cluster by itself.
 """
 
+import os
 import signal
+import subprocess
+import sys
 
 import pytest
 import redis
 import redis.cluster
 
-from conftest import run_cli, wait_until
+from conftest import ROOT, run_cli, wait_until
 from geventsched import transport
 from geventsched.embedded import EmbeddedCluster
 from geventsched.store import DEADLINE_SLACK
@@ -195,3 +198,15 @@ def test_a_primary_killed_mid_run_fails_over_and_no_job_is_lost(spawn, namespace
     assert status(r, namespace)["finished"]["ok"] == 2000
     r.close()
 
+
+
+def test_a_client_in_a_program_without_gevent_gets_its_results(spawn, r, namespace, redis_url):
+    start(spawn, r, namespace)
+    script = ("import sys; from geventsched.client import Client; "
+              "c = Client.from_url(sys.argv[1], sys.argv[2]); "
+              "print([c.submit('echo', i).result(timeout=20) for i in range(5)])")
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run([sys.executable, "-c", script, redis_url, namespace], capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[0, 1, 2, 3, 4]"
