@@ -12,6 +12,7 @@ channel, so waiting works whether the result came before or after the wait began
 
 import os
 import time
+from collections import deque
 
 from geventsched import transport
 from geventsched.errors import DecodeError, JobFailed, RedisUnavailable
@@ -19,6 +20,8 @@ from geventsched.keys import Keys
 from geventsched.protocol import Job, JsonCodec
 from geventsched.store import Store
 
+#: Job ids are reserved from Redis's counter this many at a time (see ``Client._new_ids``).
+ID_BLOCK = 100
 
 class JobHandle:
     __slots__ = ("id", "task", "_client")
@@ -55,6 +58,7 @@ class Client:
         self.reply_channel = self.keys.reply_channel(os.urandom(8).hex())
         self._subscriber = None
         self._results = {}  # results that came in for jobs nobody has waited for yet
+        self._spare_ids = deque()
 
     @classmethod
     def from_url(cls, url, namespace="", **kwargs):
@@ -77,7 +81,7 @@ class Client:
         if reply:
             # Listen before the jobs exist: without durability a result is only announced, never stored.
             self._listen()
-        ids = self.store.new_ids(len(specs))
+        ids = self._new_ids(len(specs))
         now = time.time()
         timeout = timeout if timeout is not None else self.timeout
         reply_to = self.reply_channel if reply else None
@@ -91,6 +95,14 @@ class Client:
             handles.append(JobHandle(self, job_id, task))
         self.store.submit(encoded)
         return handles
+
+    def _new_ids(self, count):
+        """``count`` job ids, from ids this client reserved earlier where it has enough: a submit is
+        then one round trip, not two. Ids a client never uses are skipped, like any gap in a counter."""
+        spare = self._spare_ids
+        if len(spare) < count:
+            spare.extend(self.store.new_ids(max(count - len(spare), ID_BLOCK)))
+        return [spare.popleft() for _ in range(count)]
 
     def wait(self, handles, timeout=None):
         """Wait for the results of ``handles``. Returns ``{id: Result}`` for those that finished

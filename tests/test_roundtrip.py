@@ -104,3 +104,16 @@ def test_status_json_shows_workers_channels_and_totals(system, redis_url, namesp
     assert snap["channels"] == 3
     assert snap["finished"]["ok"] == 1
     assert {"queued", "in_flight", "dead", "finished"} <= snap.keys()
+
+
+def test_job_ids_are_unique_decimal_numbers_across_clients(system, redis_url, namespace):
+    # Each client reserves ids from the counter in blocks: a submit is one round trip.
+    other = client_for(redis_url, namespace)
+    handles = [h for _ in range(3) for h in system.submit_many([("noop", (), {})] * 70) +
+               other.submit_many([("noop", (), {})] * 70)]
+    ids = [h.id for h in handles]
+    assert all(i.isdecimal() for i in ids) and len(set(ids)) == len(ids) == 420
+    results = system.wait([h for h in handles if h._client is system], timeout=30)
+    results.update(other.wait([h for h in handles if h._client is other], timeout=30))
+    other.close()
+    assert len(results) == 420 and {r.status for r in results.values()} == {"ok"}
