@@ -454,10 +454,11 @@ def scenario_payload(url, sizes, results):
 
 
 def run_json_command(argv, timeout):
-    """Run a script that prints JSON (one document, or one per line); its stderr shows on ours."""
+    """Run a script (or ``-m module``) that prints JSON (one document, or one per line); its stderr shows on ours."""
     done = subprocess.run([sys.executable, *argv], stdout=subprocess.PIPE, text=True, timeout=timeout)
     if done.returncode != 0:
-        raise RuntimeError(f"{os.path.basename(argv[0])} exited with status {done.returncode}")
+        name = argv[1] if argv[0] == "-m" else os.path.basename(argv[0])
+        raise RuntimeError(f"{name} exited with status {done.returncode}")
     try:
         parsed = json.loads(done.stdout)
         return parsed if isinstance(parsed, list) else [parsed]
