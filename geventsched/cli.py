@@ -40,6 +40,11 @@ def positive_int(text):
     return value
 
 
+def processes(text):
+    """``--processes``: a whole number, or ``auto`` for one per CPU (as many as there are channels at most)."""
+    return "auto" if text == "auto" else positive_int(text)
+
+
 def non_negative_int(text):
     value = positive_int(text) if text != "0" else 0
     return value
@@ -100,9 +105,10 @@ def build_parser():
     w.add_argument("--concurrency", type=positive_int, default=1000, help="jobs run at once (default 1000)")
     w.add_argument("--threads", type=positive_int, default=8,
                    help="threads for tasks declared blocking=True (default 8)")
-    w.add_argument("--processes", type=positive_int, default=1,
-                   help="worker processes on this node (default 1); above 1 a supervisor splits the channels "
-                        "among them, restarts any that dies and serves one metrics endpoint for all")
+    w.add_argument("--processes", type=processes, default=1,
+                   help="worker processes on this node (default 1; auto: one per CPU); above 1 a supervisor "
+                        "splits the channels among them, restarts any that dies and serves one metrics "
+                        "endpoint for all")
     w.add_argument("--grace", type=float, default=30.0, help="seconds running jobs get at shutdown")
     w.add_argument("--raw-task", default="echo", help="task run for each raw-codec message (default echo)")
     w.add_argument("--metrics-port", type=non_negative_int, default=9109, help="0 turns it off")
@@ -193,6 +199,8 @@ def _connect(args):
 
 
 def cmd_worker(args):
+    if args.processes == "auto":
+        args.processes = max(1, min(os.cpu_count() or 1, len(args.channels)))
     if args.processes > 1:  # a supervisor: it runs no worker and imports no app itself
         from geventsched import supervisor
 

@@ -212,6 +212,16 @@ def test_more_processes_than_channels_is_a_usage_error(redis_url):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
+def test_processes_auto_runs_one_per_cpu_but_no_more_than_the_channels(spawn, r, namespace):
+    cpus = os.cpu_count() or 1
+    spawn("worker", "--processes", "auto", "--channels", str(cpus + 1), "--metrics-port", "0")
+    wait_until(lambda: len(channels_by_worker(r, namespace)) == cpus, timeout=20, message="one worker per CPU")
+    node = spawn("worker", "--processes", "auto", "--channels", "900-900", "--metrics-port", "0")
+    wait_until(lambda: dispatch(namespace, [900]) <= set().union(*channels_by_worker(r, namespace).values()),
+               timeout=20, message="the one-channel worker")
+    assert "node:" not in node.output()  # one channel: one process, no supervisor
+
+
 def test_the_processes_stop_when_the_supervisor_is_killed(spawn, r, namespace):
     node = start_node(spawn, "--metrics-port", "0")
     wait_until(lambda: len(live_workers(r, namespace)) == 2, timeout=20, message="two workers")
