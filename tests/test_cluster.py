@@ -44,10 +44,11 @@ def node(server):
     return redis.Redis(port=server.port, protocol=2)
 
 
-def start(spawn, r, namespace, *worker_args):
-    worker = spawn("worker", "--channels", str(CHANNELS), "--metrics-port", "0", *worker_args)
+def start(spawn, r, namespace, *args):
+    """A worker of CHANNELS channels and a master, both with ``args``."""
+    worker = spawn("worker", "--channels", str(CHANNELS), "--metrics-port", "0", *args)
     wait_until(lambda: status(r, namespace)["channels"] == CHANNELS, timeout=20, message="the worker's channels")
-    master = spawn("master", "--metrics-port", "0")
+    master = spawn("master", "--metrics-port", "0", *args)
     return worker, master
 
 
@@ -210,3 +211,10 @@ def test_a_client_in_a_program_without_gevent_gets_its_results(spawn, r, namespa
                           env=env, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[0, 1, 2, 3, 4]"
+
+
+def test_fire_and_forget_runs_over_sharded_pubsub_too(spawn, r, namespace, redis_url):
+    start(spawn, r, namespace, "--durability", "none")
+    client = client_for(redis_url, namespace)
+    assert_all_echoed(client, client.submit_many([("echo", (i,), {}) for i in range(500)]), timeout=60)
+    client.close()
