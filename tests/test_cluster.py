@@ -218,3 +218,25 @@ def test_fire_and_forget_runs_over_sharded_pubsub_too(spawn, r, namespace, redis
     client = client_for(redis_url, namespace)
     assert_all_echoed(client, client.submit_many([("echo", (i,), {}) for i in range(500)]), timeout=60)
     client.close()
+
+
+def test_a_dead_primary_fails_only_its_own_messages():
+    with EmbeddedCluster(primaries=3) as fresh:
+        client = transport.connect(fresh.url)
+        names = [f"p{i}" for i in range(60)]
+        owner = {name: client.get_node_from_key(name).port for name in names}
+        victim = next(s for s in fresh.primaries if s.port != fresh.servers[0].port and s.port in owner.values())
+        listener = transport.subscribe(client, names)  # a subscriber on every shard
+        publisher = transport.Publisher(client, "{home}")
+        assert publisher.send([(n.encode(), b"x") for n in names]) == [1] * len(names)
+        listener.close()
+        victim.process.kill()
+        victim.process.wait()
+        replies = publisher.send([(n.encode(), b"x") for n in names])
+        for name, reply in zip(names, replies):
+            if owner[name] == victim.port:
+                assert transport.is_error(reply) and "lost" in str(reply), (name, reply)
+            else:
+                assert reply == 0, (name, reply)  # delivered to its shard, where nobody listens now
+        publisher.close()
+        client.close()
