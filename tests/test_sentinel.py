@@ -224,6 +224,17 @@ def test_jobs_run_through_a_sentinel_url(spawn, r, namespace, redis_url, deploym
     assert len(subscribers(primary, 4)) == 1  # the worker's subscriber, on the primary
 
 
+def test_a_node_of_two_processes_runs_through_a_sentinel_url(spawn, r, namespace, redis_url):
+    spawn("worker", "--processes", "2", "--channels", "4", "--metrics-port", "0")
+    wait_until(workers_registered(r, namespace, 2), timeout=30, message="both processes registered")
+    spawn("master", "--metrics-port", "0")
+    client = Client.from_url(redis_url, namespace)
+    handles = client.submit_many([("echo", (i,), {}) for i in range(200)])
+    results = all_results(client, handles, timeout=60)
+    client.close()
+    assert [results[h.id].value for h in handles] == list(range(200))
+
+
 def test_connections_follow_the_primary(deployment):
     client = transport.connect(deployment.url)
     old_address = deployment.primary()
