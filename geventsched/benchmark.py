@@ -36,6 +36,7 @@ from geventsched.config import MasterConfig
 from geventsched.hooks import MasterHooks
 from geventsched.keys import Keys
 from geventsched.master import Master
+from geventsched.store import Store
 
 SUBMIT_BATCH = 5000
 
@@ -108,7 +109,7 @@ class Rig:
         if self.master is not None:
             self.master.stop()
         embedded.stop_process(self.worker, 30)
-        _delete_namespace(self.client, self.keys)
+        Store(self.client, self.keys).delete_namespace()
 
     # -- scenarios ------------------------------------------------------------------------------
 
@@ -233,14 +234,6 @@ def _wait_for_worker(client, keys, worker, channels, timeout=60.0):
             raise RuntimeError("the benchmark worker did not register in time")
         gevent.sleep(0.01)
     return time.monotonic() - started
-
-
-def _delete_namespace(client, keys):
-    # Our keys (hash-tagged on a cluster), and the raw codec's result keys under the bare prefix.
-    keys = sorted({key for pattern in {keys.own + "*", keys.prefix + "*"}
-                   for key in client.scan_iter(match=pattern, count=1000)})
-    for i in range(0, len(keys), 1000):
-        client.delete(*keys[i:i + 1000])
 
 
 def environment(client):

@@ -49,18 +49,12 @@ def pack_publish(prefix, payload):
     return b"%s%d\r\n%s\r\n" % (prefix, len(payload), payload)
 
 
-def command(*args):
-    out = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        arg = arg if isinstance(arg, bytes) else str(arg).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
-    return b"".join(out)
-
-
 def connect(url):
     """A plain TCP socket to the server in ``url`` (AUTH'd if the URL has a password)."""
     import hiredis
     from redis.connection import parse_url
+
+    from geventsched.transport import pack  # here, not above: main() patches before transport loads
 
     opts = parse_url(url)
     sock = socket.create_connection((opts.get("host", "127.0.0.1"), opts.get("port", 6379)))
@@ -68,7 +62,7 @@ def connect(url):
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if opts.get("password"):
         auth = [opts["username"], opts["password"]] if opts.get("username") else [opts["password"]]
-        sock.sendall(command("AUTH", *auth))
+        sock.sendall(pack("AUTH", *auth))
         reader = hiredis.Reader()
         reply = False
         while reply is False:
@@ -83,8 +77,10 @@ def subscribe(url, channel):
     """A socket subscribed to ``channel`` and its hiredis reader, the confirmation consumed."""
     import hiredis
 
+    from geventsched.transport import pack
+
     sock = connect(url)
-    sock.sendall(command("SUBSCRIBE", channel))
+    sock.sendall(pack("SUBSCRIBE", channel))
     reader = hiredis.Reader()
     reply = False
     while reply is False:

@@ -462,6 +462,17 @@ class Store:
         return {"queued": queued, "in_flight": in_flight, "retrying": scheduled, "dead": dead,
                 "finished": totals}
 
+    def delete_namespace(self):
+        """Delete every key of this namespace (hash-tagged ones too): the clean-up of a benchmark run
+        or a test. Refuses the empty namespace, whose keys are not ours alone."""
+        k = self.keys
+        if not k.namespace:
+            raise ValueError("refusing to delete the keys of the empty namespace")
+        found = sorted({key for pattern in {k.own + "*", k.prefix + "*"}
+                        for key in self.client.scan_iter(match=pattern, count=1000)})
+        for i in range(0, len(found), 1000):
+            self.client.delete(*found[i:i + 1000])
+
     def requeue_dead(self, task=None):
         k = self.keys
         n = self._requeue_dead(keys=[k.dead, k.jobs, k.intake, k.attempts, k.finished, k.retries],

@@ -483,7 +483,7 @@ class Publisher:
                 continue
             for i, reply in zip(indexes, got):
                 replies[i] = reply
-                if isinstance(reply, hiredis.ReplyError) and str(reply).startswith(("MOVED", "ASK")):
+                if is_error(reply) and str(reply).startswith(("MOVED", "ASK")):
                     self._stale = True
             _check_commands(got[len(indexes):])
         if len(failures) == len(batches):
@@ -523,7 +523,7 @@ class Publisher:
 
 
 def _check_commands(replies):
-    failed = [reply for reply in replies if isinstance(reply, hiredis.ReplyError)]
+    failed = [reply for reply in replies if is_error(reply)]
     if failed:  # READONLY, OOM, ...: the messages went out without what belonged with them
         log.warning("%d commands sent with a batch of messages failed: %s", len(failed), failed[0])
 

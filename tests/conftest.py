@@ -12,6 +12,8 @@ import pytest  # noqa: E402
 
 from geventsched import transport  # noqa: E402
 from geventsched.embedded import EmbeddedCluster, EmbeddedRedis  # noqa: E402
+from geventsched.keys import Keys  # noqa: E402
+from geventsched.store import Store  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -61,10 +63,7 @@ def namespace(r):
     """A fresh key namespace per test; its keys are deleted afterwards."""
     ns = f"gs-test-{uuid.uuid4().hex[:12]}"
     yield ns
-    keys = {key for pattern in (f"{ns}:*", f"{{{ns}:geventsched}}:*") for key in r.scan_iter(match=pattern, count=1000)}
-    keys = sorted(keys)
-    for i in range(0, len(keys), 1000):
-        r.delete(*keys[i:i + 1000])
+    Store(r, Keys(ns, cluster=transport.is_cluster(r))).delete_namespace()
 
 
 def wait_until(predicate, timeout=10.0, interval=0.02, message="condition"):
@@ -135,8 +134,6 @@ def run_cli(*args, input=None, env=None, timeout=60):
 
 
 def workers_registered(r, namespace, count=1):
-    from geventsched.keys import Keys
-
     keys = Keys(namespace, cluster=transport.is_cluster(r))
     return lambda: r.scard(keys.workers) >= count and all(
         r.exists(keys.worker(w.decode())) for w in r.smembers(keys.workers))

@@ -42,3 +42,20 @@ def test_namespaces_do_not_share_names():
 
     assert len(names(Keys("a"))) == len(OWN) + 2
     assert not names(Keys("a")) & names(Keys("b")) and not names(Keys("a")) & names(Keys(""))
+
+
+def test_delete_namespace_removes_its_keys_and_no_others(r, namespace):
+    from geventsched.store import Store
+
+    keys = Keys(namespace)
+    r.set(keys.jobs, "x")
+    r.set(keys.result("1"), "x")
+    r.set(f"{namespace}-other:geventsched:jobs", "kept")
+    try:
+        Store(r, keys).delete_namespace()
+        assert not r.exists(keys.jobs, keys.result("1"))
+        assert r.get(f"{namespace}-other:geventsched:jobs") == b"kept"
+        with pytest.raises(ValueError):
+            Store(r, Keys("")).delete_namespace()
+    finally:
+        r.delete(f"{namespace}-other:geventsched:jobs")
