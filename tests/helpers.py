@@ -81,3 +81,13 @@ class Spy:
 def dispatch_names(namespace, numbers):
     keys = Keys(namespace)
     return [keys.dispatch_channel(n) for n in numbers]
+
+
+def setinfo_rule(admin):
+    """redis-py names itself on connect (CLIENT SETINFO, ignoring a refusal); a server that knows the
+    command (Redis 7.2+, Valkey) logs the refusal unless the user may run it."""
+    try:
+        admin.execute_command("CLIENT", "SETINFO", "LIB-NAME", "redis-py")
+    except redis.ResponseError:  # Redis 7.0: unknown subcommand
+        return []
+    return ["+client|setinfo"]

@@ -17,23 +17,22 @@ import time
 
 import redis
 
+from conftest import wait_until
 from geventsched.embedded import free_port, server_binary, stop_process
 
 NAME = "mymaster"
 
 
 def _wait(predicate, timeout, what, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while True:
+    """``wait_until`` for a predicate that may fail while servers start or fail over: an error counts
+    as not yet."""
+    def quiet():
         try:
-            value = predicate()
+            return predicate()
         except (redis.RedisError, OSError):
-            value = None
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+            return None
+
+    return wait_until(quiet, timeout, interval, what)
 
 
 class Node:

@@ -16,8 +16,7 @@ from conftest import ROOT, run_cli, wait_until
 from geventsched import transport
 from geventsched.embedded import EmbeddedCluster
 from geventsched.store import DEADLINE_SLACK
-from helpers import client_for, status
-from test_security import setinfo_rule
+from helpers import client_for, setinfo_rule, status
 
 CHANNELS = 30
 

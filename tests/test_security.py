@@ -22,6 +22,7 @@ from conftest import ROOT, Proc, run_cli, wait_until
 from geventsched.client import Client
 from geventsched.embedded import EmbeddedRedis, free_port, server_binary, stop_process
 from geventsched.status import snapshot
+from helpers import setinfo_rule
 from tlscerts import make_pki
 
 #: The narrowest ACL user for a worker, a master, a submitting client, ``status`` and ``requeue-dead``
@@ -51,16 +52,6 @@ def acl_rules(namespace, password, drop=()):
     assert not missing, f"not in ACL_SETUSER: {missing}"
     prefix = f"{namespace}:" if namespace else ""
     return [rule.replace("NS:", prefix).replace(">PASSWORD", f">{password}") for rule in template if rule not in drop]
-
-
-def setinfo_rule(admin):
-    """redis-py names itself on connect (CLIENT SETINFO, ignoring a refusal); a server that knows the
-    command (Redis 7.2+, Valkey) logs the refusal unless the user may run it."""
-    try:
-        admin.execute_command("CLIENT", "SETINFO", "LIB-NAME", "redis-py")
-    except redis.ResponseError:  # Redis 7.0: unknown subcommand
-        return []
-    return ["+client|setinfo"]
 
 
 def one_error_line(done, command):
