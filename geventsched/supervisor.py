@@ -9,7 +9,9 @@ The supervisor runs no worker and imports no app. It
   ``RestartPolicy.max_young_exits`` young deaths in a row the node gives up (stops the other children,
   then ``run`` raises GeventschedError: one line, exit 1);
 * frees the leases of a child that died without deregistering (``LeaseReaper``), so its successor
-  claims the same channels at once rather than after the heartbeat TTL;
+  claims the same channels at once rather than after the heartbeat TTL; at start-up it does the same
+  for workers of this host that held the node's channels and are gone (a node killed with ``kill -9``
+  and started again);
 * forwards SIGTERM/SIGINT to every child, which then drains (a second signal, forwarded too, is the
   children's hard stop); ``run`` returns 0 once all have exited;
 * serves one metrics endpoint for the node (``NodeCollector``).
@@ -17,8 +19,10 @@ The supervisor runs no worker and imports no app. It
 Children run in a session of their own, so a Ctrl-C in a terminal reaches only the supervisor, which
 forwards it once. For the same reason, under systemd use ``KillMode=mixed``: with the default
 ``control-group`` each child would get systemd's SIGTERM and the forwarded one, which is a hard stop.
-On Linux a child gets SIGTERM when the supervisor dies (``PR_SET_PDEATHSIG``): it drains rather than
-serving its channels on as an orphan.
+On Linux a child gets SIGKILL when the supervisor dies (``PR_SET_PDEATHSIG``): a node killed hard dies
+hard, all of it. A child that drained instead would keep its channels, and run its jobs, while the
+node's successor is refused those channels and the master runs the same jobs again; killed, its jobs
+come back through the master (at least once) and its leases are freed by the successor.
 """
 
 import ctypes
@@ -145,8 +149,10 @@ class Slot:
 class Supervisor:
     """Keeps one child per slot running until a signal, or until a slot's child keeps dying young.
 
-    ``command(channels, metrics_port)`` gives a child's argv, ``env`` its environment, and
-    ``reaper(pid)`` frees the registration of a child that died with its leases still held.
+    ``command(channels, metrics_port)`` gives a child's argv, ``env`` its environment, and ``reaper``
+    (a LeaseReaper) frees the registrations that dead workers left behind: ``reaper(pid)`` that of a
+    child that died with its leases still held, ``reaper.orphans(channels)`` at start-up those of a
+    previous node.
     """
 
     def __init__(self, parts, command, env=None, reaper=None, policy=RestartPolicy(), metrics=True):
@@ -175,6 +181,8 @@ class Supervisor:
         """
         handlers = [gevent.signal_handler(sig, self._on_signal, sig) for sig in (signal.SIGTERM, signal.SIGINT)]
         try:
+            if self.reaper is not None:
+                self.reaper.orphans([channel for slot in self.slots for channel in slot.channels])
             greenlets = [gevent.spawn(self._keep, slot) for slot in self.slots]
             for greenlet in greenlets:
                 greenlet.link(lambda _: self._wake.set())
@@ -278,13 +286,14 @@ class Supervisor:
         self._wake.set()
 
     def _child_setup(self):
-        """Runs in the child between fork and exec: ask for SIGTERM when the supervisor dies."""
+        """Runs in the child between fork and exec: ask for SIGKILL when the supervisor dies (see the
+        module's docstring for why not a drain)."""
         libc, parent = self._libc, os.getpid()
         if libc is None:
             return None
 
         def setup():
-            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
+            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
             if os.getppid() != parent:  # the supervisor died before prctl: no signal would come
                 os._exit(1)
 
@@ -302,7 +311,7 @@ def _load_libc():
 
 
 class LeaseReaper:
-    """Frees the channels of a child that died without deregistering (SIGKILL, crash).
+    """Frees the channels of workers of this host that died without deregistering (SIGKILL, crash).
 
     A worker's channel lease lasts as long as its heartbeat key (a 5 s TTL), and until then its successor
     would be refused the same channels. Deleting that key ends the lease at once. The worker's id stays
@@ -310,28 +319,68 @@ class LeaseReaper:
     in-flight jobs back to the queue at once (``Store.release_worker`` would drop the id from that set,
     and with it the master's cue: those jobs would wait for their deadline). The id of a child is
     random; it is found by the pid and host in the heartbeat.
+
+    Redis may be away: every call logs the error and returns [] (the leases then run out with their
+    TTL).
     """
 
     def __init__(self, client, namespace, host=None):
-        self.client = client
-        self.keys = Keys(namespace, cluster=transport.is_cluster(client))
-        self.store = Store(client, self.keys)
+        self.namespace = namespace
         self.host = host or socket.gethostname()
+        self._use(client)
+
+    def _use(self, client):
+        self.client = client
+        self.keys = Keys(self.namespace, cluster=transport.is_cluster(client))
+        self.store = Store(client, self.keys)
 
     def __call__(self, pid):
-        """Free the registration of the worker that ran as ``pid`` here. Returns the ids freed; on a
-        Redis error logs it and returns [] (the lease then runs out with its TTL)."""
+        """Free the registration of the worker that ran as ``pid`` here. Returns the ids freed."""
+        return self._free(f"pid {pid}", lambda beats: [w for w, beat in beats.items() if beat.get("pid") == pid])
+
+    def orphans(self, channels):
+        """Free the registrations of this host's workers that are gone (their pid runs no more) and held
+        one of ``channels`` (as ``--channels`` names them): the children of a node killed hard, whose
+        successor, starting now, would be refused those channels until their heartbeats expire.
+        Returns the ids freed."""
+        def gone_holders(beats):
+            names = {self.keys.dispatch_channel(channel) for channel in channels}
+            holders = {w for channel, w in self.store.channel_owners().items() if channel in names}
+            return [w for w, beat in beats.items() if w in holders and pid_alive(beat.get("pid")) is False]
+
+        return self._free("gone workers of this host", gone_holders)
+
+    def _free(self, what, select):
+        """Delete the heartbeat keys of the workers ``select(beats)`` picks among this host's live ones."""
         try:
-            dead = [worker_id for worker_id, beat in self.store.workers().items()
-                    if beat and beat.get("pid") == pid and beat.get("host") == self.host]
+            beats = {w: beat for w, beat in self.store.workers().items() if beat and beat.get("host") == self.host}
+            dead = select(beats)
             if dead:
-                self.client.delete(*[self.keys.worker(worker_id) for worker_id in dead])
+                self.client.delete(*[self.keys.worker(w) for w in dead])
         except transport.RedisError as exc:
-            log.warning("node: cannot free the channels of pid %d: %s", pid, transport.describe(exc))
+            log.warning("node: cannot free the channels of %s: %s", what, transport.describe(exc))
             return []
         for worker_id in dead:
-            log.info("node: freed the channels of worker %s (pid %d)", worker_id, pid)
+            log.info("node: freed the channels of worker %s (pid %s)", worker_id, beats[worker_id].get("pid"))
         return dead
+
+
+def pid_alive(pid):
+    """Whether ``pid`` runs on this machine: True, False (no such process, or a zombie: dead, not reaped
+    yet), or None when ``pid`` is no pid at all."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        pass
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rpartition(b")")[2].split()[0] not in (b"Z", b"X")
+    except (OSError, IndexError):  # no /proc here, or it just exited
+        return True
 
 
 # -- the node's metrics endpoint -----------------------------------------------------------------

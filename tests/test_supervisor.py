@@ -222,11 +222,57 @@ def test_processes_auto_runs_one_per_cpu_but_no_more_than_the_channels(spawn, r,
     assert "node:" not in node.output()  # one channel: one process, no supervisor
 
 
-def test_the_processes_stop_when_the_supervisor_is_killed(spawn, r, namespace):
-    node = start_node(spawn, "--metrics-port", "0")
+def running(pid):
+    """True while ``pid`` runs here; a zombie (dead, not reaped yet) does not count."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+def subscribers(r, channels):
+    return sum(count for _, count in r.pubsub_numsub(*channels))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG and /proc are Linux only")
+def test_the_processes_die_with_a_killed_supervisor_and_leave_no_subscriber(spawn, r, namespace, client):
+    node = start_node(spawn, "--metrics-port", "0", "--grace", "60")
     wait_until(lambda: len(live_workers(r, namespace)) == 2, timeout=20, message="two workers")
+    spawn("master", "--metrics-port", "0")
+    client.submit_many([("sleep", [60], {}) for _ in range(4)], timeout=90)
+    wait_until(lambda: sum(b.get("running", 0) for b in live_workers(r, namespace).values()) == 4,
+               message="all jobs running")  # a child that drained would run on for a minute
+    children = [beat["pid"] for beat in live_workers(r, namespace).values()]
+    assert all(running(pid) for pid in children) and len(set(children)) == 2
+
     node.process.kill()
-    wait_until(lambda: not Store(r, Keys(namespace)).workers(), timeout=10, message="the processes deregistered")
+    node.wait(10)
+    wait_until(lambda: not any(running(pid) for pid in children), timeout=3, message="no child left running")
+    wait_until(lambda: subscribers(r, dispatch(namespace, range(1, 11))) == 0, timeout=3,
+               message="no subscriber left on the node's channels")
+
+
+def test_a_node_restarted_after_kill_9_takes_its_channels_at_once_and_the_jobs_come_back(spawn, r, namespace,
+                                                                                          client):
+    first = start_node(spawn, "--metrics-port", "0")
+    wait_until(lambda: len(live_workers(r, namespace)) == 2, timeout=20, message="two workers")
+    spawn("master", "--metrics-port", "0")
+    handles = client.submit_many([("sleep", [3], {}) for _ in range(20)], timeout=10)
+    wait_until(lambda: sum(b.get("running", 0) for b in live_workers(r, namespace).values()) == 20,
+               message="all jobs running")
+    dead = set(live_workers(r, namespace))
+
+    first.process.kill()
+    first.wait(10)
+    second = start_node(spawn, "--metrics-port", "0")
+    wait_until(lambda: len(set(live_workers(r, namespace)) - dead) == 2, timeout=20, message="the new node")
+    owners = channels_by_worker(r, namespace)
+    assert set(owners) - dead == set(owners) and set().union(*owners.values()) == dispatch(namespace, range(1, 11))
+    results = client.wait(handles, timeout=30)
+    assert len(results) == 20 and all(result.ok for result in results.values())
+    output = second.output()
+    assert "held by live worker" not in output and "restarting it" not in output, output  # no child refused
 
 
 def test_a_second_sigterm_hard_stops_every_process_and_the_node_still_exits_0(spawn, r, namespace, client):
