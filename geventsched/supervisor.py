@@ -8,6 +8,9 @@ The supervisor runs no worker and imports no app. It
 * restarts a child that exits: at once, then after 0.5, 1, 2 s while it keeps dying young; after
   ``RestartPolicy.max_young_exits`` young deaths in a row the node gives up (stops the other children,
   then ``run`` raises GeventschedError: one line, exit 1);
+* restarts a child that exits with EXIT_TEMPFAIL (Redis unreachable, its channels held by another
+  worker: weather, not a bug) after a back-off of up to 5 s, for as long as that lasts, without
+  counting it as a young death;
 * frees the leases of a child that died without deregistering (``LeaseReaper``), so its successor
   claims the same channels at once rather than after the heartbeat TTL; at start-up it does the same
   for workers of this host that held the node's channels and are gone (a node killed with ``kill -9``
@@ -57,6 +60,10 @@ log = logging.getLogger(__name__)
 PER_CHILD = frozenset({"command", "channels", "processes", "metrics_port", "metrics_addr", "redis_url"})
 #: Seconds a scrape of the node waits for the children's answers.
 SCRAPE_TIMEOUT = 3.0
+#: A child's exit status for "cannot serve now, try again later" (EX_TEMPFAIL in sysexits.h): Redis is
+#: unreachable, or a live worker holds its channels. The node restarts it, with a back-off, for as long
+#: as that lasts: weather is not a crash.
+EXIT_TEMPFAIL = 75
 _PR_SET_PDEATHSIG = 1
 
 
@@ -112,6 +119,8 @@ def node_from_args(args, client):
 
 
 def describe_exit(code):
+    if code == EXIT_TEMPFAIL:
+        return f"exited with status {code} (try again later)"
     if code is not None and code < 0:
         return f"was killed by {signal.Signals(-code).name if -code in signal.valid_signals() else -code}"
     return f"exited with status {code}"
@@ -125,12 +134,21 @@ class RestartPolicy:
     min_uptime: float = 10.0
     #: This many young exits in a row and the node gives up.
     max_young_exits: int = 5
+    #: Seconds before restarting after the 1st, 2nd, ... EXIT_TEMPFAIL in a row (the last one repeats:
+    #: a child that comes back within seconds of the weather clearing, with a line a few seconds apart).
+    weather_backoff: tuple = (0.5, 1.0, 2.0, 4.0, 5.0)
+    #: While the weather lasts, the node says so again this often (seconds).
+    weather_log_interval: float = 60.0
 
     def delay(self, young_exits):
         """Seconds to wait before the next start; None means give up."""
         if young_exits >= self.max_young_exits:
             return None
         return self.backoff[max(0, min(young_exits - 1, len(self.backoff) - 1))]
+
+    def weather_delay(self, tries):
+        """Seconds to wait before the next start after ``tries`` EXIT_TEMPFAIL in a row; never gives up."""
+        return self.weather_backoff[max(0, min(tries - 1, len(self.weather_backoff) - 1))]
 
 
 class Slot:
@@ -144,6 +162,8 @@ class Slot:
         self.started = None  # time.monotonic() of the current child's start
         self.young_exits = 0
         self.restarts = 0
+        self.weather_tries = 0  # EXIT_TEMPFAIL in a row
+        self.weather_since = self.weather_logged = 0.0
 
 
 class Supervisor:
@@ -205,6 +225,10 @@ class Supervisor:
         self._signals.append(signum)
         self._wake.set()
 
+    def request_stop(self, signum=signal.SIGTERM):
+        """What a signal does (SIGTERM: drain the children; a second one: hard stop), for an embedding program."""
+        self._on_signal(signum)
+
     def _act(self):
         signals, self._signals = self._signals, []
         for signum in signals:
@@ -242,7 +266,7 @@ class Supervisor:
             code = proc.wait()
             uptime = time.monotonic() - slot.started
             slot.proc = None
-            if code != 0 and self.reaper is not None:
+            if code not in (0, EXIT_TEMPFAIL) and self.reaper is not None:  # EXIT_TEMPFAIL: it holds no lease
                 self.reaper(proc.pid)
             if self._stopping:
                 (log.info if code == 0 else log.warning)("node: process %d (pid %d) %s", slot.index, proc.pid,
@@ -269,6 +293,11 @@ class Supervisor:
 
     def _next_delay(self, slot, pid, code, uptime):
         """Seconds before ``slot`` gets its next child, or None when the node gives up."""
+        if uptime >= self.policy.min_uptime:
+            slot.young_exits = slot.weather_tries = 0
+        if code == EXIT_TEMPFAIL:  # weather: neither a young death nor the end of a crash loop
+            return self._weather_delay(slot, pid, uptime)
+        slot.weather_tries = 0
         slot.young_exits = slot.young_exits + 1 if uptime < self.policy.min_uptime else 0
         delay = self.policy.delay(slot.young_exits)
         if delay is None:
@@ -278,6 +307,24 @@ class Supervisor:
             return None
         log.warning("node: process %d (pid %d) %s after %.1fs; restarting it%s", slot.index, pid,
                     describe_exit(code), uptime, f" in {delay:g}s" if delay else "")
+        return delay
+
+    def _weather_delay(self, slot, pid, uptime):
+        """Seconds before the next try of a child that could not serve for now; says so once, then at
+        ``policy.weather_log_interval`` (the children print their reason each time)."""
+        now = time.monotonic()
+        if not slot.weather_tries:
+            slot.weather_since = slot.weather_logged = now
+        slot.weather_tries += 1
+        delay = self.policy.weather_delay(slot.weather_tries)
+        if slot.weather_tries == 1:
+            log.warning("node: process %d (pid %d) %s after %.1fs: Redis unreachable or its channels held "
+                        "elsewhere (see its error above); trying again, every %gs at most, until it serves",
+                        slot.index, pid, describe_exit(EXIT_TEMPFAIL), uptime, self.policy.weather_backoff[-1])
+        elif now - slot.weather_logged >= self.policy.weather_log_interval:
+            slot.weather_logged = now
+            log.warning("node: process %d still cannot serve: %d tries in %.0fs; trying again", slot.index,
+                        slot.weather_tries, now - slot.weather_since)
         return delay
 
     def _give_up(self, message):

@@ -7,6 +7,7 @@ import time
 import urllib.request
 from collections import defaultdict
 
+import gevent
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -17,6 +18,7 @@ from geventsched.channels import parse_channels
 from geventsched.cli import build_parser
 from geventsched.client import Client
 from geventsched.embedded import free_port
+from geventsched.errors import GeventschedError
 from geventsched.keys import Keys
 from geventsched.store import Store
 
@@ -61,6 +63,60 @@ def test_a_child_gets_every_worker_option_but_its_own_channels_processes_and_met
 def test_restarts_back_off_and_give_up_after_young_exits_in_a_row():
     policy = supervisor.RestartPolicy()
     assert [policy.delay(n) for n in range(6)] == [0.0, 0.0, 0.5, 1.0, 2.0, None]
+
+
+def test_weather_restarts_back_off_to_5s_at_most_and_never_give_up():
+    policy = supervisor.RestartPolicy()
+    assert [policy.weather_delay(n) for n in range(1, 9)] == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0, 5.0, 5.0]
+
+
+#: A child that notes its start in the file argv[1], then exits with status argv[3] if it is one of the
+#: first argv[2] starts, else serves (sleeps) until stopped.
+FLAKY_CHILD = """
+import sys, time
+with open(sys.argv[1], "a+") as f:
+    f.write("start\\n")
+    f.seek(0)
+    starts = len(f.readlines())
+if starts <= int(sys.argv[2]):
+    sys.exit(int(sys.argv[3]))
+time.sleep(60)
+"""
+
+
+def flaky_node(tmp_path, failures, code, **policy):
+    starts = tmp_path / "starts"
+    starts.touch()
+    node = supervisor.Supervisor(
+        [("1",)], lambda channels, port: [sys.executable, "-c", FLAKY_CHILD, str(starts), str(failures), str(code)],
+        policy=supervisor.RestartPolicy(**{"backoff": (0.0,), "max_young_exits": 3, **policy}), metrics=False)
+    return node, lambda: len(starts.read_text().splitlines())
+
+
+def test_a_child_that_exits_tempfail_is_restarted_until_it_serves_and_said_so_once(tmp_path, caplog):
+    node, starts = flaky_node(tmp_path, 8, supervisor.EXIT_TEMPFAIL, weather_backoff=(0.01, 0.05))
+    run = gevent.spawn(node.run)
+
+    def serving():  # the 9th child: 8 "try again later" in a row are more than max_young_exits
+        if run.dead:
+            run.get()  # the node gave up: its error fails the test
+        return starts() == 9 and node.running == 1
+
+    wait_until(serving, timeout=30, message="the 9th child serving")
+    node.request_stop()
+    assert run.get(timeout=10) == 0
+    lines = [record.getMessage() for record in caplog.records if record.name == "geventsched.supervisor"]
+    assert not any("giving up" in line for line in lines), lines
+    assert sum("trying again, every 0.05s at most" in line for line in lines) == 1, lines
+    assert node.slots[0].young_exits == 0
+
+
+def test_a_child_that_keeps_crashing_young_still_makes_the_node_give_up(tmp_path):
+    node, starts = flaky_node(tmp_path, 8, 1)
+    run = gevent.spawn(node.run)
+    with pytest.raises(GeventschedError, match="died 3 times in a row"):
+        run.get(timeout=30)
+    assert starts() == 3
 
 
 def test_node_metrics_name_each_family_once_and_label_every_sample_with_its_process():
