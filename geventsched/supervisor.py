@@ -26,6 +26,9 @@ On Linux a child gets SIGKILL when the supervisor dies (``PR_SET_PDEATHSIG``): a
 hard, all of it. A child that drained instead would keep its channels, and run its jobs, while the
 node's successor is refused those channels and the master runs the same jobs again; killed, its jobs
 come back through the master (at least once) and its leases are freed by the successor.
+
+The supervisor needs Redis only to free leases, and does without it: it starts, and keeps its children
+restarting, while Redis is away.
 """
 
 import ctypes
@@ -60,6 +63,8 @@ log = logging.getLogger(__name__)
 PER_CHILD = frozenset({"command", "channels", "processes", "metrics_port", "metrics_addr", "redis_url"})
 #: Seconds a scrape of the node waits for the children's answers.
 SCRAPE_TIMEOUT = 3.0
+#: Seconds the node gives Redis to free the leases of dead workers (they expire with their TTL anyway).
+REAP_TIMEOUT = 5.0
 #: A child's exit status for "cannot serve now, try again later" (EX_TEMPFAIL in sysexits.h): Redis is
 #: unreachable, or a live worker holds its channels. The node restarts it, with a back-off, for as long
 #: as that lasts: weather is not a crash.
@@ -109,13 +114,22 @@ def child_argv(args, channels, metrics_port):
     return argv
 
 
-def node_from_args(args, client):
-    """A Supervisor for ``geventsched worker --processes N`` (N > 1) with these parsed ``args``;
-    ``client`` is a Redis client for the namespace's registrations."""
+def node_from_args(args, client=None):
+    """A Supervisor for ``geventsched worker --processes N`` (N > 1) with these parsed ``args``.
+
+    ``client``: a Redis client for the namespace's registrations; without one the node connects to
+    ``args.redis_url`` when it first needs Redis, so it starts (and restarts its children) while Redis
+    is away. A URL that cannot work raises ConfigError here.
+    """
+    if client is None:
+        transport.connect(args.redis_url, check=False).close()  # parses the URL; no connection yet
+        reaper = LeaseReaper.from_url(args.redis_url, args.namespace, cluster=True if args.cluster else None)
+    else:
+        reaper = LeaseReaper(client, args.namespace)
     return Supervisor(split_channels(args.channels, args.processes),
                       lambda channels, port: child_argv(args, channels, port),
                       env={**os.environ, "GEVENTSCHED_REDIS_URL": args.redis_url},
-                      reaper=LeaseReaper(client, args.namespace), metrics=bool(args.metrics_port))
+                      reaper=reaper, metrics=bool(args.metrics_port))
 
 
 def describe_exit(code):
@@ -286,7 +300,8 @@ class Supervisor:
         slot.started = time.monotonic()
         proc = slot.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, env=self.env, start_new_session=True,
                                             preexec_fn=self._child_setup())
-        log.info("node: process %d (pid %d) serves %d channels", slot.index, proc.pid, len(slot.channels))
+        (log.debug if slot.weather_tries else log.info)(  # weather: said once in _weather_delay
+            "node: process %d (pid %d) serves %d channels", slot.index, proc.pid, len(slot.channels))
         if self._stopping:  # the stop came while it was being started: run() did not see it
             proc.send_signal(signal.SIGTERM)
         return proc
@@ -368,18 +383,27 @@ class LeaseReaper:
     random; it is found by the pid and host in the heartbeat.
 
     Redis may be away: every call logs the error and returns [] (the leases then run out with their
-    TTL).
+    TTL). Made ``from_url``, the reaper connects at its first call (and tries again at the next one
+    until that works).
     """
 
     def __init__(self, client, namespace, host=None):
         self.namespace = namespace
         self.host = host or socket.gethostname()
+        self._connect = None
         self._use(client)
+
+    @classmethod
+    def from_url(cls, url, namespace, cluster=None, host=None):
+        """A reaper that connects to ``url`` when it needs Redis (``cluster`` as ``transport.connect``)."""
+        reaper = cls(None, namespace, host)
+        reaper._connect = lambda: transport.connect(url, cluster=cluster)
+        return reaper
 
     def _use(self, client):
         self.client = client
-        self.keys = Keys(self.namespace, cluster=transport.is_cluster(client))
-        self.store = Store(client, self.keys)
+        self.keys = Keys(self.namespace, cluster=transport.is_cluster(client)) if client is not None else None
+        self.store = Store(client, self.keys) if client is not None else None
 
     def __call__(self, pid):
         """Free the registration of the worker that ran as ``pid`` here. Returns the ids freed."""
@@ -398,15 +422,27 @@ class LeaseReaper:
         return self._free("gone workers of this host", gone_holders)
 
     def _free(self, what, select):
-        """Delete the heartbeat keys of the workers ``select(beats)`` picks among this host's live ones."""
+        """Delete the heartbeat keys of the workers ``select(beats)`` picks among this host's live ones.
+
+        Within ``REAP_TIMEOUT``: a Redis that went silent must not keep a slot from restarting its child."""
+        timer = gevent.Timeout(REAP_TIMEOUT)
+        timer.start()
         try:
+            if self.store is None:
+                self._use(self._connect())
             beats = {w: beat for w, beat in self.store.workers().items() if beat and beat.get("host") == self.host}
             dead = select(beats)
             if dead:
                 self.client.delete(*[self.keys.worker(w) for w in dead])
-        except transport.RedisError as exc:
-            log.warning("node: cannot free the channels of %s: %s", what, transport.describe(exc))
+        except (*transport.RedisError, GeventschedError, gevent.Timeout) as exc:  # GeventschedError: from connect
+            if isinstance(exc, gevent.Timeout) and exc is not timer:
+                raise
+            reason = (f"no answer within {REAP_TIMEOUT:g}s" if exc is timer else
+                      transport.describe(exc) if isinstance(exc, transport.RedisError) else exc)
+            log.warning("node: cannot free the channels of %s: %s", what, reason)
             return []
+        finally:
+            timer.close()
         for worker_id in dead:
             log.info("node: freed the channels of worker %s (pid %s)", worker_id, beats[worker_id].get("pid"))
         return dead

@@ -1,7 +1,10 @@
 """``geventsched worker --processes N``: the node supervisor, with real processes against the test Redis."""
 
+import json
 import os
 import signal
+import socket
+import subprocess
 import sys
 import time
 import urllib.request
@@ -18,7 +21,7 @@ from geventsched.channels import parse_channels
 from geventsched.cli import build_parser
 from geventsched.client import Client
 from geventsched.embedded import free_port
-from geventsched.errors import GeventschedError
+from geventsched.errors import ConfigError, GeventschedError
 from geventsched.keys import Keys
 from geventsched.store import Store
 
@@ -142,6 +145,48 @@ def test_node_metrics_name_each_family_once_and_label_every_sample_with_its_proc
     assert 'geventsched_worker_jobs_finished_total{process="1",status="ok",task="echo"} 4.0' in out
     assert 'geventsched_worker_loop_lag_seconds_count{process="0"} 1.0' in out
     assert 'process="2"' not in out
+
+
+def test_a_node_starts_without_redis_and_frees_leases_once_redis_answers(redis_url, r, namespace, caplog):
+    nobody = f"redis://127.0.0.1:{free_port()}/0"
+    args = build_parser().parse_args(["worker", "--processes", "2", "--channels", "1-4", "--redis-url", nobody,
+                                      "--namespace", namespace])
+    node = supervisor.node_from_args(args)  # no Redis there: still a node
+    assert node.reaper(os.getpid()) == [] and node.reaper.orphans(["1"]) == []
+    assert "cannot free the channels of pid" in caplog.text and f"127.0.0.1:{nobody.split(':')[2]}" in caplog.text
+    with pytest.raises(ConfigError):  # a URL that can never work is still one clear error at once
+        supervisor.node_from_args(build_parser().parse_args(["worker", "--processes", "2", "--channels", "1-4",
+                                                             "--redis-url", "http://localhost/"]))
+
+    gone = subprocess.Popen([sys.executable, "-c", ""])
+    gone.wait()
+    store, keys = Store(r, Keys(namespace)), Keys(namespace)
+
+    def register(worker_id, pid, channels, host=socket.gethostname()):
+        beat = json.dumps({"id": worker_id, "host": host, "pid": pid})
+        assert store.register_worker(worker_id, beat, 60, [keys.dispatch_channel(c) for c in channels]) is None
+
+    register("dead-here", gone.pid, ["1", "2"])
+    register("dead-elsewhere", gone.pid, ["3"], host="another-host")
+    register("alive-here", os.getpid(), ["4"])
+    register("dead-here-other-channels", gone.pid, ["9"])
+    reaper = supervisor.LeaseReaper.from_url(redis_url, namespace)  # connects when it first needs Redis
+    assert reaper.orphans(["1", "2", "3", "4"]) == ["dead-here"]
+    assert set(live_workers(r, namespace)) == {"dead-elsewhere", "alive-here", "dead-here-other-channels"}
+    assert "dead-here" in store.workers()  # still listed: the master's cue to re-queue its jobs
+
+
+def test_a_silent_redis_does_not_hold_up_the_reaper(namespace, caplog, monkeypatch):
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts (the kernel does), never answers
+    try:
+        monkeypatch.setattr(supervisor, "REAP_TIMEOUT", 0.5)
+        reaper = supervisor.LeaseReaper.from_url(f"redis://127.0.0.1:{silent.getsockname()[1]}/0", namespace)
+        began = time.monotonic()
+        assert reaper(12345) == []
+        assert time.monotonic() - began < 3  # a hang guard: else 5 s to connect, forever on a silent connection
+        assert "no answer within 0.5s" in caplog.text
+    finally:
+        silent.close()
 
 
 # -- a node of real processes ----------------------------------------------------------------------
