@@ -467,6 +467,15 @@ class Pipe:
         self._sock = self._conn._sock
         self._reader = hiredis.Reader()
 
+    def closed(self):
+        """True when Redis closed this connection since its last reply (a restart, a CLIENT KILL).
+        With no request outstanding there is nothing to read, so a readable socket means an EOF, a
+        reset, or an error Redis sent before closing. One ``select`` of no wait: a few microseconds."""
+        if getattr(self._sock, "pending", None) and self._sock.pending():  # TLS bytes select cannot see
+            return True
+        readable, _, _ = select.select([self._sock], [], [], 0)
+        return bool(readable)
+
     def call(self, data, count):
         self.send(data)
         return self.receive(count)
@@ -589,6 +598,12 @@ class Publisher:
 
     def _pipe(self, name):
         pipe = self._pipes.get(name)
+        # Written into a socket Redis closed (it restarted), a batch would fail only at its reply,
+        # and its sender would then back off: look first, open a new connection at once.
+        if pipe is not None and pipe.closed():
+            log.debug("publisher: Redis closed the connection since the last batch; opening a new one")
+            pipe.close()
+            pipe = None
         if pipe is None:
             if name is None:
                 pipe = Pipe(self._client)

@@ -1,4 +1,4 @@
-"""Half-dead connections: a network path that goes silent (no FIN, no RST).
+"""Half-dead connections: a network path that goes silent (no FIN, no RST) and a Redis restart.
 
 A worker, a master and a client run in this process; the one under test reaches Redis through
 ``proxy.Proxy``, whose ``silence()`` plays a dropped NAT or firewall entry: every open connection
@@ -9,11 +9,13 @@ the module constants, the commands' through the documented ``socket_timeout`` UR
 they run in seconds. Timeouts here are hang guards.
 """
 
+import logging
+
 import gevent
 import pytest
 
 from conftest import wait_until
-from faults import Stopwatch, report
+from faults import RestartableRedis, Stopwatch, report
 from geventsched import transport
 from geventsched.client import Client
 from geventsched.config import MasterConfig, WorkerConfig
@@ -185,3 +187,53 @@ def test_a_client_waiting_on_a_silenced_reply_connection_gets_its_result(redis_u
             assert handle.result(timeout=SERVE_AGAIN_BOUND) == 2.0
         report("silenced_client", waited_s=clock())
         client.close()
+
+
+# -- a Redis restart: the publisher's first batch ----------------------------------------------------
+
+
+@pytest.fixture
+def restartable(tmp_path):
+    server = RestartableRedis(tmp_path / "redis", ("--appendonly", "yes")).start()
+    yield server
+    server.stop()
+
+
+def test_a_publisher_idle_across_a_redis_restart_sends_its_next_batch_at_once(restartable):
+    """Its connection died with the server: the next batch goes out on a new one, first time."""
+    client = transport.connect(restartable.url)
+    publisher = transport.Publisher(client, "home")
+    try:
+        assert publisher.send([(b"nobody-listens", b"1")]) == [0]
+        restartable.restart()
+        assert publisher.send([(b"nobody-listens", b"2")]) == [0]  # no ConnectionLost first
+    finally:
+        publisher.close()
+        client.close()
+
+
+def test_after_a_redis_restart_the_first_dispatch_goes_out_without_a_lost_connection(restartable, caplog):
+    """The master's and the worker's publishing connections (``--durability none``: the worker
+    publishes its results too) died with the server. Their first batch afterwards must not be
+    written into the dead socket: it failed there, and the master then waited out its back-off,
+    which a Redis outage had grown to up to 5 s."""
+    namespace = "gs-test-restart"
+    with System(namespace, restartable.url, restartable.url, durability="none") as system:
+        client = Client(transport.connect(restartable.url), namespace)
+        assert client.submit("echo", 1).result(timeout=10) == 1
+
+        restartable.restart()
+        r = transport.connect(restartable.url)
+        wait_until(lambda: subscriptions(r, system.channel) == 1, timeout=20, message="the worker to subscribe again")
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            clock = Stopwatch()
+            assert client.submit("echo", 2).result(timeout=20) == 2
+            latency = clock()
+        report("publish_after_restart", latency_s=latency)
+        lost = [record.getMessage() for record in caplog.records
+                if record.getMessage().startswith("master: dispatch connection lost")
+                or "results failed" in record.getMessage()]
+        assert not lost, lost
+        client.close()
+        r.close()
