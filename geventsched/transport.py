@@ -9,13 +9,20 @@ Two kinds of connection:
 
 We speak RESP2 on purpose: pub/sub messages are then plain arrays, and a subscribed connection cannot
 carry anything else, so nothing can interleave with them.
+
+Every connection notices a dead path within a bounded time, even one that dies without a FIN or an
+RST (a dropped NAT or firewall entry, a peer that lost power): commands and pipelined writes time
+out after ``COMMAND_TIMEOUT``, and an idle subscriber PINGs (see ``PING_IDLE``). The error is one of
+``ConnectionLost``, and the owner reconnects as for any other lost connection.
 """
 
 import logging
 import os
 import re
 import select
+import socket
 import ssl
+import time
 from urllib.parse import parse_qs, urlsplit
 
 import hiredis
@@ -32,6 +39,15 @@ log = logging.getLogger(__name__)
 #: Subscribe this many channels per SUBSCRIBE command: 10,000 channels are 10 writes.
 SUBSCRIBE_BATCH = 1000
 RECV_SIZE = 1 << 18
+#: Seconds a command (and a pipelined batch) may wait for its reply before its connection counts as
+#: dead. Nothing we run legitimately takes that long: our Lua scripts over 10,000 channels take well
+#: under a second. The URL option ``socket_timeout`` overrides it.
+COMMAND_TIMEOUT = 10.0
+#: A subscriber that received nothing for ``PING_IDLE`` seconds sends a PING; if then nothing at all
+#: arrives for ``PONG_TIMEOUT`` seconds more, its connection is dead. Silence on a subscriber is thus
+#: noticed within 10 s, at the cost of one PING per idle 5 s (none while messages flow).
+PING_IDLE = 5.0
+PONG_TIMEOUT = 5.0
 
 ConnectionLost = (rexc.ConnectionError, rexc.TimeoutError, OSError)
 #: Every way talking to Redis fails: redis-py's errors (a cluster client that cannot map the slots
@@ -71,9 +87,10 @@ def connect(url, check=True, cluster=None):
     return client
 
 
-#: Connection options for every client: RESP2 (see the module docstring), no pool limit.
-_OPTIONS = dict(protocol=2, socket_connect_timeout=5, socket_keepalive=True, health_check_interval=0,
-                max_connections=None)
+#: Connection options for every client: RESP2 (see the module docstring), no pool limit, a reply
+#: timeout (a URL's own ``socket_timeout`` wins: redis-py lets URL options override these).
+_OPTIONS = dict(protocol=2, socket_connect_timeout=5, socket_timeout=COMMAND_TIMEOUT, socket_keepalive=True,
+                health_check_interval=0, max_connections=None)
 
 
 def describe(exc, url=""):
@@ -188,14 +205,24 @@ class Subscriber:
     message decoded from that read as ``(channel, data)`` pairs. Subscription confirmations are counted
     in ``subscribed``. Raises one of ``ConnectionLost`` when Redis goes away.
 
+    A connection that carries nothing for ``ping_idle`` seconds (default ``PING_IDLE``) is sent a PING;
+    if no byte at all arrives within ``pong_timeout`` seconds after it, ``read`` raises redis's
+    TimeoutError (one of ``ConnectionLost``). The clock runs across calls: many short ``read(timeout)``
+    calls that each return [] still end in that error on a dead connection.
+
     ``sharded``: SSUBSCRIBE (Redis Cluster's sharded pub/sub) instead of SUBSCRIBE. The server then
     drops a channel by itself when its slot moves to another shard: such channels collect in ``moved``.
     """
 
-    def __init__(self, client, sharded=False):
+    def __init__(self, client, sharded=False, ping_idle=None, pong_timeout=None):
         self._conn = client.connection_pool.make_connection()
         self._conn.connect()
         self._sock = self._conn._sock
+        self._send_timeout = self._sock.gettimeout()  # the command timeout; reads set their own
+        self._ping_idle = PING_IDLE if ping_idle is None else ping_idle
+        self._pong_timeout = PONG_TIMEOUT if pong_timeout is None else pong_timeout
+        self._heard = time.monotonic()  # when the last bytes came
+        self._pinged = None  # when the unanswered PING went out
         self._reader = hiredis.Reader()
         self.channels = set()
         self.subscribed = 0
@@ -211,19 +238,24 @@ class Subscriber:
 
     def subscribe(self, channels, batch=SUBSCRIBE_BATCH, timeout=30.0):
         """Subscribe ``channels`` in large batches, then wait until Redis confirmed every one.
+        Raises redis's TimeoutError when ``timeout`` seconds pass without a confirmation.
 
         Messages that arrive meanwhile are kept for the next ``read()``.
         """
         self.send_subscribe(channels, batch)
         want = len(self.channels)
-        self._sock.settimeout(timeout)
         early, self._early = self._early, []
+        progress, since = self.subscribed, time.monotonic()
         try:
             while self.subscribed < want:
-                early.extend(self.read())  # read() hands back (and empties) self._early first
+                early.extend(self.read(timeout))  # read() hands back (and empties) self._early first
+                if self.subscribed != progress:
+                    progress, since = self.subscribed, time.monotonic()
+                elif time.monotonic() - since >= timeout:
+                    raise rexc.TimeoutError(f"Redis confirmed {self.subscribed} of {want} subscriptions, "
+                                            f"then nothing for {timeout:g}s")
         finally:
             self._early = early
-            self._sock.settimeout(None)
 
     def send_subscribe(self, channels, batch=SUBSCRIBE_BATCH):
         """Ask for ``channels`` without waiting for the confirmations: ``read()`` counts them."""
@@ -237,30 +269,63 @@ class Subscriber:
             groups = [channels[i:i + batch] for i in range(0, len(channels), batch)]
         commands = [pack(self._command, *group) for group in groups]
         for i in range(0, len(commands), batch):  # each write at most a few hundred KiB
-            self._sock.sendall(b"".join(commands[i:i + batch]))
+            self._send(b"".join(commands[i:i + batch]))
         self.channels.update(channels)
 
     def unsubscribe_all(self):
-        self._sock.sendall(pack("SUNSUBSCRIBE" if self.sharded else "UNSUBSCRIBE"))
+        self._send(pack("SUNSUBSCRIBE" if self.sharded else "UNSUBSCRIBE"))
         self.channels.clear()
+
+    def _send(self, data):
+        # A read may have left a short timeout on the socket: a write gets the command timeout.
+        self._sock.settimeout(self._send_timeout)
+        self._sock.sendall(data)
 
     def read(self, timeout=None):
         """Messages from the next read; with ``timeout``, an empty list when none came in time."""
         if self._early:
             early, self._early = self._early, []
             return early
-        if timeout is None:
-            data = self._sock.recv(RECV_SIZE)
-        else:
-            self._sock.settimeout(max(timeout, 0.001))
-            try:
-                data = self._sock.recv(RECV_SIZE)
-            except TimeoutError:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            now = time.monotonic()
+            wait = self.check_health(now) - now
+            if deadline is not None:
+                wait = min(wait, deadline - now)
+            messages = self.receive(wait)
+            if messages is not None:
+                return messages
+            if deadline is not None and time.monotonic() >= deadline:
                 return []
-            finally:
-                self._sock.settimeout(None)
+
+    def check_health(self, now):
+        """PING a connection silent for ``ping_idle`` seconds; raise redis's TimeoutError once that
+        PING has gone unanswered (no byte at all) for ``pong_timeout``. Returns when to look again.
+
+        In subscribed mode (RESP2) Redis answers ``["pong", ""]``, which ``receive`` passes over."""
+        if self._pinged is None:
+            due = self._heard + self._ping_idle
+            if now < due:
+                return due
+            self._send(PING)
+            self._pinged = now
+        due = self._pinged + self._pong_timeout
+        if now >= due:
+            raise rexc.TimeoutError(f"nothing from Redis for {now - self._heard:.1f}s, not even an answer to "
+                                    f"a PING: the connection is dead")
+        return due
+
+    def receive(self, wait):
+        """The messages of one ``recv`` that waits at most ``wait`` seconds; None if nothing came."""
+        self._sock.settimeout(max(wait, 0.001))
+        try:
+            data = self._sock.recv(RECV_SIZE)
+        except socket.timeout:
+            return None
         if not data:
             raise rexc.ConnectionError("Redis closed the connection")
+        self._heard = time.monotonic()
+        self._pinged = None
         reader = self._reader
         reader.feed(data)
         messages = []
@@ -289,6 +354,9 @@ class Subscriber:
             pass
 
 
+PING = b"*1\r\n$4\r\nPING\r\n"
+
+
 class ShardedSubscriber:
     """``Subscriber``'s interface over a Redis Cluster: SSUBSCRIBE on every primary that owns some of
     the channels, one connection per such shard, read through ``select`` (cooperative under gevent,
@@ -296,8 +364,8 @@ class ShardedSubscriber:
 
     A slot that moves (the server drops its channels) is followed here: the slot map is read again
     and the channels subscribed on their new owner, while the other shards' connections carry on.
-    A lost connection (a primary died, a failover) raises ``ConnectionLost``; the caller then
-    subscribes again from scratch.
+    A lost connection (a primary died, a failover, a shard silent past its health check) raises
+    ``ConnectionLost``; the caller then subscribes again from scratch.
     """
 
     def __init__(self, cluster):
@@ -331,14 +399,26 @@ class ShardedSubscriber:
         early = [message for shard in shards if shard._early for message in shard.read()]
         if early:
             return early
-        # TLS keeps decrypted bytes of its own that select does not see.
-        ready = [shard for shard in shards if getattr(shard._sock, "pending", None) and shard._sock.pending()]
-        if not ready:
-            readable, _, _ = select.select([shard._sock for shard in shards], [], [], timeout)
-            ready = [shard for shard in shards if shard._sock in readable]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            now = time.monotonic()
+            due = min((shard.check_health(now) for shard in shards), default=None)  # each shard PINGs
+            wait = None if due is None else due - now
+            if deadline is not None:
+                wait = deadline - now if wait is None else min(wait, deadline - now)
+            # TLS keeps decrypted bytes of its own that select does not see.
+            ready = [shard for shard in shards if getattr(shard._sock, "pending", None) and shard._sock.pending()]
+            if not ready:
+                readable, _, _ = select.select([shard._sock for shard in shards], [], [],
+                                               None if wait is None else max(wait, 0))
+                ready = [shard for shard in shards if shard._sock in readable]
+            if ready:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                return []
         messages = []
         for shard in ready:
-            messages += shard.read()
+            messages += shard.receive(shard._pong_timeout) or []  # readable: returns at once
             if shard.moved:
                 self._follow(shard)
         return messages
@@ -376,15 +456,25 @@ class Pipe:
 
     ``call(data, count)`` writes ``data`` (``count`` packed commands) in one ``sendall`` and returns
     the ``count`` replies in order; error replies come back as ``hiredis.ReplyError`` values, not
-    raised, so one failed command does not hide the others' replies. Raises ``ConnectionLost``.
+    raised, so one failed command does not hide the others' replies. Raises ``ConnectionLost``, also
+    when a write or a reply takes longer than the client's ``socket_timeout`` (``COMMAND_TIMEOUT``).
     One greenlet at a time.
     """
 
     def __init__(self, client):
         self._conn = client.connection_pool.make_connection()
-        self._conn.connect()
+        self._conn.connect()  # leaves the client's socket_timeout on the socket: sends and recvs time out
         self._sock = self._conn._sock
         self._reader = hiredis.Reader()
+
+    def closed(self):
+        """True when Redis closed this connection since its last reply (a restart, a CLIENT KILL).
+        With no request outstanding there is nothing to read, so a readable socket means an EOF, a
+        reset, or an error Redis sent before closing. One ``select`` of no wait: a few microseconds."""
+        if getattr(self._sock, "pending", None) and self._sock.pending():  # TLS bytes select cannot see
+            return True
+        readable, _, _ = select.select([self._sock], [], [], 0)
+        return bool(readable)
 
     def call(self, data, count):
         self.send(data)
@@ -508,6 +598,12 @@ class Publisher:
 
     def _pipe(self, name):
         pipe = self._pipes.get(name)
+        # Written into a socket Redis closed (it restarted), a batch would fail only at its reply,
+        # and its sender would then back off: look first, open a new connection at once.
+        if pipe is not None and pipe.closed():
+            log.debug("publisher: Redis closed the connection since the last batch; opening a new one")
+            pipe.close()
+            pipe = None
         if pipe is None:
             if name is None:
                 pipe = Pipe(self._client)
