@@ -389,12 +389,13 @@ def cmd_submit(args):
             print(handle.id)
         return EXIT_OK
     results = client.wait(handles, args.timeout)
-    failed = False
+    failed, missing = False, set()
     for handle in handles:
         result = results.get(handle.id)
         if result is None:
             print(f"job {handle.id} ({handle.task}): no result within {args.timeout:g}s", file=sys.stderr)
             failed = True
+            missing.add(handle.task)
         elif result.ok:
             print(result.value if result.raw else json.dumps(result.value))
         else:
@@ -403,7 +404,17 @@ def cmd_submit(args):
                   file=sys.stderr)
             failed = True
     sys.stdout.flush()
+    if missing:
+        _hint_why_no_result(client.redis, args.namespace, missing)
     return EXIT_FAILURE if failed else EXIT_OK
+
+
+def _hint_why_no_result(redis_client, namespace, tasks):
+    from geventsched.status import why_no_result
+
+    reasons = why_no_result(redis_client, namespace, tasks)
+    if reasons:
+        print(f"hint: {'; '.join(reasons)}", file=sys.stderr)
 
 
 def _job_specs(args):

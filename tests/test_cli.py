@@ -1,5 +1,6 @@
 """Exit codes and error lines: 2 for usage errors, 1 for runtime errors, never a traceback."""
 
+import json
 import socket
 from urllib.parse import urlsplit
 
@@ -183,3 +184,35 @@ def test_requeue_dead_says_how_many_it_requeued(r, redis_url, namespace):
     done = run_cli("requeue-dead", "--redis-url", redis_url, "--namespace", namespace)
     assert done.returncode == 0 and done.stdout.strip() == "3 dead jobs re-queued", done.stdout
     assert r.llen(keys.intake) == 3 and r.llen(keys.dead) == 0
+
+
+def wait_without_result(redis_url, namespace, task="noop"):
+    """``submit TASK --wait`` that gets no result: exit 1; returns its stderr lines after the one
+    that says so."""
+    done = run_cli("submit", task, "--wait", "--timeout", "1", "--redis-url", redis_url, "--namespace", namespace)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert lines[0].endswith(f"({task}): no result within 1s"), done.stderr
+    return lines[1:]
+
+
+def test_no_result_with_nothing_running_says_so(redis_url, namespace):
+    assert wait_without_result(redis_url, namespace) == ["hint: no worker is registered; no master is active"]
+
+
+def test_no_result_without_a_master_says_so(spawn, r, redis_url, namespace):
+    spawn("worker", "--channels", "1", "--metrics-port", "0")
+    wait_until(workers_registered(r, namespace), timeout=20, message="worker registration")
+    assert wait_without_result(redis_url, namespace) == ["hint: no master is active"]
+
+
+def test_no_result_for_a_task_no_worker_lists_says_so(spawn, r, redis_url, namespace):
+    """Workers that list their tasks in their heartbeat (``tasks``) tell which task none of them has."""
+    keys = Keys(namespace, cluster=transport.is_cluster(r))
+    beat = {"id": "w1", "host": "elsewhere", "pid": 1, "concurrency": 1, "running": 0, "queued": 0, "free": 1,
+            "capacity": 1, "channels": 1, "codec": "json", "durability": "redis", "started": 0, "beat": 0,
+            "tasks": ["echo", "noop"]}
+    assert Store(r, keys).register_worker("w1", json.dumps(beat), 60, [keys.dispatch_channel(1)]) is None
+    spawn("master", "--metrics-port", "0")
+    wait_until(lambda: r.exists(keys.master), timeout=20, message="an active master")
+    assert wait_without_result(redis_url, namespace, "report") == ["hint: no live worker lists task report"]
