@@ -349,7 +349,7 @@ def run_every_path(url, namespace, launch):
 
     requeued = run_cli("requeue-dead", "--redis-url", url, "--namespace", namespace)
     assert requeued.returncode == 0, requeued.stderr
-    assert requeued.stdout.strip() == "2"
+    assert requeued.stdout.strip() == "2 dead jobs re-queued"
     status = run_cli("status", "--redis-url", url, "--namespace", namespace)
     assert status.returncode == 0, status.stderr
     assert "dead: 0" in status.stdout and "ok 200" in status.stdout
