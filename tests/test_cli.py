@@ -126,6 +126,13 @@ def test_a_bad_redis_url_is_refused_before_anything_runs(redis_url, command, url
     assert f"bad Redis URL {bad!r}" in line, line
 
 
+def test_bench_runs_on_its_own_server_when_nothing_answers_at_a_valid_url():
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    done = run_cli(*BENCH, "--redis-url", url)
+    assert done.returncode == 0, done.stderr
+    assert f"no Redis answers at {url}; using an embedded server" in done.stderr
+
+
 def test_the_database_of_a_url_may_be_given(redis_url):
     base = redis_url.rsplit("/", 1)[0]
     for url in (base, base + "/", base + "/3"):
