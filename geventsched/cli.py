@@ -23,6 +23,7 @@ from geventsched.channels import parse_channels  # noqa: E402
 from geventsched.config import MasterConfig, WorkerConfig, redis_url_from_env  # noqa: E402
 from geventsched.dispatch import STRATEGIES  # noqa: E402
 from geventsched.errors import ConfigError, GeventschedError  # noqa: E402
+from geventsched.protocol import Job, JsonCodec  # noqa: E402
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 DEFAULT_WAIT = 60.0
@@ -99,8 +100,6 @@ def channel_spec(text):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-#: Integers the job codec carries: a signed or an unsigned 64-bit integer.
-INT_RANGE = (-(1 << 63), (1 << 64) - 1)
 #: How JSON text that was meant as JSON starts (an object, an array, a string, a number).
 JSON_START = tuple('{["-0123456789')
 
@@ -110,37 +109,40 @@ def json_value(text):
     JSON was probably meant as a string, and the error says how to pass one; for broken JSON it says
     what is broken instead (quoting it would not give the value meant)."""
     try:
-        return checked_json(text)
+        value = parse_json(text)
+        check_carried([value])
     except ValueError as exc:
         if text.lstrip().startswith(JSON_START):
-            raise argparse.ArgumentTypeError(f"{text!r} is not a JSON value: {exc}") from None
-        raise argparse.ArgumentTypeError(f"{text!r} is not a JSON value (quote strings: '\"{text}\"')") from None
-
-
-def checked_json(text):
-    """``json.loads(text)``, refusing what parses but no job can carry: NaN, Infinity (also a number
-    too large for a float, which Python reads as infinity) and integers beyond 64 bits. Raises
-    ValueError with the reason."""
-    value = json.loads(text, parse_constant=_no_constant)
-    _check_carried(value)
+            raise argparse.ArgumentTypeError(f"{_shown(text)} is not a JSON value: {exc}") from None
+        raise argparse.ArgumentTypeError(f"{_shown(text)} is not a JSON value "
+                                         f"(quote strings: '\"{_shown(text)[1:-1]}\"')") from None
     return value
 
 
-def _no_constant(name):
-    raise ValueError(f"{name} is not a JSON value")
+def parse_json(text):
+    """``json.loads``, with ValueError also for nesting too deep for Python's parser."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
-def _check_carried(value):
-    kind = type(value)
-    if kind is int and not INT_RANGE[0] <= value <= INT_RANGE[1]:
-        raise ValueError(f"the integer {value} does not fit in 64 bits")
-    if kind is float and value in (float("inf"), float("-inf")):
-        raise ValueError("a number too large for a 64-bit float")
-    if kind is dict:
-        value = value.values()
-    if kind in (dict, list):
-        for item in value:
-            _check_carried(item)
+def check_carried(args=(), kwargs=None):
+    """Refuse, with ValueError, arguments that parse as JSON but no job can carry: NaN, Infinity, an
+    integer beyond 64 bits, nesting deeper than the codec goes. The job codec is the judge, as it
+    would be at submit, where its refusal would be an exception rather than a usage error."""
+    try:
+        _CODEC.encode_job(Job("0", "check", list(args), dict(kwargs or {})))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(str(exc)) from None
+
+
+_CODEC = JsonCodec()
+
+
+def _shown(text, limit=60):
+    """``text`` quoted for an error line, cut short: the line must stay one line a reader can take in."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 def build_parser():
@@ -459,13 +461,15 @@ def _job_line(line):
     if not text.strip():
         return None
     try:
-        doc = checked_json(text)
+        doc = parse_json(text)
     except ValueError as exc:
         raise ValueError(f"not a JSON line ({exc})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("task"), str) \
             or not isinstance(doc.get("args", []), list) or not isinstance(doc.get("kwargs", {}), dict):
         raise ValueError('expected {"task": str, "args": [...], "kwargs": {...}}')
-    return doc["task"], doc.get("args", []), doc.get("kwargs", {})
+    args, kwargs = doc.get("args", []), doc.get("kwargs", {})
+    check_carried(args, kwargs)
+    return doc["task"], args, kwargs
 
 
 def cmd_status(args):

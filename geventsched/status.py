@@ -45,7 +45,8 @@ def why_no_result(client, namespace, tasks):
     reasons = []
     if not live:
         reasons.append("no worker is registered")
-    listed = [set(beat["tasks"]) for beat in live if isinstance(beat.get("tasks"), list)]
+    listed = [{name for name in beat["tasks"] if isinstance(name, str)} for beat in live
+              if isinstance(beat, dict) and isinstance(beat.get("tasks"), list)]
     if listed:
         unlisted = sorted({task for task in tasks if not any(task in names for names in listed)})
         if unlisted:

@@ -54,6 +54,8 @@ def runtime_error_line(done):
     ["submit", "echo", "1e400"],
     ["submit", "echo", "--kwargs", '{"x": [Infinity]}'],
     ["submit", "echo", "--kwargs", '{"x": -%s}' % HUGE],
+    ["submit", "echo", "[" * 300 + "]" * 300],  # deeper than the job codec nests
+    ["submit", "echo", "[" * 50_000 + "]" * 50_000],  # deeper than Python's json module reads
     ["submit", "echo", "--no-such-option"],
     ["worker", "--metrics-port", "99999"],
     ["master", "--metrics-port", "-1"],
