@@ -33,6 +33,7 @@ from gevent.event import Event
 from geventsched import __version__, embedded, rawecho, transport
 from geventsched.client import Client
 from geventsched.config import MasterConfig
+from geventsched.errors import RedisUnavailable
 from geventsched.hooks import MasterHooks
 from geventsched.keys import Keys
 from geventsched.master import Master
@@ -263,13 +264,15 @@ def _cpu_model():
 
 
 def reachable(url):
+    """Whether a Redis answers at ``url``. A URL that cannot name one raises ConfigError: only a
+    valid URL where nothing answers is a reason to run against a server of our own."""
     parsed = urlparse(url)
     if parsed.scheme in ("redis", "rediss") and parsed.hostname:
         return embedded.answers(parsed.hostname, parsed.port or 6379)
     try:
         transport.connect(url)
         return True
-    except Exception:
+    except RedisUnavailable:
         return False
 
 

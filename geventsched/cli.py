@@ -14,13 +14,16 @@ import gc  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
+import re  # noqa: E402
 import sys  # noqa: E402
+from urllib.parse import urlsplit  # noqa: E402
 
 from geventsched import __version__, transport  # noqa: E402
 from geventsched.channels import parse_channels  # noqa: E402
 from geventsched.config import MasterConfig, WorkerConfig, redis_url_from_env  # noqa: E402
 from geventsched.dispatch import STRATEGIES  # noqa: E402
 from geventsched.errors import ConfigError, GeventschedError  # noqa: E402
+from geventsched.protocol import Job, JsonCodec  # noqa: E402
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 DEFAULT_WAIT = 60.0
@@ -30,11 +33,23 @@ class UsageError(Exception):
     """Bad input found after argparse: exit 2 with the subcommand's usage line."""
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with its errors in the shape of every other usage error (``usage_error``) rather
+    than its usage block of a dozen lines, in which the one line that matters gets lost. Subcommand
+    parsers are made of the same class."""
+
+    def error(self, message):
+        print(usage_error(self.prog, message), file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
+def usage_error(prog, message):
+    """The two lines of a usage error: a pointer to ``--help``, then what is wrong."""
+    return f"usage: {prog} ... (see {prog} --help)\n{prog}: error: {message}"
+
+
 def positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    value = _whole_number(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
     return value
@@ -46,8 +61,26 @@ def processes(text):
 
 
 def non_negative_int(text):
-    value = positive_int(text) if text != "0" else 0
+    value = _whole_number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
     return value
+
+
+def port(text):
+    """A TCP port to listen on, 0 for none: checked here, so that a bad one is a usage error rather
+    than an exception from ``bind`` after the process has connected to Redis."""
+    value = non_negative_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0..65535)")
+    return value
+
+
+def _whole_number(text):
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
 
 
 def positive_float(text):
@@ -67,15 +100,53 @@ def channel_spec(text):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+#: How JSON text that was meant as JSON starts (an object, an array, a string, a number).
+JSON_START = tuple('{["-0123456789')
+
+
 def json_value(text):
+    """An ARG or ``--kwargs``: a JSON value that a job can carry. Text that does not even start like
+    JSON was probably meant as a string, and the error says how to pass one; for broken JSON it says
+    what is broken instead (quoting it would not give the value meant)."""
+    try:
+        value = parse_json(text)
+        check_carried([value])
+    except ValueError as exc:
+        if text.lstrip().startswith(JSON_START):
+            raise argparse.ArgumentTypeError(f"{_shown(text)} is not a JSON value: {exc}") from None
+        raise argparse.ArgumentTypeError(f"{_shown(text)} is not a JSON value "
+                                         f"(quote strings: '\"{_shown(text)[1:-1]}\"')") from None
+    return value
+
+
+def parse_json(text):
+    """``json.loads``, with ValueError also for nesting too deep for Python's parser."""
     try:
         return json.loads(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a JSON value (quote strings: '\"{text}\"')") from None
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def check_carried(args=(), kwargs=None):
+    """Refuse, with ValueError, arguments that parse as JSON but no job can carry: NaN, Infinity, an
+    integer beyond 64 bits, nesting deeper than the codec goes. The job codec is the judge, as it
+    would be at submit, where its refusal would be an exception rather than a usage error."""
+    try:
+        _CODEC.encode_job(Job("0", "check", list(args), dict(kwargs or {})))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(str(exc)) from None
+
+
+_CODEC = JsonCodec()
+
+
+def _shown(text, limit=60):
+    """``text`` quoted for an error line, cut short: the line must stay one line a reader can take in."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="geventsched", description="Redis pub/sub job scheduler on gevent.")
+    parser = Parser(prog="geventsched", description="Redis pub/sub job scheduler on gevent.")
     parser.add_argument("--version", action="version", version=f"geventsched {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--redis-url", default=redis_url_from_env(),
@@ -111,7 +182,7 @@ def build_parser():
                         "endpoint for all")
     w.add_argument("--grace", type=float, default=30.0, help="seconds running jobs get at shutdown")
     w.add_argument("--raw-task", default="echo", help="task run for each raw-codec message (default echo)")
-    w.add_argument("--metrics-port", type=non_negative_int, default=9109, help="0 turns it off")
+    w.add_argument("--metrics-port", type=port, default=9109, help="0 turns it off")
 
     m = sub.add_parser("master", parents=[common, role], help="run the master",
                        description="Dispatch queued jobs to the workers' channels and collect results.")
@@ -127,7 +198,7 @@ def build_parser():
     m.add_argument("--max-inflight-bytes", type=positive_int, default=4 << 20,
                    help="bytes of jobs in flight per worker (default 4 MiB; keep it under Redis's "
                         "client-output-buffer-limit pubsub)")
-    m.add_argument("--metrics-port", type=non_negative_int, default=9108, help="0 turns it off")
+    m.add_argument("--metrics-port", type=port, default=9108, help="0 turns it off")
 
     s = sub.add_parser("submit", parents=[common], help="submit jobs",
                        description="Submit jobs; print their ids, or with --wait their results.")
@@ -162,17 +233,21 @@ def build_parser():
 
 def main(argv=None):
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # argparse would blame the top-level command; the subcommand's help is the one to see
+        print(usage_error(f"geventsched {args.command}", f"unrecognized arguments: {' '.join(unknown)}"),
+              file=sys.stderr)
+        return EXIT_USAGE
     if args.command in ("worker", "master", "bench"):
         tune_gc()
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     command = COMMANDS[args.command]
     try:
+        check_redis_url(args.redis_url)
         return command(args)
     except UsageError as exc:
-        print(f"usage: geventsched {args.command} ... (see --help)\ngeventsched {args.command}: error: {exc}",
-              file=sys.stderr)
+        print(usage_error(f"geventsched {args.command}", exc), file=sys.stderr)
         return EXIT_USAGE
     except GeventschedError as exc:
         print(f"geventsched {args.command}: error: {exc}", file=sys.stderr)
@@ -182,6 +257,37 @@ def main(argv=None):
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
+
+
+#: URL schemes of a Redis (``transport.connect``).
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")
+
+
+def check_redis_url(url):
+    """Refuse, with ConfigError, a URL that cannot name a Redis before anything uses it. redis-py
+    reads a database that is not a whole number (``redis://host/abc``) as database 0, and ``bench``
+    would take a URL that is no Redis URL at all for one where nothing answers and run against a
+    server of its own: either would run on without a word about the mistake."""
+    scheme, sep, _ = url.partition("://")
+    if not sep or scheme.lower() not in REDIS_SCHEMES:
+        raise ConfigError(f"bad Redis URL {transport.redact(url)!r}: it must start with "
+                          + ", ".join(f"{name}://" for name in REDIS_SCHEMES))
+    if scheme.lower() in ("redis", "rediss"):
+        database = urlsplit(url).path[1:]
+        if database and not (database.isascii() and database.isdigit()):
+            raise ConfigError(f"bad Redis URL {transport.redact(url)!r}: the database after the address must be "
+                              f"a whole number (0, 1, ...), not {database!r}")
+    if "+sentinel" in scheme:
+        return  # the sentinel client checks its URLs as it connects
+    client = transport.connect(url, check=False)  # what redis-py refuses as it reads the URL: a bad port, ...
+    if urlsplit(url).query:
+        try:  # ... and what it passes on for the connection to refuse: an unknown option
+            client.connection_pool.make_connection()  # made, not connected
+        except TypeError as exc:
+            unknown = re.search(r"unexpected keyword argument '([^']*)'", str(exc))
+            reason = f"unknown option {unknown.group(1)!r}" if unknown else str(exc)
+            raise ConfigError(f"bad Redis URL {transport.redact(url)!r}: {reason}") from None
+    client.close()
 
 
 def tune_gc():
@@ -285,12 +391,13 @@ def cmd_submit(args):
             print(handle.id)
         return EXIT_OK
     results = client.wait(handles, args.timeout)
-    failed = False
+    failed, missing = False, set()
     for handle in handles:
         result = results.get(handle.id)
         if result is None:
             print(f"job {handle.id} ({handle.task}): no result within {args.timeout:g}s", file=sys.stderr)
             failed = True
+            missing.add(handle.task)
         elif result.ok:
             print(result.value if result.raw else json.dumps(result.value))
         else:
@@ -299,7 +406,17 @@ def cmd_submit(args):
                   file=sys.stderr)
             failed = True
     sys.stdout.flush()
+    if missing:
+        _hint_why_no_result(client.redis, args.namespace, missing)
     return EXIT_FAILURE if failed else EXIT_OK
+
+
+def _hint_why_no_result(redis_client, namespace, tasks):
+    from geventsched.status import why_no_result
+
+    reasons = why_no_result(redis_client, namespace, tasks)
+    if reasons:
+        print(f"hint: {'; '.join(reasons)}", file=sys.stderr)
 
 
 def _job_specs(args):
@@ -315,26 +432,44 @@ def _job_specs(args):
 
 
 def _read_job_file(path):
+    """The jobs of a ``--file``, all or none: a bad line is a usage error, said with its number,
+    before anything is submitted (a half-submitted file could not simply be run again)."""
     try:
-        stream = sys.stdin if path == "-" else open(path, encoding="utf-8")
+        stream = sys.stdin.buffer if path == "-" else open(path, "rb")
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
     specs = []
     with stream:
         for number, line in enumerate(stream, 1):
-            if not line.strip():
-                continue
             try:
-                doc = json.loads(line)
-            except ValueError:
-                raise UsageError(f"{path}:{number}: not a JSON line") from None
-            if not isinstance(doc, dict) or not isinstance(doc.get("task"), str) \
-                    or not isinstance(doc.get("args", []), list) or not isinstance(doc.get("kwargs", {}), dict):
-                raise UsageError(f"{path}:{number}: expected {{\"task\": str, \"args\": [...], \"kwargs\": {{...}}}}")
-            specs.append((doc["task"], doc.get("args", []), doc.get("kwargs", {})))
+                spec = _job_line(line)
+            except ValueError as exc:
+                raise UsageError(f"{path}:{number}: {exc}; nothing was submitted") from None
+            if spec is not None:
+                specs.append(spec)
     if not specs:
         raise UsageError(f"{path}: no jobs")
     return specs
+
+
+def _job_line(line):
+    """``(task, args, kwargs)`` of one ``--file`` line, None for a blank one. Raises ValueError."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8 text") from None
+    if not text.strip():
+        return None
+    try:
+        doc = parse_json(text)
+    except ValueError as exc:
+        raise ValueError(f"not a JSON line ({exc})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("task"), str) \
+            or not isinstance(doc.get("args", []), list) or not isinstance(doc.get("kwargs", {}), dict):
+        raise ValueError('expected {"task": str, "args": [...], "kwargs": {...}}')
+    args, kwargs = doc.get("args", []), doc.get("kwargs", {})
+    check_carried(args, kwargs)
+    return doc["task"], args, kwargs
 
 
 def cmd_status(args):
@@ -350,7 +485,8 @@ def cmd_requeue_dead(args):
     from geventsched.store import Store
 
     client = _connect(args)
-    print(Store(client, Keys(args.namespace, cluster=transport.is_cluster(client))).requeue_dead(args.task))
+    count = Store(client, Keys(args.namespace, cluster=transport.is_cluster(client))).requeue_dead(args.task)
+    print(f"{count} dead job{'' if count == 1 else 's'} re-queued")
     return EXIT_OK
 
 

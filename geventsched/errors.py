@@ -33,9 +33,18 @@ class JobTimeout(GeventschedError):
 
 
 class JobFailed(GeventschedError):
-    """Raised by ``JobHandle.result()`` for a job that ended in error, timeout or dead letter."""
+    """Raised by ``JobHandle.result()`` for a job that ended in error, timeout or dead letter.
+
+    ``type`` is the error's type name (the exception class a task raised, ``JobTimeout``,
+    ``DeadLetter``, ...; the result's status when it carries no error), ``message`` its text and
+    ``traceback`` the task's traceback as the worker formatted it ("" where nothing raised). The
+    whole ``Result`` is ``result``.
+    """
 
     def __init__(self, result):
         error = result.error or {}
-        super().__init__(f"{error.get('type', result.status)}: {error.get('message', '')}")
+        self.type = error.get("type") or result.status
+        self.message = error.get("message") or ""
+        self.traceback = error.get("traceback") or ""
         self.result = result
+        super().__init__(f"{self.type}: {self.message}")

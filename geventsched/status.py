@@ -35,6 +35,27 @@ def assemble(beats, owners, counts):
     }
 
 
+def why_no_result(client, namespace, tasks):
+    """What Redis shows that keeps jobs of ``tasks`` from getting a result, as short phrases (none
+    when workers and a master are there: the jobs may simply still run): no live worker, no live
+    worker that lists a task (workers that list theirs in their heartbeat's ``tasks``), or no master
+    holding the lease."""
+    keys = Keys(namespace, cluster=transport.is_cluster(client))
+    live = [beat for beat in Store(client, keys).workers().values() if beat is not None]
+    reasons = []
+    if not live:
+        reasons.append("no worker is registered")
+    listed = [{name for name in beat["tasks"] if isinstance(name, str)} for beat in live
+              if isinstance(beat, dict) and isinstance(beat.get("tasks"), list)]
+    if listed:
+        unlisted = sorted({task for task in tasks if not any(task in names for names in listed)})
+        if unlisted:
+            reasons.append(f"no live worker lists task {', '.join(unlisted)}")
+    if not client.exists(keys.master):
+        reasons.append("no master is active")
+    return reasons
+
+
 def _worker(worker_id, beat, channels):
     return {"id": worker_id, "host": beat.get("host"), "pid": beat.get("pid"), "channels": channels,
             "concurrency": beat.get("concurrency"), "running": beat.get("running"), "queued": beat.get("queued"),

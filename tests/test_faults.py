@@ -549,7 +549,7 @@ def test_job_that_always_loses_its_worker_is_dead_lettered_then_requeued(spawn, 
     open(antidote, "w").close()
     keep_a_worker()
     done = run_cli("requeue-dead", "--redis-url", redis_url, "--namespace", namespace)
-    assert (done.returncode, done.stdout.strip()) == (0, "1"), done.stderr
+    assert (done.returncode, done.stdout.strip()) == (0, "1 dead job re-queued"), done.stderr
     assert handle.result(timeout=20) == "survived"
     client.close()
     assert_settled(r, redis_url, namespace, ok=1)
@@ -582,7 +582,7 @@ def test_job_past_its_deadline_on_every_attempt_is_dead_lettered_then_requeued(s
     assert snap["dead"] == 1, snap
 
     done = run_cli("requeue-dead", "--redis-url", redis_url, "--namespace", namespace)
-    assert (done.returncode, done.stdout.strip()) == (0, "1"), done.stderr
+    assert (done.returncode, done.stdout.strip()) == (0, "1 dead job re-queued"), done.stderr
     assert handle.result(timeout=20) == "late"
     client.close()
     assert_settled(r, redis_url, namespace, ok=1)

@@ -9,6 +9,7 @@ import redis
 from conftest import wait_until, workers_registered
 from geventsched.client import Client
 from geventsched.embedded import EmbeddedRedis
+from geventsched.keys import Keys
 
 TASKS = '''
 from geventsched.registry import App
@@ -21,6 +22,27 @@ def size(data):
     return len(data)
 '''
 BIG = "x" * (64 * 1024)
+#: Jobs of BIG that fit in the window of 256 KB: 3, and the first one of an empty window whatever its size.
+WINDOW_JOBS = 4
+
+
+def window_while_stalled(r, keys, seconds):
+    """Watch Redis while the worker reads nothing: ``(most jobs sent to it at once, jobs not sent
+    then)``. A job sent to a worker has an owner (``HSET owner``, in the write that publishes it); a
+    job not sent is in the intake, or claimed (in flight in Redis) but held by the master."""
+    wait_until(lambda: r.hlen(keys.owner), timeout=20, message="the first dispatch")
+    sent, held_back = 0, 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        pipe = r.pipeline(transaction=True)
+        pipe.hlen(keys.owner)
+        pipe.zcard(keys.inflight)
+        pipe.llen(keys.intake)
+        owned, claimed, queued = pipe.execute()
+        if owned >= sent:
+            sent, held_back = owned, claimed + queued - owned
+        time.sleep(0.05)
+    return sent, held_back
 
 
 def test_byte_window_keeps_a_stalled_worker_connected(spawn, namespace, tmp_path):
@@ -37,8 +59,12 @@ def test_byte_window_keeps_a_stalled_worker_connected(spawn, namespace, tmp_path
         handles = client.submit_many([("size", (BIG,), {}) for _ in range(400)], timeout=5)
         # Time for the master to send all the window lets it. Without the window, 25 MB would go: more
         # than the kernel's socket buffers hold, so Redis's own buffer would pass its limit.
-        time.sleep(1.5)
+        sent, held_back = window_while_stalled(r, Keys(namespace), seconds=1.5)
         worker.signal(signal.SIGCONT)
+        # The window held jobs back: at most what fits in 256 KB went to the stalled worker, the rest
+        # waited (claimed by the master or still in the intake) although its slots had room (4 x 1000).
+        assert 1 <= sent <= WINDOW_JOBS, (sent, held_back)
+        assert held_back >= 400 - WINDOW_JOBS, (sent, held_back)
         results = client.wait(handles, timeout=30)  # well before the 35 s deadline that a loss would take
         client.close()
         assert len(results) == 400
