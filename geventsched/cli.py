@@ -304,6 +304,15 @@ def _connect(args):
     return transport.connect(args.redis_url, cluster=True if args.cluster else None)
 
 
+def _connect_role(args):
+    """For worker and master, which are services: a Redis that does not answer yet (down, restarting,
+    not started) is waited for, said once and then once a minute, not a reason to exit (a supervisor
+    or systemd would count the exits and give up). Credentials, permissions and TLS still fail at once."""
+    from gevent.event import Event
+
+    return transport.connect(args.redis_url, cluster=True if args.cluster else None, wait=Event())
+
+
 def cmd_worker(args):
     if args.processes == "auto":
         args.processes = max(1, min(os.cpu_count() or 1, len(args.channels)))
@@ -313,7 +322,7 @@ def cmd_worker(args):
         if args.processes > len(args.channels):
             raise UsageError(f"--processes {args.processes} needs at least {args.processes} channels "
                              f"(--channels gives {len(args.channels)})")
-        node = supervisor.node_from_args(args, _connect(args))
+        node = supervisor.node_from_args(args)
         with _metrics_endpoint(supervisor.node_registry(node), args):
             return node.run()
 
@@ -329,10 +338,10 @@ def cmd_worker(args):
     if args.codec == "raw" and args.raw_task not in registry:
         raise UsageError(f"--raw-task {args.raw_task!r} is not a registered task")
     if not args.metrics_port:  # metrics off: nothing could read them, so do not count them either
-        return Worker(config, _connect(args), registry).run()
+        return Worker(config, _connect_role(args), registry).run()
     metrics_registry = metrics.new_registry()
     hooks = metrics.WorkerMetrics(metrics_registry, registry.names())
-    worker = Worker(config, _connect(args), registry, hooks=hooks)
+    worker = Worker(config, _connect_role(args), registry, hooks=hooks)
     hooks.bind(worker)
     with _metrics_endpoint(metrics_registry, args):
         lag = metrics.loop_lag_monitor(hooks.loop_lag)
@@ -352,11 +361,11 @@ def cmd_master(args):
                           durability=args.durability, max_payload=args.max_payload,
                           max_inflight_bytes=args.max_inflight_bytes)
     if not args.metrics_port:
-        return Master(config, _connect(args)).run()
+        return Master(config, _connect_role(args)).run()
     task_names = default_registry(_app_modules(args)).names()
     metrics_registry = metrics.new_registry()
     hooks = metrics.MasterMetrics(metrics_registry, task_names)
-    master = Master(config, _connect(args), hooks=hooks)
+    master = Master(config, _connect_role(args), hooks=hooks)
     hooks.bind(master)
     with _metrics_endpoint(metrics_registry, args):
         return master.run()
@@ -383,9 +392,14 @@ def _metrics_endpoint(registry, args):
 def cmd_submit(args):
     from geventsched.client import Client
 
+    from geventsched.errors import JobTooLarge
+
     specs = _job_specs(args)
     client = Client(_connect(args), args.namespace)
-    handles = client.submit_many(specs, timeout=args.job_timeout, reply=args.wait, max_retries=args.max_retries)
+    try:
+        handles = client.submit_many(specs, timeout=args.job_timeout, reply=args.wait, max_retries=args.max_retries)
+    except JobTooLarge as exc:
+        raise UsageError(str(exc)) from None
     if not args.wait:
         for handle in handles:
             print(handle.id)

@@ -8,20 +8,28 @@
 A job is in Redis (hash + intake list) before ``submit`` returns; the master need not run in this
 process, or at all yet. Results are stored with a TTL and also announced on this client's reply
 channel, so waiting works whether the result came before or after the wait began.
+
+An announcement is only a cue: the client reads the stored result and believes that, so a message
+someone else publishes on the reply channel (its name travels in every job) cannot pass for a
+result. Only a job with no record at all in Redis (``--durability none``, fire-and-forget) is
+answered by its announcement, which is then all there is.
 """
 
 import os
 import time
-from collections import deque
+from collections import OrderedDict, deque
 
 from geventsched import transport
-from geventsched.errors import DecodeError, JobFailed, RedisUnavailable
+from geventsched.errors import DecodeError, JobFailed, JobTooLarge, RedisUnavailable
 from geventsched.keys import Keys
-from geventsched.protocol import Job, JsonCodec
+from geventsched.protocol import DEFAULT_MAX_PAYLOAD, Job, JsonCodec
 from geventsched.store import Store
 
 #: Job ids are reserved from Redis's counter this many at a time (see ``Client._new_ids``).
 ID_BLOCK = 100
+#: Announcements read ahead of a wait and kept for it, at most; the oldest go first (their results
+#: stay in Redis until their TTL).
+HEARD_LIMIT = 100_000
 
 class JobHandle:
     __slots__ = ("id", "task", "_client")
@@ -49,15 +57,19 @@ class JobHandle:
 
 
 class Client:
-    def __init__(self, redis_client, namespace="", timeout=None):
+    def __init__(self, redis_client, namespace="", timeout=None, max_payload=DEFAULT_MAX_PAYLOAD):
+        """``max_payload``: the largest job record (bytes of JSON) ``submit`` accepts; keep it at the
+        workers' and master's ``--max-payload``, which refuse anything larger."""
         self.redis = redis_client
         self.keys = Keys(namespace, cluster=transport.is_cluster(redis_client))
         self.store = Store(redis_client, self.keys)
         self.codec = JsonCodec()
+        self.max_payload = max_payload
         self.timeout = timeout
         self.reply_channel = self.keys.reply_channel(os.urandom(8).hex())
         self._subscriber = None
         self._results = {}  # results that came in for jobs nobody has waited for yet
+        self._heard = OrderedDict()  # job id -> announcement read ahead of any wait for it
         self._spare_ids = deque()
 
     @classmethod
@@ -81,6 +93,7 @@ class Client:
         if reply:
             # Listen before the jobs exist: without durability a result is only announced, never stored.
             self._listen()
+            self._drain()
         ids = self._new_ids(len(specs))
         now = time.time()
         timeout = timeout if timeout is not None else self.timeout
@@ -89,9 +102,14 @@ class Client:
         for job_id, (task, args, kwargs) in zip(ids, specs):
             job = Job(job_id, task, list(args), dict(kwargs), timeout, reply_to, now, key, max_retries)
             try:
-                encoded.append((job_id, self.codec.encode_job(job)))
+                body = self.codec.encode_job(job)
             except (TypeError, ValueError) as exc:
                 raise TypeError(f"arguments of {task} are not JSON values: {exc}") from None
+            if len(body) > self.max_payload:
+                raise JobTooLarge(f"a job of {task} is {len(body)} bytes, over the max payload of "
+                                  f"{self.max_payload} (--max-payload): nothing was submitted; pass large "
+                                  f"data by reference (a key, a path, a URL)")
+            encoded.append((job_id, body))
             handles.append(JobHandle(self, job_id, task))
         self.store.submit(encoded)
         return handles
@@ -113,14 +131,39 @@ class Client:
         results = self._results
         return {h.id: results.pop(h.id) for h in handles if h.id in results}
 
+    def _drain(self):
+        """Read what the reply channel holds now, without waiting: a producer that submits with
+        replies and waits late, or never, must not let Redis's buffer for it grow until Redis cuts it
+        off. What is read is kept (bounded) for a later wait, which checks it as any announcement."""
+        heard = self._heard
+        try:
+            while True:
+                messages = self._subscriber.read(0)
+                if not messages:
+                    return
+                for _, data in messages:
+                    try:
+                        job_id = self.codec.decode_result(data).id
+                    except DecodeError:
+                        continue
+                    heard[job_id] = data
+                    if len(heard) > HEARD_LIMIT:
+                        heard.popitem(last=False)
+        except transport.ConnectionLost:
+            self._subscriber.close()
+            self._subscriber = None
+            self._listen()  # a wait reads the stored results of anything announced meanwhile
+
     def _collect(self, want, timeout):
         deadline = None if timeout is None else time.monotonic() + timeout
+        early = [self._heard.pop(job_id) for job_id in sorted(want) if job_id in self._heard]
+        if early:
+            self._announced(early, want)
+            if not want:
+                return
         self._listen()
         # Subscribed first, then read what is stored: a result can't slip between the two.
-        ids = sorted(want)
-        for job_id, data in zip(ids, self.store.get_results(ids)):
-            if data is not None:
-                self._keep(data, want)
+        self._read_stored(want)
         while want:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
@@ -130,8 +173,8 @@ class Client:
             except transport.ConnectionLost:
                 self._relisten(want, deadline)
                 continue
-            for _, data in messages:
-                self._keep(data, want)
+            if messages:
+                self._announced([data for _, data in messages], want)
 
     def _relisten(self, want, deadline):
         """Redis went away while we waited: listen again, then read what was stored meanwhile.
@@ -142,10 +185,7 @@ class Client:
         while True:
             try:
                 self._listen()
-                ids = sorted(want)
-                for data in self.store.get_results(ids):
-                    if data is not None:
-                        self._keep(data, want)
+                self._read_stored(want)
                 return
             except transport.RedisError as exc:
                 self._subscriber = None
@@ -158,12 +198,42 @@ class Client:
         if self._subscriber is None:
             self._subscriber = transport.subscribe(self.redis, [self.reply_channel])
 
+    def _read_stored(self, want):
+        ids = sorted(want)
+        for data in self.store.get_results(ids):
+            if data is not None:
+                self._keep(data, want)
+
+    def _announced(self, messages, want):
+        """Announcements of results: keep the stored result of each job we wait for (see the module
+        docstring), or the announcement itself for a job that has no record in Redis."""
+        heard = {}
+        for data in messages:
+            try:
+                result = self.codec.decode_result(data)
+            except DecodeError:
+                continue
+            # Results of jobs nobody waits for are not kept: they stay in Redis until their TTL.
+            if result.id in want:
+                heard[result.id] = result
+        if not heard:
+            return
+        ids = sorted(heard)
+        stored = self.store.get_results(ids)
+        unrecorded = [job_id for job_id, data in zip(ids, stored) if data is None]
+        queued = dict(zip(unrecorded, self.store.jobs_exist(unrecorded))) if unrecorded else {}
+        for job_id, data in zip(ids, stored):
+            if data is not None:
+                self._keep(data, want)
+            elif not queued[job_id]:
+                self._results[job_id] = heard[job_id]
+                want.discard(job_id)
+
     def _keep(self, data, want):
         try:
             result = self.codec.decode_result(data)
         except DecodeError:
             return
-        # Results of jobs nobody waits for are not kept: they stay in Redis until their TTL.
         if result.id in want:
             self._results[result.id] = result
             want.discard(result.id)

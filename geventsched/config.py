@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from geventsched.protocol import DEFAULT_MAX_PAYLOAD
 from geventsched.registry import DEFAULT_TIMEOUT
-from geventsched.store import DEFAULT_RESULT_TTL
+from geventsched.store import DEADLINE_SLACK, DEFAULT_RESULT_TTL
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 #: ``redis``: at least once, job state and results recorded in Redis. ``none``: the original
@@ -53,7 +53,10 @@ class MasterConfig:
     prefetch: int = 0
     #: Per-channel cap for static channels, whose worker never told us its capacity.
     static_prefetch: int = 100
+    #: Time limit of a job whose task no worker registered (the deadline is the limit plus the slack).
     default_timeout: float = DEFAULT_TIMEOUT
+    #: Seconds past a job's time limit before its dispatch counts as lost: time queued on the worker.
+    deadline_slack: float = DEADLINE_SLACK
     max_attempts: int = 3
     #: The master lease: a standby master takes over this long after the active one stopped renewing.
     lease_ttl: float = 5.0

@@ -20,6 +20,10 @@ class ChannelConflict(GeventschedError):
     """A dispatch channel is already held by another live worker."""
 
 
+class JobTooLarge(GeventschedError, ValueError):
+    """A job whose record is larger than any worker takes (``--max-payload``): refused at submit."""
+
+
 class DecodeError(GeventschedError):
     """A message could not be decoded. ``reason`` is a short label from a fixed set."""
 

@@ -47,7 +47,15 @@ class MasterHooks:
         """A result came back: submit-to-result ``latency`` in seconds."""
 
     def on_unknown_result(self):
-        """A result for a job this master is not waiting for (unknown, or already finished)."""
+        """A result for a job this master is not waiting for (unknown, already finished, or without
+        the token of the job's dispatch in flight)."""
+
+    def on_lost(self, count):
+        """``count`` dispatches were given up without a result (``--durability none``: a lost message,
+        a refused one, or a worker gone)."""
+
+    def on_tasks(self, names):
+        """The task names the workers registered (read again when the set of workers changes)."""
 
     def on_reconnect(self, what):
         """A connection to Redis was lost and made again."""

@@ -15,7 +15,9 @@ Keys:
     geventsched:jobs              hash  id -> encoded job (queued or in flight)
     geventsched:intake            list  ids waiting for the master, oldest first
     geventsched:inflight          zset  id -> deadline (unix seconds) of dispatched jobs
-    geventsched:owner             hash  id -> worker a dispatched job went to (found again after a master restart)
+    geventsched:dispatched        hash  id -> "<token> <worker>": the dispatch in flight, its token (results must
+                                  carry it) and the worker it went to (found again after a master restart)
+    geventsched:tasks             hash  task name -> JSON of its options (time limit), written by workers
     geventsched:attempts          hash  id -> dispatches that ended without a result (requeued)
     geventsched:retries           hash  id -> retries after failures so far
     geventsched:scheduled         zset  id -> when a failed job runs again (retry backoff)
@@ -53,7 +55,8 @@ class Keys:
         self.intake = own + "intake"
         self.inflight = own + "inflight"
         self.attempts = own + "attempts"
-        self.owner = own + "owner"
+        self.dispatched = own + "dispatched"
+        self.tasks = own + "tasks"
         self.dead = own + "dead"
         self.retries = own + "retries"
         self.scheduled = own + "scheduled"

@@ -8,21 +8,24 @@ Greenlets:
               is subscribed there: the job goes back to the front of the line and the channel sits
               out until discovery (or, for static channels, a short cool-down) brings it back.
 * collector   reads CHANNEL_RESULT (and the intake's wake-up channel) through hiredis; each result
-              frees its channel's slot. Results for jobs it does not know are counted and ignored.
+              that carries its dispatch's token frees its channel's slot (``ledger.py``). Others
+              (unknown jobs, stale copies, a stranger's) are counted and ignored.
 * discovery   once a second: live workers and the channels they hold; a worker that stopped
               heartbeating loses its channels and its in-flight jobs go back to the intake.
 * reaper      once a second: in-flight jobs past their deadline go back to the intake, or to the
-              dead-letter list after the last attempt.
+              dead-letter list after the last attempt (without durability: dispatches past their
+              deadline are forgotten, and their slots come back).
 
-The master keeps only soft state in memory (which channel holds which job); everything a restart
-needs is in Redis (``store.py``).
+Every loop is watched (``loops.py``): one that dies stops the master with exit 1, lease released.
+A master that loses its lease to another goes back to standing by. The master keeps only soft state
+in memory (which channel holds which job); everything a restart needs is in Redis (``store.py``).
 """
 
 import logging
 import os
 import signal
 import time
-from collections import defaultdict, deque
+from collections import deque
 
 import gevent
 from gevent.event import Event
@@ -33,8 +36,10 @@ from geventsched.errors import DecodeError, GeventschedError
 from geventsched.hooks import MasterHooks, guarded
 from geventsched.keys import Keys
 from geventsched.lease import Lease
+from geventsched.ledger import Ledger, new_tokens
+from geventsched.loops import Loops
 from geventsched.protocol import RETRY, Job, JsonCodec, error_result, make_codec
-from geventsched.store import CLAIM_GRACE, DEADLINE_SLACK, Store
+from geventsched.store import CLAIM_GRACE, Outcome, Store
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +61,10 @@ class Master:
         self.strategy = get_strategy(config.strategy)
         self.table = ChannelTable()
         self.pending = deque()  # claimed jobs waiting for a channel
-        self.in_flight = {}  # job id -> (job, channel, size of its message)
-        # Bytes in flight per subscriber (worker id, or channel name for workers that never register):
-        # Redis cuts off a subscriber whose output buffer outgrows client-output-buffer-limit pubsub.
-        self._window = defaultdict(int)
+        # Without durability nothing in Redis reaps a dispatch that never answers: it expires here.
+        self.ledger = Ledger(self.table, expires=not self.durable)
         self.workers = {}  # worker id -> last heartbeat
+        self.task_timeouts = {}  # task name -> time limit, as the workers registered them
         self._static = [self.keys.dispatch_channel(c) for c in config.channels]
         self._benched = {}  # static channel name -> (time it may come back, cap)
         self._stale = False  # a discovered channel answered PUBLISH = 0: ask Redis again
@@ -68,67 +72,105 @@ class Master:
         self._local_prefix = f"m{os.urandom(3).hex()}-"  # ids of submit_local jobs
         self._local_seq = 0
         self._wake = Event()
-        self._stop = Event()
-        self._greenlets = []
+        self._shutdown = Event()  # a signal or stop(): the master is done
+        self._stop = Event()  # this term as the active master is over (shutdown, lease lost, a loop died)
+        self._loops = Loops("master", self._on_loop_death)
         self._subscriber = None
         self._publisher = transport.Publisher(client, self.keys.inflight)
         self._publisher_broken = False
         self.lease = Lease(client, self.keys.master, config.lease_ttl)
         self.lease_lost = False
 
+    @property
+    def in_flight(self):
+        """Jobs dispatched and not answered (the ledger)."""
+        return self.ledger
+
     # -- lifecycle -------------------------------------------------------------------------------
 
     def start(self):
         """Take the master lease (standing by while another master holds it), then start the loops.
         Returns False if ``stop()`` came first."""
-        if not self.lease.acquire(self._stop):
+        if not self.lease.acquire(self._shutdown):
             return False
-        self._greenlets.append(self.lease.spawn_keeper(self._stop, self._lose_lease))
+        self._loops.spawn("lease", self.lease.keep, self._stop, self._lose_lease)
         self._subscriber = self._subscribe()
         for name in self._static:
             self.table.add(name.encode(), None, self.config.prefetch or self.config.static_prefetch)
         if not self._static:
             self._discover()
-        self._greenlets += [gevent.spawn(self._collect_loop), gevent.spawn(self._dispatch_loop)]
-        if self.durable:
-            self._greenlets.append(gevent.spawn(self._every, self.config.reap_interval, self._reap))
+        self._loops.spawn("collector", self._collect_loop)
+        self._loops.spawn("dispatcher", self._dispatch_loop)
+        self._loops.spawn("reaper", self._every, self.config.reap_interval,
+                          self._reap if self.durable else self._expire)
         if not self._static:
-            self._greenlets.append(gevent.spawn(self._every, self.config.discovery_interval, self._discover))
+            self._loops.spawn("discovery", self._every, self.config.discovery_interval, self._discover)
         log.info("master: %d channels, strategy %s, codec %s, durability %s%s", len(self.table),
                  self.config.strategy, self.codec.name, self.config.durability,
                  ", Redis Cluster" if self.keys.cluster else "")
         return True
 
     def run(self):
-        """Serve until SIGTERM/SIGINT (standing by first if another master is active). Returns the exit
-        code: 1 if the lease was lost to another master."""
-        handlers = [gevent.signal_handler(sig, self._stop.set) for sig in (signal.SIGTERM, signal.SIGINT)]
+        """Serve until SIGTERM/SIGINT (standing by first if another master is active, and again after
+        losing the lease to another). Returns the exit code: 1 if a loop died."""
+        handlers = [gevent.signal_handler(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)]
         try:
-            if self.start():
+            while self.start():
                 self._stop.wait()
+                if not self.lease_lost or self._shutdown.is_set():
+                    break
+                self._stand_down()
         finally:
             for handler in handlers:
                 handler.cancel()
             self.stop()
-        return 1 if self.lease_lost else 0
+        return 1 if self._loops.failure else 0
+
+    def _on_signal(self):
+        self._shutdown.set()
+        self._stop.set()
+
+    def _on_loop_death(self, name, exc):
+        self._shutdown.set()
+        self._stop.set()
+        self._wake.set()
 
     def _lose_lease(self):
         self.lease_lost = True
         self._stop.set()
 
+    def _stand_down(self):
+        """Another master holds the lease now: stop dispatching, forget this term's soft state (the
+        jobs it held are in Redis, the new master's to reap) and stand by again."""
+        log.warning("master: standing by again; the jobs this master held are the active master's now")
+        self._loops.kill()
+        self._close_connections()
+        self.pending.clear()
+        self.ledger.clear()
+        for name in list(self.table.by_name):
+            self.table.remove(name)
+        self.workers = {}
+        self._stop = Event()
+        self.lease_lost = False
+
     def stop(self):
         """Stop the loops and put claimed, undispatched jobs back on the intake. Jobs in flight stay
         recorded in Redis for the next master (``--durability redis``)."""
+        self._shutdown.set()
         self._stop.set()
         self._wake.set()
-        gevent.killall(self._greenlets, timeout=5)
+        self._loops.kill()
         if not self.lease_lost:
             self._return_pending()
             self.lease.release()
+        self._close_connections()
+        log.info("master: stopped with %d jobs in flight", len(self.ledger))
+
+    def _close_connections(self):
         if self._subscriber is not None:
             self._subscriber.close()
+            self._subscriber = None
         self._publisher.close()
-        log.info("master: stopped with %d jobs in flight", len(self.in_flight))
 
     def _return_pending(self):
         jobs, self.pending = list(self.pending), deque()
@@ -136,7 +178,7 @@ class Master:
             return
         try:
             if self.durable:
-                self.store.requeue([job.id for job in jobs])
+                self.store.requeue([(job.id, None) for job in jobs], trusted=True)
             else:
                 self.store.submit([(job.id, self.stored.encode_job(job)) for job in jobs], front=True)
         except transport.RedisError as exc:
@@ -160,7 +202,8 @@ class Master:
         return ids
 
     def _every(self, interval, step):
-        while not self._stop.wait(interval):
+        stop = self._stop
+        while not stop.wait(interval):
             try:
                 step()
             except transport.RedisError as exc:
@@ -201,14 +244,10 @@ class Master:
             claimed = self.store.take(room)
         handed_back = 0
         for job_id, body, attempt in claimed:
-            try:
-                job = self.stored.decode_job(body)
-            except DecodeError as exc:
-                log.error("master: job %s in the intake is unreadable (%s); recording it as failed", job_id, exc)
-                self.store.finish([(job_id, "error", self.stored.encode_result(error_result(
-                    _Unreadable(job_id), "error", "DecodeError", str(exc))), "")], announce=False)
+            job = self._readable(job_id, body)
+            if job is None:
                 continue
-            if self._free(job_id) is not None:  # handed back by its worker, or re-queued
+            if self.ledger.pop(job_id) is not None:  # handed back by its worker, or re-queued
                 handed_back += 1
             if attempt == 1:
                 self.hooks.on_submitted(job)
@@ -216,60 +255,98 @@ class Master:
         if handed_back:
             self.hooks.on_redispatched("handed_back", handed_back)
 
+    def _readable(self, job_id, body):
+        """The job of a claimed record, or None after recording why it cannot be dispatched: a record
+        that does not decode, or one larger than any worker takes (``--max-payload``), fails at once
+        with an error its waiter hears, rather than being sent to fail on every worker in turn."""
+        try:
+            job = self.stored.decode_job(body, max_payload=None)
+        except DecodeError as exc:
+            log.error("master: job %s in the intake is unreadable (%s); recording it as failed", job_id, exc)
+            self._record_failure(_Unreadable(job_id), "DecodeError", str(exc))
+            return None
+        if len(body) > self.config.max_payload:
+            log.error("master: job %s (%s) is %d bytes, over the max payload of %d; recording it as failed",
+                      job_id, job.task, len(body), self.config.max_payload)
+            self._record_failure(job, "PayloadTooLarge", f"the job is {len(body)} bytes, over the max payload "
+                                 f"of {self.config.max_payload} (--max-payload)")
+            return None
+        return job
+
+    def _record_failure(self, job, exc_type, message):
+        result = error_result(job, "error", exc_type, message)
+        if not self.durable:  # nothing to record: tell the waiter, if any
+            if job.reply:
+                self.store.announce(job.reply, self.stored.encode_result(result))
+            return
+        self.store.finish([Outcome(job.id, "error", self.stored.encode_result(result), getattr(job, "reply", None),
+                                   None)], announce=False, trusted=True)
+        self.hooks.on_finished(job, "error", time.time() - (getattr(job, "submitted_at", 0) or time.time()))
+
+    def deadline_for(self, job, now=None):
+        """When a dispatch of ``job`` counts as lost: its time limit (the job's, else its task's as the
+        workers registered it, else the default) plus slack for time queued on the worker."""
+        limit = job.timeout or self.task_timeouts.get(job.task) or self.config.default_timeout
+        return (now or time.time()) + limit + self.config.deadline_slack
+
     def _dispatch(self):
         """Publish pending jobs to channels with room. Returns True if any job was sent."""
-        pending, table, choose = self.pending, self.table, self.strategy
-        encode, in_flight, window = self.codec.encode_job, self.in_flight, self._window
-        budget = self.config.max_inflight_bytes
-        sent, messages = [], []
-        while pending:
+        pending, table, choose, ledger = self.pending, self.table, self.strategy, self.ledger
+        encode, budget = self.codec.encode_dispatch, self.config.max_inflight_bytes
+        sent, messages, full = [], [], {}  # full: channels of subscribers whose window is full -> cap
+        tokens = new_tokens(min(len(pending), self.table.free_slots() or 1))
+        now = time.time()
+        while pending and len(sent) < len(tokens):
             job = pending[0]
             channel = choose(table, job)
             if channel is None:
                 break
-            payload = encode(job)
+            token = tokens[len(sent)]
+            payload = encode(job, token)
             subscriber = channel.worker or channel.name
-            size = len(payload)
-            if window[subscriber] + size > budget and window[subscriber]:
-                break  # that subscriber's output buffer is full enough: wait for results
+            held = ledger.bytes(subscriber)
+            if held and held + len(payload) > budget:
+                # That subscriber's output buffer is full enough: its channels sit out this round
+                # (cap 0), the others go on.
+                full[channel] = channel.cap
+                table.total_cap -= channel.cap
+                channel.cap = 0
+                continue
             pending.popleft()
-            table.acquire(channel)
-            window[subscriber] += size
-            in_flight[job.id] = (job, channel, size)
-            sent.append((job, channel))
+            entry = ledger.add(job, channel, len(payload), token, self.deadline_for(job, now))
+            sent.append(entry)
             messages.append((channel.name, payload))
+        for channel, cap in full.items():
+            channel.cap = cap
+            table.total_cap += cap
         if not sent:
             return False
-        now = time.time()
         commands = []
-        if self.durable:  # in the same write: published jobs get their full deadline and their owner
-            base, default = int(now + DEADLINE_SLACK), self.config.default_timeout
-            commands.append(self.store.deadline_command(
-                [(base + int(job.timeout or default), job.id) for job, _ in sent]))
-            owners = [(job.id, channel.worker) for job, channel in sent if channel.worker]
-            if owners:
-                commands.append(self.store.owner_command(owners))
+        if self.durable:  # in the same write: published jobs get their full deadline and their dispatch record
+            commands.append(self.store.deadline_command([(int(e.deadline), e.job.id) for e in sent]))
+            commands.append(self.store.dispatch_command([(e.job.id, e.token, e.channel.worker) for e in sent]))
         try:
             replies = self._publisher.send(messages, commands)
         except transport.ConnectionLost:
             # Nothing is known to have gone out: the whole batch waits for the next connection.
-            for job, _ in sent:
-                self._free(job.id)
-            pending.extendleft(reversed([job for job, _ in sent]))
+            for entry in sent:
+                ledger.pop(entry.job.id)
+            pending.extendleft(reversed([entry.job for entry in sent]))
             raise
         if self._publisher_broken:
             self._publisher_broken = False
             self.hooks.on_reconnect("dispatch")
         missed = []
-        for (job, channel), receivers in zip(sent, replies):
+        for entry, receivers in zip(sent, replies):
+            job = entry.job
             if receivers and not transport.is_error(receivers):
                 self.hooks.on_dispatched(job, now - job.submitted_at, receivers)
                 continue
             reason = "redis_error" if transport.is_error(receivers) else "no_subscriber"
             self.hooks.on_dispatch_failed(reason)
-            self._free(job.id)
+            ledger.pop(job.id)
             missed.append(job)
-            self._bench(channel, reason, receivers)
+            self._bench(entry.channel, reason, receivers)
         pending.extendleft(reversed(missed))
         return len(missed) < len(sent)
 
@@ -321,23 +398,26 @@ class Master:
             return
         self._take_result(result, raw_results)
 
-    def _take_result(self, result, raw_results):
-        entry = self._free(result.id)
-        if entry is None:
+    def _take_result(self, result, raw_results, trusted=False):
+        """A result frees its slot only if it answers the dispatch in flight: the same token (the raw
+        codec has none), or ``trusted`` (read back from Redis, where only such results are recorded)."""
+        entry = self.ledger.get(result.id)
+        if entry is None or not (trusted or self.raw or result.token == entry.token):
             self.hooks.on_unknown_result()
             return
-        job = entry[0]
+        self.ledger.pop(result.id)
+        job = entry.job
         if result.status == RETRY:  # failed, scheduled to run again: the slot is free, the job not done
             self.hooks.on_redispatched("retry", 1)
             return
         if self.raw:
-            raw_results.append((job.id, "ok", self.stored.encode_result(result), job.reply))
+            raw_results.append(Outcome(job.id, "ok", self.stored.encode_result(result), job.reply, entry.token))
         self.hooks.on_finished(job, result.status, time.time() - job.submitted_at)
 
     def _record_raw(self, results):
         """The original slaves record nothing: in raw mode the master writes their results."""
         try:
-            self.store.finish(results, announce=False)
+            self.store.finish(results, announce=False, trusted=True)
         except transport.RedisError as exc:
             log.warning("master: recording %d raw results failed: %s", len(results), transport.describe(exc))
 
@@ -353,13 +433,13 @@ class Master:
     def _reconcile(self):
         """Results announced while we were not listening are lost to us, not to Redis: read the
         stored results of every job we think in flight, and finish those that have one."""
-        if not self.durable or not self.in_flight:
+        if not self.durable or not len(self.ledger):
             return
-        ids = list(self.in_flight)
+        ids = self.ledger.ids()
         stored = [data for data in self.store.get_results(ids) if data is not None]
         for data in stored:
             try:
-                self._take_result(self.stored.decode_result(data), [])
+                self._take_result(self.stored.decode_result(data), [], trusted=True)
             except DecodeError as exc:
                 log.warning("master: ignored an unreadable stored result: %s", exc)
         if stored:
@@ -375,31 +455,28 @@ class Master:
             self.store.extend([job.id for job in self.pending], time.time() + CLAIM_GRACE)
         requeued, dead = self.store.reap(self.config.max_attempts)
         for job_id in requeued:
-            self._forget(job_id)
+            self.ledger.pop(job_id)
         if requeued:
             log.warning("master: %d jobs re-queued (%s)", len(requeued), reason.replace("_", " "))
             self.hooks.on_redispatched(reason, len(requeued))
             self._wake.set()
         for job_id in dead:
-            job = self._forget(job_id)
-            if job is not None:
-                self.hooks.on_finished(job, "dead", time.time() - job.submitted_at)
+            entry = self.ledger.pop(job_id)
+            if entry is not None:
+                self.hooks.on_finished(entry.job, "dead", time.time() - entry.job.submitted_at)
         if dead:
             log.warning("master: %d jobs ran out of attempts, dead-lettered", len(dead))
+        self.store.trim_dead()
 
-    def _forget(self, job_id):
-        entry = self._free(job_id)
-        return None if entry is None else entry[0]
-
-    def _free(self, job_id):
-        """Forget a job in flight: its channel slot and its bytes are free again. Returns its entry
-        ``(job, channel, size)``, or None if it was not in flight here."""
-        entry = self.in_flight.pop(job_id, None)
-        if entry is not None:
-            _, channel, size = entry
-            self.table.release(channel)
-            self._window[channel.worker or channel.name] -= size
-        return entry
+    def _expire(self):
+        """Without durability: forget dispatches past their deadline (their message was lost, refused,
+        or their worker went away), so their slots come back."""
+        expired = self.ledger.expired(time.time())
+        if expired:
+            log.warning("master: %d dispatches got no result by their deadline; given up (durability none)",
+                        len(expired))
+            self.hooks.on_lost(len(expired))
+            self._wake.set()
 
     def _discover(self):
         workers = self.store.workers()
@@ -410,7 +487,17 @@ class Master:
         if live.keys() != self.workers.keys() or gone or self._stale:
             self._stale = False
             self._refresh_channels(live)
+            self._learn_tasks()
+        self._mismatched.intersection_update(workers)
         self.workers = live
+
+    def _learn_tasks(self):
+        """Task names and time limits from the workers' registrations: deadlines then follow each
+        task's own limit, and the metrics label each registered task by its name."""
+        options = self.store.task_options()
+        self.task_timeouts = {name: float(o["timeout"]) for name, o in options.items()
+                              if isinstance(o.get("timeout"), (int, float)) and 0 < o["timeout"] < 10**9}
+        self.hooks.on_tasks(sorted(options))
 
     def _compatible(self, worker_id, beat):
         mode = beat.get("durability", "redis")
@@ -425,18 +512,20 @@ class Master:
     def _lose_worker(self, worker_id):
         log.warning("master: worker %s stopped heartbeating; taking its channels away", worker_id)
         self.store.release_worker(worker_id)
-        lost = [job_id for job_id, (_, ch, _) in self.in_flight.items() if ch.worker == worker_id]
+        for channel in [c for c in self.table.order if c.worker == worker_id]:
+            self.table.remove(channel.name)  # before its jobs go back: none may be sent to it again
+        lost = self.ledger.held_by(worker_id)
         for job_id in lost:
-            self._forget(job_id)
-        if self.durable:  # and those a master before us sent it
-            lost = sorted(set(lost).union(self.store.owned_by(worker_id)))
+            self.ledger.pop(job_id)
         if not self.durable:
             if lost:
                 log.warning("master: %d jobs were in flight on worker %s and are lost (durability none)",
                             len(lost), worker_id)
+                self.hooks.on_lost(len(lost))
             return
-        # Through the reaper, so a job that keeps killing its workers ends in the dead letters.
-        self.store.expire_now(lost)
+        # And those a master before us sent it; through the reaper, so a job that keeps killing its
+        # workers ends in the dead letters.
+        self.store.expire_now(sorted(set(lost).union(self.store.owned_by(worker_id))))
         self._reap(reason="worker_lost")
 
     def _refresh_channels(self, live):
@@ -444,7 +533,7 @@ class Master:
         held = {}
         for channel, worker_id in owners.items():
             beat = live.get(worker_id)
-            if beat is not None:
+            if beat is not None and not beat.get("draining"):
                 held[channel.encode()] = (worker_id, self._cap(beat))
         for name in [c.name for c in self.table.order if c.name not in held]:
             self.table.remove(name)
@@ -456,7 +545,10 @@ class Master:
     def _cap(self, beat):
         if self.config.prefetch:
             return self.config.prefetch
-        return max(1, int(beat.get("capacity", 100)) // max(1, int(beat.get("channels", 1))))
+        try:
+            return max(1, int(beat.get("capacity", 100)) // max(1, int(beat.get("channels", 1))))
+        except (TypeError, ValueError):  # a heartbeat someone else wrote
+            return 1
 
 
 class _Unreadable:
@@ -465,3 +557,6 @@ class _Unreadable:
     def __init__(self, job_id):
         self.id = job_id
         self.task = ""
+        self.token = None
+        self.reply = None
+        self.submitted_at = 0

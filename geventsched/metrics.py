@@ -53,6 +53,9 @@ REJECT_REASONS = ("empty", "too_large", "not_utf8", "invalid_json", "not_an_obje
                   "missing_field", "bad_field", "unknown_task")
 DISPATCH_FAILURE_REASONS = ("no_subscriber", "redis_error")
 REDISPATCH_REASONS = ("deadline", "worker_lost", "handed_back", "retry")
+#: Task names the master takes from the workers' registrations for its ``task`` label, at most: the
+#: registrations are written by workers, and a bound keeps the series bounded whatever is written there.
+MAX_LEARNT_TASKS = 1000
 WORKER_CONNECTIONS = ("subscriber",)
 MASTER_CONNECTIONS = ("dispatch", "collector")
 
@@ -91,6 +94,7 @@ class Family:
         self._fallbacks = tuple(fallbacks)
         self._bounds = tuple(float(b) for b in buckets) if buckets is not None else None
         self._children = {}
+        self._eager = eager
         if eager or not self.labels:
             for key in itertools.product(*allowed):
                 self._children[key] = self._new_child()
@@ -113,6 +117,18 @@ class Family:
             # Cached under the clamped key only: unknown input never grows this dict.
             child = self._children[key] = self._new_child()
         return child
+
+    def allow(self, position, values):
+        """Admit more values for the label at ``position`` (task names learnt at run time); with
+        ``eager`` their series appear at once."""
+        new = frozenset(values) - self._allowed[position]
+        if not new:
+            return
+        self._allowed[position] |= new
+        if self._eager:
+            for key in itertools.product(*[new if i == position else allowed
+                                           for i, allowed in enumerate(self._allowed)]):
+                self._children.setdefault(key, self._new_child())
 
     def _new_child(self):
         return Count() if self._bounds is None else Distribution(self._bounds)
@@ -309,6 +325,9 @@ class MasterMetrics(MasterHooks):
                                   "Time from submission to dispatch.", buckets=LATENCY_BUCKETS).get()
         self._unknown_results = Family(registry, "geventsched_master_results_unknown_total",
                                        "Results for jobs this master was not waiting for.").get()
+        self._lost = Family(registry, "geventsched_master_jobs_lost_total",
+                            "Dispatches given up without a result (durability none).").get()
+        self._by_task = [self._submitted, self._dispatched, self._finished, self._latency]
         self._reconnects = Family(registry, "geventsched_master_reconnects_total",
                                   "Redis connections lost and made again.", ["what"], [MASTER_CONNECTIONS], [OTHER],
                                   eager=True)
@@ -348,6 +367,14 @@ class MasterMetrics(MasterHooks):
 
     def on_unknown_result(self):
         self._unknown_results.inc()
+
+    def on_lost(self, count):
+        self._lost.inc(count)
+
+    def on_tasks(self, names):
+        names = [name for name in names if isinstance(name, str)][:MAX_LEARNT_TASKS]
+        for family in self._by_task:
+            family.allow(0, names)
 
     def on_reconnect(self, what):
         self._reconnects.get(what).inc()

@@ -3,10 +3,16 @@
 The default codec ``json`` (version 1) is self-describing JSON with a ``"v"`` field::
 
     job:    {"v": 1, "id": "42", "task": "echo", "args": [1], "kwargs": {}, "timeout": 300.0,
-             "reply": "geventsched:reply:ab12", "ts": 1767225600.123}
-    result: {"v": 1, "id": "42", "task": "echo", "status": "ok", "value": 1}
+             "reply": "geventsched:reply:ab12", "ts": 1767225600.123, "tok": "5f0c9a01e2b37"}
+    result: {"v": 1, "id": "42", "task": "echo", "status": "ok", "value": 1, "tok": "5f0c9a01e2b37"}
             {"v": 1, "id": "42", "task": "fail", "status": "error",
              "error": {"type": "RuntimeError", "message": "boom", "traceback": "..."}}
+
+``tok`` is the dispatch token: the master draws one per dispatch, keeps it with the job's in-flight
+record, and the worker repeats it in the result. A result counts (it is recorded, and it frees the
+master's slot) only with the token of the dispatch in flight, so a message published by a stranger,
+or by a copy of the job that was dispatched again meanwhile, changes nothing. Jobs in Redis carry no
+token; the master adds it to the stored record as it publishes it (``encode_dispatch``).
 
 The ``raw`` codec speaks the original design's protocol: a dispatch message is the bare job id, and
 the worker publishes the same bytes back as the result.
@@ -24,7 +30,9 @@ VERSION = 1
 STATUSES = ("ok", "error", "timeout", "dead")
 #: Announced to the master when a failed job is scheduled to run again; never a job's result.
 RETRY = "retry"
-DEFAULT_MAX_PAYLOAD = 1 << 20  # 1 MiB, ``--max-payload``
+DEFAULT_MAX_PAYLOAD = 1 << 20  # 1 MiB, ``--max-payload``: the largest job record
+#: What a dispatch adds to a job's record (its token): a worker takes messages this much larger.
+DISPATCH_ROOM = 64
 
 # orjson: ten times faster than the json module both ways on our messages (bench/README.md), strict
 # JSON on input (no NaN/Infinity, UTF-8 only). On output it would write NaN and Infinity as null, so
@@ -64,6 +72,8 @@ class Job:
     key: str | None = None
     #: Retries after a failure (error or timeout); None = the task's own setting.
     max_retries: int | None = None
+    #: The dispatch token (see the module docstring); None in a job that was not dispatched.
+    token: str | None = None
     #: The message this job was decoded from: the JSON codec sends it on unchanged (the master
     #: dispatches the stored record as it is), the raw codec echoes it back as the result.
     payload: bytes | None = field(default=None, compare=False, repr=False)
@@ -78,6 +88,8 @@ class Result:
     task: str = ""
     #: True for results of the raw codec: ``value`` is the payload text as it came back.
     raw: bool = False
+    #: The token of the dispatch this result answers.
+    token: str | None = None
 
     @property
     def ok(self):
@@ -86,7 +98,7 @@ class Result:
 
 def error_result(job, status, exc_type, message, traceback=""):
     return Result(job.id, status, error={"type": exc_type, "message": message, "traceback": traceback},
-                  task=job.task)
+                  task=job.task, token=job.token)
 
 
 class JsonCodec:
@@ -113,12 +125,19 @@ class JsonCodec:
             doc["max_retries"] = job.max_retries
         return _dumps(doc, (job.args, job.kwargs, job.timeout, job.submitted_at))
 
-    def decode_job(self, data):
-        doc = self._load(data)
+    def encode_dispatch(self, job, token):
+        """The message that dispatches ``job``: its record with the dispatch token added. The record
+        as stored is reused, not encoded again: the token goes in before its closing brace."""
+        body = self.encode_job(job).rstrip()
+        return b"%s,\"tok\":\"%s\"}" % (body[:-1], token.encode())
+
+    def decode_job(self, data, max_payload=-1):
+        """``max_payload``: None = no size limit (a record of our own), -1 = the codec's."""
+        doc = self._load(data, self.max_payload if max_payload == -1 else max_payload)
         try:
             job = Job(doc["id"], doc["task"], doc.get("args", []), doc.get("kwargs", {}),
                       doc.get("timeout"), doc.get("reply"), doc.get("ts", 0.0), doc.get("key"),
-                      doc.get("max_retries"), data)
+                      doc.get("max_retries"), doc.get("tok"), data)
         except KeyError as exc:
             raise DecodeError("missing_field", f"job has no {exc.args[0]!r}") from None
         _check_job(job)
@@ -132,24 +151,30 @@ class JsonCodec:
             doc["value"] = result.value
         if result.raw:
             doc["raw"] = True
+        if result.token:
+            doc["tok"] = result.token
         return _dumps(doc, result.value)
 
     def decode_result(self, data):
         doc = self._load(data)
         try:
             result = Result(doc["id"], doc["status"], doc.get("value"), doc.get("error"),
-                            doc.get("task", ""), bool(doc.get("raw", False)))
+                            doc.get("task", ""), bool(doc.get("raw", False)), doc.get("tok"))
         except KeyError as exc:
             raise DecodeError("missing_field", f"result has no {exc.args[0]!r}") from None
         if not isinstance(result.id, str) or (result.status not in STATUSES and result.status != RETRY):
             raise DecodeError("bad_field", "result id must be a string and status one of " + "/".join(STATUSES))
+        if result.token is not None and type(result.token) is not str:
+            raise DecodeError("bad_field", "tok must be a string")
         return result
 
-    def _load(self, data):
+    def _load(self, data, max_payload=-1):
+        if max_payload == -1:
+            max_payload = self.max_payload
         if not data:
             raise DecodeError("empty", "empty message")
-        if len(data) > self.max_payload:
-            raise DecodeError("too_large", f"{len(data)} bytes > max payload {self.max_payload}")
+        if max_payload is not None and len(data) > max_payload:
+            raise DecodeError("too_large", f"{len(data)} bytes > max payload {max_payload}")
         try:
             doc = _loads(data)
         except ValueError as exc:
@@ -190,6 +215,8 @@ def _check_job(job):
         raise DecodeError("bad_field", "ts must be a number")
     if job.max_retries is not None and (type(job.max_retries) is not int or not 0 <= job.max_retries <= 1000):
         raise DecodeError("bad_field", "max_retries must be a whole number from 0 to 1000")
+    if job.token is not None and (type(job.token) is not str or len(job.token) > 64):
+        raise DecodeError("bad_field", "tok must be a short string")
 
 
 class RawCodec:
@@ -203,6 +230,9 @@ class RawCodec:
 
     def encode_job(self, job):
         return job.id.encode()
+
+    def encode_dispatch(self, job, token):
+        return job.id.encode()  # the original protocol has no room for a token
 
     def decode_job(self, data):
         if not data:

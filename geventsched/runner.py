@@ -16,11 +16,14 @@ a backlog of such jobs starves the heartbeat until the master declares the worke
 
 HOLD = 0.005
 
+import logging
 import time
 from collections import deque
 
 import gevent
 from gevent.event import Event
+
+log = logging.getLogger(__name__)
 
 
 class Runners:
@@ -81,6 +84,8 @@ class Runners:
                     current[me] = job
                     try:
                         self._execute(job)
+                    except Exception:  # ``execute`` answers every job; if it fails, this runner lives on
+                        log.exception("a runner could not run job %s", getattr(job, "id", job))
                     finally:
                         del current[me]
                     if self._closed:
@@ -93,6 +98,16 @@ class Runners:
                 parked.wait()
         finally:
             self._greenlets.discard(me)
+
+    def jobs(self):
+        """The jobs queued and running now."""
+        return [*self._queue, *self._current.values()]
+
+    def take_queued(self):
+        """Remove and return the jobs no runner has started (they are handed back elsewhere)."""
+        pending = list(self._queue)
+        self._queue.clear()
+        return pending
 
     def close(self):
         """Take no more jobs. Returns the queued jobs no runner has started."""

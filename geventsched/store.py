@@ -20,6 +20,7 @@ was thought dead, or its deadline passed while it still ran) is counted once.
 
 import json
 import time
+from dataclasses import dataclass
 
 DEFAULT_RESULT_TTL = 24 * 3600
 #: Extra time past a job's own timeout before the master thinks it lost: covers time queued on the worker.
@@ -58,31 +59,38 @@ return out
 """
 
 _FINISH = """
--- KEYS: finished, inflight, jobs, attempts, retries, scheduled, owner
+-- KEYS: finished, inflight, jobs, attempts, retries, scheduled, dispatched
 -- ARGV: result_prefix, ttl, result_channel ('' = do not announce to the master), final count F,
---       then id, status, payload, reply for each of the F results,
---       then id, status, payload, reply, task, max_retries, backoff for each failure that may retry
+--       trusted ('1': the master records results of jobs it holds itself; no token check),
+--       then id, status, payload, reply, token for each of the F results,
+--       then id, status, payload, reply, token, task, max_retries, backoff for each failure that may retry
+-- A result counts only with the token of the job's dispatch in flight (``dispatched``): a stranger's
+-- message, or a late copy of a job dispatched again meanwhile, is dropped without a trace.
 local prefix, ttl, channel, finals = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local trusted = ARGV[5] == '1'
 local recorded, counts = {}, {}
+local function current(id, token)
+  if trusted then return true end
+  local dispatch = redis.call('HGET', KEYS[7], id)
+  return dispatch and string.sub(dispatch, 1, #token + 1) == token .. ' '
+end
 local function record(id, status, payload, reply)
   if redis.call('SET', prefix .. id, payload, 'NX', 'EX', ttl) then
     recorded[#recorded + 1] = id
     counts[status] = (counts[status] or 0) + 1
     if reply ~= '' then redis.call('PUBLISH', reply, payload) end
+    if channel ~= '' then redis.call('PUBLISH', channel, payload) end
   end
-  if channel ~= '' then redis.call('PUBLISH', channel, payload) end
 end
-local last = 4 + finals * 4
-for i = 5, last, 4 do record(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]) end
+local last = 5 + finals * 5
+for i = 6, last, 5 do
+  if current(ARGV[i], ARGV[i + 4]) then record(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]) end
+end
 local now
-for i = last + 1, #ARGV, 7 do
-  local id, task = ARGV[i], ARGV[i + 4]
-  local max_retries, backoff = tonumber(ARGV[i + 5]), tonumber(ARGV[i + 6])
-  if redis.call('EXISTS', prefix .. id) == 1 then
-    record(id, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])  -- another copy finished it: a no-op
-  elseif not redis.call('ZSCORE', KEYS[2], id) then
-    -- A late report from a copy that was re-queued meanwhile: the copy now queued reports for it.
-  else
+for i = last + 1, #ARGV, 8 do
+  local id, token, task = ARGV[i], ARGV[i + 4], ARGV[i + 5]
+  local max_retries, backoff = tonumber(ARGV[i + 6]), tonumber(ARGV[i + 7])
+  if current(id, token) then
     local retried = redis.call('HINCRBY', KEYS[5], id, 1)
     if retried > max_retries then
       record(id, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
@@ -96,7 +104,7 @@ for i = last + 1, #ARGV, 7 do
       redis.call('ZREM', KEYS[2], id)
       redis.call('HDEL', KEYS[7], id)
       if channel ~= '' then
-        redis.call('PUBLISH', channel, cjson.encode({v = 1, id = id, task = task, status = 'retry'}))
+        redis.call('PUBLISH', channel, cjson.encode({v = 1, id = id, task = task, status = 'retry', tok = token}))
       end
     end
   end
@@ -122,7 +130,7 @@ return #ids
 """
 
 _REAP = """
--- KEYS: inflight, jobs, attempts, intake, dead, finished, owner
+-- KEYS: inflight, jobs, attempts, intake, dead, finished, dispatched
 -- ARGV: now, limit, max_attempts, result_prefix, ttl
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 local max_attempts = tonumber(ARGV[3])
@@ -172,23 +180,32 @@ return out
 
 _REQUEUE = """
 -- Jobs handed back unrun (a worker or master shutting down): not a failed attempt.
--- KEYS: inflight, intake, owner; ARGV[1]: result_prefix, ARGV[2..]: ids handed back
+-- KEYS: inflight, intake, dispatched; ARGV[1]: result_prefix, ARGV[2]: trusted ('1': claimed by the
+-- master and never dispatched), then id, token of each job handed back (a worker hands back only the
+-- dispatch it was given: a job a stranger published under a real id stays where it is)
 local n = 0
-for i = 2, #ARGV do
-  local id = ARGV[i]
-  redis.call('HDEL', KEYS[3], id)
-  if redis.call('ZREM', KEYS[1], id) == 1 and redis.call('EXISTS', ARGV[1] .. id) == 0 then
-    redis.call('LPUSH', KEYS[2], id)
-    n = n + 1
+local trusted = ARGV[2] == '1'
+for i = 3, #ARGV, 2 do
+  local id, token = ARGV[i], ARGV[i + 1]
+  local dispatch = redis.call('HGET', KEYS[3], id)
+  local mine = trusted or (dispatch and string.sub(dispatch, 1, #token + 1) == token .. ' ')
+  if mine then
+    redis.call('HDEL', KEYS[3], id)
+    if redis.call('ZREM', KEYS[1], id) == 1 and redis.call('EXISTS', ARGV[1] .. id) == 0 then
+      redis.call('LPUSH', KEYS[2], id)
+      n = n + 1
+    end
   end
 end
 return n
 """
 
 _REQUEUE_DEAD = """
--- KEYS: dead, jobs, intake, attempts, finished, retries; ARGV: result_prefix, task ('' = any)
-local ids = redis.call('LRANGE', KEYS[1], 0, -1)
-local n = 0
+-- One slice of the dead letters back to the queue. KEYS: dead, jobs, intake, attempts, finished, retries
+-- ARGV: result_prefix, task ('' = any), start, count. Returns {requeued, removed, scanned}: the caller
+-- goes on at start + scanned - removed while scanned == count.
+local ids = redis.call('LRANGE', KEYS[1], ARGV[3], tonumber(ARGV[3]) + tonumber(ARGV[4]) - 1)
+local n, removed = 0, 0
 for _, id in ipairs(ids) do
   local body = redis.call('HGET', KEYS[2], id)
   local match = ARGV[2] == ''
@@ -198,6 +215,7 @@ for _, id in ipairs(ids) do
   end
   if match then
     redis.call('LREM', KEYS[1], 1, id)
+    removed = removed + 1
     if body then
       redis.call('DEL', ARGV[1] .. id)
       redis.call('HDEL', KEYS[4], id)
@@ -208,33 +226,57 @@ for _, id in ipairs(ids) do
     end
   end
 end
+return {n, removed, #ids}
+"""
+
+_TRIM_DEAD = """
+-- Dead letters are kept as long as their result (the result TTL): the oldest, whose result has expired,
+-- go, body and counters too. KEYS: dead, jobs, attempts, retries; ARGV: result_prefix, limit
+local ids = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)
+local n = 0
+for _, id in ipairs(ids) do
+  if redis.call('EXISTS', ARGV[1] .. id) == 1 then break end  -- younger ones follow: all still kept
+  redis.call('LPOP', KEYS[1])
+  redis.call('HDEL', KEYS[2], id)
+  redis.call('HDEL', KEYS[3], id)
+  redis.call('HDEL', KEYS[4], id)
+  n = n + 1
+end
 return n
 """
 
 _CLAIM_CHANNELS = """
--- KEYS: channels, workers, worker_key; ARGV: worker_id, heartbeat, ttl, worker_prefix, channel...
+-- KEYS: channels, workers, worker_key; ARGV: worker_id, heartbeat, ttl, worker_prefix, partial, channel...
+-- Returns the channels held by another live worker, with their holder: {channel, holder, ...}. With
+-- partial = '0' nothing is claimed when there is any such channel; with '1' the free ones are.
 local me = ARGV[1]
-for i = 5, #ARGV do
+local held, free = {}, {}
+for i = 6, #ARGV do
   local owner = redis.call('HGET', KEYS[1], ARGV[i])
   if owner and owner ~= me and redis.call('EXISTS', ARGV[4] .. owner) == 1 then
-    return {ARGV[i], owner}
+    held[#held + 1] = ARGV[i]
+    held[#held + 1] = owner
+  else
+    free[#free + 1] = ARGV[i]
   end
 end
-for i = 5, #ARGV, 1000 do
+if #held > 0 and ARGV[5] ~= '1' then return held end
+for i = 1, #free, 1000 do
   local batch = {}
-  for j = i, math.min(i + 999, #ARGV) do
-    batch[#batch + 1] = ARGV[j]
+  for j = i, math.min(i + 999, #free) do
+    batch[#batch + 1] = free[j]
     batch[#batch + 1] = me
   end
   redis.call('HSET', KEYS[1], unpack(batch))
 end
 redis.call('SADD', KEYS[2], me)
 redis.call('SET', KEYS[3], ARGV[2], 'EX', ARGV[3])
-return {}
+return held
 """
 
 _RELEASE_WORKER = """
--- KEYS: channels, workers, worker_key; ARGV: worker_id
+-- KEYS: channels, workers, worker_key; ARGV: worker_id, channels_only ('1': a draining worker gives
+-- its channels up for its successor, and keeps its registration until its last job is recorded)
 local me = ARGV[1]
 local owned = redis.call('HGETALL', KEYS[1])
 local mine = {}
@@ -244,10 +286,28 @@ end
 for i = 1, #mine, 1000 do
   redis.call('HDEL', KEYS[1], unpack(mine, i, math.min(i + 999, #mine)))
 end
-redis.call('SREM', KEYS[2], me)
-redis.call('DEL', KEYS[3])
+if ARGV[2] ~= '1' then
+  redis.call('SREM', KEYS[2], me)
+  redis.call('DEL', KEYS[3])
+end
 return #mine
 """
+
+
+@dataclass(slots=True)
+class Outcome:
+    """One result on its way to ``Store.finish``: the job, its status, the encoded result, where to
+    announce it and the dispatch token it answers. A failure that may run again also carries its
+    task, its retries and its backoff (seconds before the first retry, jitter applied)."""
+
+    id: str
+    status: str
+    payload: bytes
+    reply: str | None
+    token: str | None
+    task: str = ""
+    max_retries: int = 0
+    backoff: float = 0.0
 
 
 class Store:
@@ -272,6 +332,7 @@ class Store:
         self._reap = register(_REAP)
         self._requeue = register(_REQUEUE)
         self._requeue_dead = register(_REQUEUE_DEAD)
+        self._trim_dead = register(_TRIM_DEAD)
         self._claim_channels = register(_CLAIM_CHANNELS)
         self._release_worker = register(_RELEASE_WORKER)
 
@@ -305,6 +366,14 @@ class Store:
             out.extend(self.client.mget([prefix + job_id for job_id in ids[i:i + 1000]]))
         return out
 
+    def announce(self, channel, payload):
+        """Publish ``payload`` on one of our channels (a reply channel), sharded on a cluster."""
+        self._wake_up(channel, payload)
+
+    def jobs_exist(self, ids):
+        """For each id: is its job recorded (queued, in flight, scheduled, or dead)?"""
+        return [body is not None for body in self.client.hmget(self.keys.jobs, ids)] if ids else []
+
     # -- master side ---------------------------------------------------------------------------
 
     def claim(self, count, grace=CLAIM_GRACE, now=None):
@@ -332,26 +401,31 @@ class Store:
         head = b"*%d\r\n$4\r\nZADD\r\n$%d\r\n%s\r\n$2\r\nXX\r\n" % (3 + 2 * len(parts), len(key), key)
         return head + b"".join(parts)
 
-    def owner_command(self, owners):
-        """``HSET owner id worker ...`` packed for ``[(id, worker_id), ...]``: which worker each
-        dispatched job went to, so a master that starts after a crash finds a lost worker's jobs."""
-        workers = {}  # a batch goes to a few workers: pack each name once
+    def dispatch_command(self, dispatches):
+        """``HSET dispatched id "token worker" ...`` packed for ``[(id, token, worker_id), ...]``: the
+        dispatch each job is in flight under (its token, checked by ``finish`` and ``requeue``) and the
+        worker it went to, so a master that starts after a crash finds a lost worker's jobs."""
         parts = []
-        for job_id, worker_id in owners:
-            worker = workers.get(worker_id)
-            if worker is None:
-                name = worker_id.encode()
-                worker = workers[worker_id] = b"$%d\r\n%s\r\n" % (len(name), name)
-            job_id = job_id.encode()
-            parts.append(b"$%d\r\n%s\r\n%s" % (len(job_id), job_id, worker))
-        key = self.keys.owner.encode()
+        for job_id, token, worker_id in dispatches:
+            job_id, value = job_id.encode(), b"%s %s" % (token.encode(), (worker_id or "").encode())
+            parts.append(b"$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(job_id), job_id, len(value), value))
+        key = self.keys.dispatched.encode()
         return b"*%d\r\n$4\r\nHSET\r\n$%d\r\n%s\r\n" % (2 + 2 * len(parts), len(key), key) + b"".join(parts)
 
+    def current(self, dispatches):
+        """For each ``(id, token)``: is that dispatch the one in flight?"""
+        if not dispatches:
+            return []
+        records = self.client.hmget(self.keys.dispatched, [job_id for job_id, _ in dispatches])
+        return [record is not None and record.startswith(b"%s " % (token or "").encode())
+                for (_, token), record in zip(dispatches, records)]
+
     def owned_by(self, worker_id):
-        """Ids of the jobs in flight that were dispatched to ``worker_id``."""
-        mine = worker_id.encode()
-        return [job_id.decode() for job_id, owner in self.client.hscan_iter(self.keys.owner, count=1000)
-                if owner == mine]
+        """``{id: token}`` of the jobs in flight that were dispatched to ``worker_id``."""
+        mine = b" " + worker_id.encode()
+        return {job_id.decode(): value[:-len(mine)].decode()
+                for job_id, value in self.client.hscan_iter(self.keys.dispatched, count=1000)
+                if value.endswith(mine)}
 
     def expire_now(self, ids):
         """Make in-flight jobs due for the reaper at once (their worker died): it re-queues them, or
@@ -376,42 +450,49 @@ class Store:
         """
         k = self.keys
         requeued, dead = self._reap(
-            keys=[k.inflight, k.jobs, k.attempts, k.intake, k.dead, k.finished, k.owner],
+            keys=[k.inflight, k.jobs, k.attempts, k.intake, k.dead, k.finished, k.dispatched],
             args=[now or time.time(), limit, max_attempts, k.result_prefix, self.result_ttl])
         return [i.decode() for i in requeued], [i.decode() for i in dead]
 
-    def requeue(self, ids):
-        """Hand in-flight jobs back to the intake unrun (no attempt counted). Returns how many went back."""
-        if not ids:
+    def requeue(self, dispatches, trusted=False):
+        """Hand in-flight jobs back to the intake unrun (no attempt counted): ``[(id, token), ...]``,
+        each only while that dispatch is the one in flight; ``trusted`` (the master's own claimed,
+        undispatched jobs): ``[(id, None), ...]``. Returns how many went back."""
+        if not dispatches:
             return 0
         k = self.keys
         total = 0
-        for i in range(0, len(ids), 1000):
-            total += self._requeue(keys=[k.inflight, k.intake, k.owner],
-                                   args=[k.result_prefix, *ids[i:i + 1000]])
+        for i in range(0, len(dispatches), 1000):
+            args = [k.result_prefix, "1" if trusted else "0"]
+            for job_id, token in dispatches[i:i + 1000]:
+                args += (job_id, token or "")
+            total += self._requeue(keys=[k.inflight, k.intake, k.dispatched], args=args)
         if total:
             self._wake_up(k.wakeup_channel, b"1")
         return total
 
     # -- worker side ---------------------------------------------------------------------------
 
-    def finish(self, results, announce=True, retries=()):
-        """Record ``[(id, status, payload, reply), ...]``; the first result per job wins.
+    def finish(self, results, announce=True, retries=(), trusted=False):
+        """Record ``[Outcome, ...]`` (see ``Outcome``); the first result per job wins, and only a
+        result with the token of the job's dispatch in flight counts (``trusted``: the master's own
+        records of jobs it holds, checked against its ledger instead).
 
-        ``retries`` are failures that may run again: ``[(id, status, payload, reply, task, max_retries,
-        backoff), ...]``; each is scheduled after ``backoff * 2**(n-1)`` seconds (n = its retry number)
-        while n <= max_retries, and recorded like the others once out of retries. With ``announce``
-        each payload (or a ``retry`` notice) is published on CHANNEL_RESULT for the master.
+        ``retries`` are failures that may run again, ``[Outcome, ...]`` with ``task``, ``max_retries``
+        and ``backoff`` set; each is scheduled after ``backoff * 2**(n-1)`` seconds (n = its retry
+        number) while n <= max_retries, and recorded like the others once out of retries. With
+        ``announce`` each payload (or a ``retry`` notice) is published on CHANNEL_RESULT for the master.
         Returns how many results were new.
         """
         k = self.keys
-        args = [k.result_prefix, self.result_ttl, k.result_channel if announce else "", len(results)]
-        for job_id, status, payload, reply in results:
-            args += (job_id, status, payload, reply or "")
-        for entry in retries:
-            args += entry
-        return self._finish(keys=[k.finished, k.inflight, k.jobs, k.attempts, k.retries, k.scheduled, k.owner],
-                            args=args)
+        args = [k.result_prefix, self.result_ttl, k.result_channel if announce else "", len(results),
+                "1" if trusted else "0"]
+        for o in results:
+            args += (o.id, o.status, o.payload, o.reply or "", o.token or "")
+        for o in retries:
+            args += (o.id, o.status, o.payload, o.reply or "", o.token or "", o.task, o.max_retries, o.backoff)
+        return self._finish(keys=[k.finished, k.inflight, k.jobs, k.attempts, k.retries, k.scheduled,
+                                  k.dispatched], args=args)
 
     def promote(self, limit=1000, now=None):
         """Move retries that are due back to the intake. Returns how many."""
@@ -420,22 +501,50 @@ class Store:
             self._wake_up(self.keys.wakeup_channel, b"1")
         return n
 
-    def register_worker(self, worker_id, heartbeat, ttl, channels):
-        """Claim ``channels`` for ``worker_id``. Returns None, or ``(channel, owner)`` of a conflict."""
+    def register_worker(self, worker_id, heartbeat, ttl, channels, partial=False):
+        """Claim ``channels`` for ``worker_id`` and register it. Returns ``{channel: holder}`` of the
+        channels a live worker holds: with any, nothing is claimed, unless ``partial`` (then the free
+        ones are)."""
         k = self.keys
-        conflict = self._claim_channels(
+        held = self._claim_channels(
             keys=[k.channels, k.workers, k.worker(worker_id)],
-            args=[worker_id, heartbeat, int(ttl), k.worker_prefix, *channels])
-        return tuple(x.decode() for x in conflict) or None
+            args=[worker_id, heartbeat, int(ttl), k.worker_prefix, "1" if partial else "0", *channels])
+        return {held[i].decode(): held[i + 1].decode() for i in range(0, len(held), 2)}
 
-    def heartbeat(self, worker_id, heartbeat, ttl):
-        """Refresh a registration. False when it is gone (Redis lost it, or we were thought dead)."""
-        return bool(self.client.set(self.keys.worker(worker_id), heartbeat, ex=int(ttl), xx=True))
+    def heartbeat(self, worker_id, heartbeat, ttl, create=False):
+        """Refresh a registration. False when it is gone (Redis lost it, or we were thought dead);
+        ``create``: write it anyway (a draining worker, which claims no channel)."""
+        return bool(self.client.set(self.keys.worker(worker_id), heartbeat, ex=int(ttl), xx=not create))
 
-    def release_worker(self, worker_id):
-        """Drop a worker's registration and channel leases. Returns how many channels it held."""
+    def release_worker(self, worker_id, channels_only=False):
+        """Drop a worker's channel leases and (unless ``channels_only``) its registration. Returns how
+        many channels it held."""
         k = self.keys
-        return self._release_worker(keys=[k.channels, k.workers, k.worker(worker_id)], args=[worker_id])
+        return self._release_worker(keys=[k.channels, k.workers, k.worker(worker_id)],
+                                    args=[worker_id, "1" if channels_only else "0"])
+
+    def heartbeat_of(self, worker_id):
+        """A worker's heartbeat dict, or None when it has none."""
+        return _load_json(self.client.get(self.keys.worker(worker_id)))
+
+    def end_lease(self, worker_id):
+        """End a dead worker's channel leases at once (its heartbeat key goes; it stays in the set of
+        workers, so the master sees it stopped beating and sends its jobs back to the queue)."""
+        self.client.delete(self.keys.worker(worker_id))
+
+    def register_tasks(self, options):
+        """``{task name: options dict}`` of a worker's tasks, for the master (time limits, names)."""
+        if options:
+            self.client.hset(self.keys.tasks, mapping={name: json.dumps(o) for name, o in options.items()})
+
+    def task_options(self):
+        """``{task name: options dict}`` the workers registered (entries that do not parse are left out)."""
+        out = {}
+        for name, data in self.client.hgetall(self.keys.tasks).items():
+            options = _load_json(data)
+            if options is not None:
+                out[name.decode(errors="replace")] = options
+        return out
 
     def workers(self):
         """``{worker_id: heartbeat dict or None}`` for every registered worker (None = stopped beating)."""
@@ -473,19 +582,36 @@ class Store:
         for i in range(0, len(found), 1000):
             self.client.delete(*found[i:i + 1000])
 
-    def requeue_dead(self, task=None):
+    def requeue_dead(self, task=None, batch=1000):
+        """Move dead letters (of ``task``, or all) back to the queue, ``batch`` per script call so that
+        a long list never holds Redis up. Returns how many."""
         k = self.keys
-        n = self._requeue_dead(keys=[k.dead, k.jobs, k.intake, k.attempts, k.finished, k.retries],
-                               args=[k.result_prefix, task or ""])
-        if n:
+        total, start = 0, 0
+        while True:
+            moved, removed, scanned = self._requeue_dead(
+                keys=[k.dead, k.jobs, k.intake, k.attempts, k.finished, k.retries],
+                args=[k.result_prefix, task or "", start, batch])
+            total += moved
+            if scanned < batch:
+                break
+            start += scanned - removed
+        if total:
             self._wake_up(k.wakeup_channel, b"1")
-        return n
+        return total
+
+    def trim_dead(self, limit=1000):
+        """Forget dead letters whose result has expired (oldest first). Returns how many went."""
+        k = self.keys
+        return self._trim_dead(keys=[k.dead, k.jobs, k.attempts, k.retries], args=[k.result_prefix, limit])
 
 
 def _load_json(data):
+    """A JSON object read from Redis, or None when there is none or it is not an object (a key
+    someone else wrote must not stop a loop)."""
     if data is None:
         return None
     try:
-        return json.loads(data)
+        value = json.loads(data)
     except ValueError:
         return None
+    return value if isinstance(value, dict) else None

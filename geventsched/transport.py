@@ -57,7 +57,7 @@ ResponseError = rexc.ResponseError
 DataError = rexc.DataError
 
 
-def connect(url, check=True, cluster=None):
+def connect(url, check=True, cluster=None, wait=None):
     """A redis-py client for ``url``: ``redis://``, ``rediss://`` (TLS options as query parameters:
     ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``, ...), ``unix://``, ``redis+sentinel://``;
     ``user:password@`` works on each.
@@ -65,7 +65,23 @@ def connect(url, check=True, cluster=None):
     With ``check`` it PINGs once, so a wrong address or password fails here with RedisUnavailable
     carrying one clear line, rather than later inside a loop. ``cluster``: True or False forces the
     mode; None asks the server (``cluster_enabled:1`` gives a cluster client, see ``is_cluster``).
+
+    ``wait``: an Event, for the long-running roles. While nothing answers at the address (Redis is
+    down, restarting, not up yet) keep trying until it does, saying so once and then once a minute,
+    and return None if ``wait`` is set first. Refused credentials or permissions and TLS failures
+    still raise at once: trying again cannot cure them.
     """
+    if wait is not None:
+        def attempt():
+            try:
+                return connect(url, check, cluster)
+            except RedisUnavailable as exc:
+                if str(exc).startswith("cannot reach Redis"):
+                    raise _NotYet(str(exc)) from None
+                raise
+
+        return keep_trying(attempt, wait, f"waiting for Redis at {redact(url)}", first=0.5, retry_on=_NotYet,
+                           what="connecting")
     try:
         if url.startswith(sentinel.SCHEMES):
             client = sentinel.client(url, _OPTIONS)
@@ -87,6 +103,10 @@ def connect(url, check=True, cluster=None):
     return client
 
 
+class _NotYet(rexc.ConnectionError):
+    """Nothing answers at the address yet (``connect(wait=...)``)."""
+
+
 #: Connection options for every client: RESP2 (see the module docstring), no pool limit, a reply
 #: timeout (a URL's own ``socket_timeout`` wins: redis-py lets URL options override these).
 _OPTIONS = dict(protocol=2, socket_connect_timeout=5, socket_timeout=COMMAND_TIMEOUT, socket_keepalive=True,
@@ -95,6 +115,8 @@ _OPTIONS = dict(protocol=2, socket_connect_timeout=5, socket_timeout=COMMAND_TIM
 
 def describe(exc, url=""):
     """One line that tells a user what went wrong talking to Redis."""
+    if isinstance(exc, _NotYet):
+        return str(exc)
     where = f" at {redact(url)}" if url else ""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     # redis-py strips the server's error code (NOPERM, WRONGPASS, ...) off the messages it maps to
@@ -163,19 +185,34 @@ def _tls_failure(tls, closed):
     return detail, closed if isinstance(tls, ssl.SSLEOFError) else ""
 
 
-def keep_trying(attempt, stop, who, first=0.1, cap=5.0):
+def keep_trying(attempt, stop, who, first=0.1, cap=5.0, retry_on=None, what="reconnect"):
     """Call ``attempt()`` until it succeeds and return its value, or return None once ``stop`` (an
-    Event) is set. Waits ``first``, twice that, ... up to ``cap`` seconds between tries, and logs each
-    failure in one line."""
-    delay = first
+    Event) is set. Waits ``first``, twice that, ... up to ``cap`` seconds between tries. ``retry_on``:
+    the errors worth another try (default: any of ``RedisError``; others propagate). The first
+    failure is logged, then one line a minute while they go on (each with how many tries failed)."""
+    retry_on = RedisError if retry_on is None else retry_on
+    delay, failures, said = first, 0, None
     while not stop.is_set():
         try:
-            return attempt()
-        except RedisError as exc:
-            log.warning("%s: reconnect failed (%s), next try in %.1fs", who, describe(exc), delay)
+            value = attempt()
+        except retry_on as exc:
+            failures += 1
+            now = time.monotonic()
+            if said is None or now - said >= QUIET_RETRY_LOG:
+                log.warning("%s: %s failed (%s)%s; trying again every %.1fs at most", who, what, describe(exc),
+                            f", {failures} tries so far" if failures > 1 else "", cap)
+                said = now
             stop.wait(delay)
             delay = min(delay * 2, cap)
+            continue
+        if failures > 1:
+            log.info("%s: %s succeeded after %d failed tries", who, what, failures)
+        return value
     return None
+
+
+#: While a retry keeps failing (Redis away), ``keep_trying`` says so once a minute.
+QUIET_RETRY_LOG = 60.0
 
 
 def redact(url):
@@ -507,10 +544,13 @@ class Pipe:
 class Publisher:
     """Publishes batches of messages: one write per Redis node, replies read through hiredis.
 
-    ``send(messages, commands)`` PUBLISHes each ``(channel, payload)`` and runs the packed
-    ``commands`` (state changes that belong with the batch) on the node that holds ``home``, a key
-    of ours. On one server that is one write. On a cluster each message goes out with SPUBLISH to the
-    primary that owns its channel's slot; every node's write goes out before any reply is read.
+    ``send(messages, commands)`` runs the packed ``commands`` (state changes that belong with the
+    batch) on the node that holds ``home``, a key of ours, then PUBLISHes each ``(channel, payload)``.
+    The commands take effect before any message can be read: a worker's answer to a message finds
+    the state the message was sent with (its dispatch record). On one server that is one write, in
+    that order. On a cluster the commands are one round trip to ``home`` first; then each message
+    goes out with SPUBLISH to the primary that owns its channel's slot, every node's write before any
+    reply is read.
 
     Connections are opened on first use and again after a failure, so a caller only retries.
     One greenlet at a time.
@@ -529,11 +569,10 @@ class Publisher:
         ``hiredis.ReplyError`` value. Raises ``ConnectionLost`` (nothing is known about the batch)."""
         try:
             if not self._cluster:
-                chunks = [pack_publish(channel, payload) for channel, payload in messages]
-                chunks += commands
+                chunks = [*commands, *(pack_publish(channel, payload) for channel, payload in messages)]
                 replies = self._pipe(None).call(b"".join(chunks), len(chunks))
-                _check_commands(replies[len(messages):])
-                return replies[:len(messages)]
+                _check_commands(replies[:len(commands)])
+                return replies[len(commands):]
             return self._send_sharded(messages, commands)
         except ConnectionLost:
             self.close()
@@ -546,6 +585,13 @@ class Publisher:
             self._nodes.clear()
             self._stale = False
         node_of, locate = self._nodes, self._locate
+        if commands:  # before any message goes out, on any shard
+            home = node_of.get(self._home) or locate(self._home)
+            try:
+                _check_commands(self._pipe(home).call(b"".join(commands), len(commands)))
+            except ConnectionLost:
+                self._lose(home, [], [], None)
+                raise
         batches = {}  # node name -> (indexes of its messages, packed commands)
         for i, (channel, payload) in enumerate(messages):
             name = node_of.get(channel) or locate(channel)
@@ -554,8 +600,6 @@ class Publisher:
                 batch = batches[name] = ([], [])
             batch[0].append(i)
             batch[1].append(pack_publish(channel, payload, SPUBLISH))
-        if commands:
-            batches.setdefault(node_of.get(self._home) or locate(self._home), ([], []))[1].extend(commands)
         replies = [None] * len(messages)
         written, failures = [], []
         for name, (indexes, chunks) in batches.items():
@@ -575,8 +619,7 @@ class Publisher:
                 replies[i] = reply
                 if is_error(reply) and str(reply).startswith(("MOVED", "ASK")):
                     self._stale = True
-            _check_commands(got[len(indexes):])
-        if len(failures) == len(batches):
+        if failures and len(failures) == len(batches):
             raise failures[0]  # no node answered: the caller backs off
         return replies
 

@@ -1,6 +1,6 @@
 """The worker: one gevent process serving many dispatch channels.
 
-Greenlets, each with one job:
+Greenlets, each with one job (watched by ``loops.Loops``: one that dies stops the worker, exit 1):
 
 * reader      one subscribed connection for every channel; each ``recv`` goes to ``hiredis.Reader``
               and every complete message is decoded and queued for the runners (``runner.Runners``).
@@ -8,11 +8,18 @@ Greenlets, each with one job:
 * writer      wakes when the out-buffer is non-empty and writes all of it in one script call: results
               recorded once, in-flight cleared, result announced (``Store.finish``). While that round
               trip is under way new results collect, so batches grow with load and never wait for it.
-* heartbeat   refreshes the worker's registration once a second, with its free slots.
+* heartbeat   refreshes the worker's registration once a second, with its free slots. A worker that
+              finds its registration gone (it was paused, or cut off, past its TTL, and thought dead)
+              stops serving at once, hands back what it has not started, and registers again with
+              the channels nobody took meanwhile.
 
-Shutdown is two-step (warm, then cold): the first SIGTERM/SIGINT unsubscribes, hands queued jobs
-back, and lets running ones finish for ``grace`` seconds; a second signal or the end of the grace
-period kills what still runs and hands it back.
+Every result carries its dispatch's token (``protocol.py``), and only the dispatch in flight is
+recorded: a job a stranger published, or a copy the master already sent elsewhere, runs to no effect.
+
+Shutdown is two-step (warm, then cold): the first SIGTERM/SIGINT unsubscribes, gives the channels up for
+a successor, hands queued jobs back, and lets running ones finish for ``grace`` seconds while the worker
+goes on heartbeating (``draining``), so the master never takes it for dead; a second signal or the end
+of the grace period kills what still runs and hands it back.
 """
 
 import json
@@ -33,9 +40,10 @@ from geventsched.deadlines import DeadlineExceeded, Deadlines
 from geventsched.errors import ChannelConflict, DecodeError
 from geventsched.hooks import WorkerHooks, guarded
 from geventsched.keys import Keys
-from geventsched.protocol import Result, error_result, make_codec
+from geventsched.loops import Loops
+from geventsched.protocol import DISPATCH_ROOM, Result, error_result, make_codec
 from geventsched.runner import Runners
-from geventsched.store import Store
+from geventsched.store import Outcome, Store
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +53,11 @@ WRITE_BATCH = 2000
 #: multiplier, too): enough queued to keep the pipeline full while results travel back, and bounded
 #: in bytes by the master's --max-inflight-bytes.
 PREFETCH_MULTIPLIER = 4
+#: After a reconnect, messages published before the new subscription were lost with the old one. The
+#: jobs the master sent us that have not arrived this long after we read its records are handed back.
+RESYNC_SETTLE = 1.0
+#: A failed job is logged, at most this many lines a second (the rest are counted in the next line).
+FAILURE_LOG_RATE = 10
 
 
 class Worker:
@@ -55,7 +68,7 @@ class Worker:
         self.hooks = guarded(hooks, WorkerHooks)
         self.keys = Keys(config.namespace, cluster=transport.is_cluster(client))
         self.store = Store(client, self.keys, config.result_ttl)
-        self.codec = make_codec(config.codec, config.raw_task, config.max_payload)
+        self.codec = make_codec(config.codec, config.raw_task, config.max_payload + DISPATCH_ROOM)
         self.raw = config.codec == "raw"
         # The raw codec's master (the original script) records nothing, and neither do we without durability.
         self.recording = not self.raw and config.durability == "redis"
@@ -69,14 +82,21 @@ class Worker:
         # finishes its call in the background, as any thread would.
         self._threads = gevent.get_hub().threadpool
         self._threads.maxsize = max(1, min(config.threads, config.concurrency))
-        self._out = []
+        self._out = []  # Outcomes to record
         self._retry_out = []  # failures that may run again (Store.finish ``retries``)
+        self._writing = []  # the Outcomes of the write under way
         self._out_ready = Event()
         self._stop = Event()
         self._hard_stop = Event()
         self._stopping = False
+        self.stopped = False
+        self._draining = False
         self._subscriber = None
-        self._greenlets = []
+        self._loops = Loops(f"worker {self.id}", self._on_loop_death)
+        self._beat_ok = time.monotonic()  # the last time Redis confirmed our registration
+        self._missing = {}  # channels a live worker took while we were away -> its id
+        self._seen = None  # ids received since a reconnect, while a resync is under way
+        self._failures = _RateLimit(FAILURE_LOG_RATE)
         self.started_at = time.time()
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -84,13 +104,15 @@ class Worker:
     def start(self):
         """Claim the channels, subscribe them all, register. Returns once jobs can arrive.
 
-        Raises ChannelConflict when a live worker holds one of the channels.
+        A channel held by a worker that is gone (on this host with its process dead) is taken over at
+        once; one held by a live-looking worker is waited for until its lease runs out (saying so
+        once). Raises ChannelConflict when the holder keeps renewing it: that worker is alive. While
+        Redis does not answer, keeps trying (a service rides out an outage). Returns False if
+        ``request_stop`` came first.
         """
-        conflict = self.store.register_worker(self.id, self._heartbeat(), self.config.heartbeat_ttl,
-                                              self.channels)
-        if conflict:
-            channel, owner = conflict
-            raise ChannelConflict(f"channel {channel} is held by live worker {owner}")
+        if transport.keep_trying(self._claim_channels, self._stop, f"worker {self.id}",
+                                 retry_on=transport.ConnectionLost, what="registering") is None:
+            return False
         try:
             self._subscriber = self._subscribe()
         except BaseException:  # (a user not allowed to subscribe): leave no registration behind
@@ -99,24 +121,68 @@ class Worker:
             except transport.RedisError:
                 pass  # it expires with its heartbeat key
             raise
-        self._greenlets = [gevent.spawn(self._read_loop), gevent.spawn(self._write_loop),
-                           gevent.spawn(self._heartbeat_loop)]
+        self._register_tasks()
+        self._beat_ok = time.monotonic()
+        self._loops.spawn("reader", self._read_loop)
+        self._loops.spawn("writer", self._write_loop)
+        self._loops.spawn("heartbeat", self._heartbeat_loop)
         log.info("worker %s: %d channels subscribed%s, concurrency %d, codec %s", self.id, len(self.channels),
                  " (sharded, Redis Cluster)" if self.keys.cluster else "", self.config.concurrency, self.codec.name)
+        return True
+
+    def _claim_channels(self):
+        ttl = self.config.heartbeat_ttl
+        give_up = time.monotonic() + ttl + 1.0  # a dead holder's lease runs out within its TTL
+        waiting_for = None
+        while True:
+            held = self.store.register_worker(self.id, self._heartbeat(), ttl, self.channels)
+            if not held:
+                return True
+            channel, holder = next(iter(held.items()))
+            beat = self.store.heartbeat_of(holder)
+            left = _lease_left(beat, ttl)
+            if beat is not None and _gone(beat):
+                log.warning("worker %s: channel %s is held by worker %s, whose process (pid %s) on this host "
+                            "is gone; taking its channels over", self.id, channel, holder, beat.get("pid"))
+                self.store.end_lease(holder)
+                continue
+            if time.monotonic() > give_up:
+                raise ChannelConflict(f"channel {channel} is held by live worker {holder}"
+                                      f"{_where(beat)}")
+            if waiting_for != holder:
+                waiting_for = holder
+                log.warning("worker %s: channel %s is held by worker %s%s, whose lease runs out in %.1fs "
+                            "unless it renews it; waiting", self.id, channel, holder, _where(beat), left)
+            if self._stop.wait(min(0.25, max(left, 0.05))):
+                return None  # stopped while waiting: start() returns False
+
+    def _register_tasks(self):
+        """The tasks' names and time limits, for the master's deadlines and metric labels."""
+        try:
+            self.store.register_tasks({name: {"timeout": task.timeout}
+                                       for name, task in self.registry.tasks.items()})
+        except transport.RedisError as exc:  # the master falls back to its default time limit
+            log.warning("worker %s: could not register its tasks: %s", self.id, transport.describe(exc))
 
     def run(self):
-        """Start, serve until SIGTERM/SIGINT, then shut down gracefully. Returns the exit code."""
+        """Start, serve until SIGTERM/SIGINT, then shut down gracefully. Returns the exit code: 1 if
+        one of the worker's loops died."""
         # The handlers go in before the worker registers: a signal that comes while it subscribes must
         # drain it, not kill it with its registration still in Redis.
         handlers = [gevent.signal_handler(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)]
         try:
-            self.start()
-            self._stop.wait()
-            self.stop(self.config.grace)
+            if self.start():
+                self._stop.wait()
+                self.stop(self.config.grace)
         finally:
             for handler in handlers:
                 handler.cancel()
-        return 0
+        return 1 if self._loops.failure else 0
+
+    def _on_loop_death(self, name, exc):
+        if name == "writer":  # nothing can be recorded any more: do not wait for running jobs
+            self._hard_stop.set()
+        self._stop.set()
 
     def _on_signal(self):
         # Runs in the hub: only set flags, the loop does the work.
@@ -130,12 +196,24 @@ class Worker:
         self._stop.set()
 
     def stop(self, grace):
-        """Stop taking jobs, finish or hand back the running ones within ``grace`` seconds, deregister."""
+        """Stop taking jobs, finish or hand back the running ones within ``grace`` seconds, deregister.
+
+        While it drains the worker has given its channels up (a successor may take them at once) but
+        keeps its registration and heartbeat, marked ``draining``: its jobs stay its own until their
+        results are recorded."""
+        if self.stopped:
+            return
         self._stopping = True
         self._stop.set()
         log.info("worker %s: stopping, %d running, %d queued", self.id, self.runners.running,
                  self.runners.queued)
-        self._subscriber.close()  # from now on, PUBLISH to our channels returns 0 and the master looks elsewhere
+        if self._subscriber is not None:
+            self._subscriber.close()  # from now on, PUBLISH to our channels returns 0 and the master looks elsewhere
+        self._draining = True
+        try:
+            self.store.release_worker(self.id, channels_only=True)
+        except transport.RedisError as exc:
+            log.warning("worker %s: could not give its channels up: %s", self.id, transport.describe(exc))
         self._hand_back(self.runners.close())
         deadline = time.monotonic() + grace
         while self.runners.running and not self._hard_stop.is_set() and time.monotonic() < deadline:
@@ -145,23 +223,24 @@ class Worker:
             self._hand_back(self.runners.kill())
         self._deadlines.close()
         self._out_ready.set()
-        for greenlet in self._greenlets:
-            if greenlet is not self._greenlets[1]:
-                greenlet.kill(block=False)
-        self._greenlets[1].join(timeout=max(1.0, deadline - time.monotonic()))
-        self._greenlets[1].kill()
+        self._loops.kill("reader", block=False)
+        writer = self._loops.get("writer")
+        if writer is not None:
+            writer.join(timeout=max(1.0, deadline - time.monotonic()))
+        self._loops.kill()
         self._publisher.close()
         try:
             self.store.release_worker(self.id)
         except transport.RedisError as exc:
             log.warning("worker %s: could not deregister: %s", self.id, transport.describe(exc))
+        self.stopped = True
         log.info("worker %s: stopped", self.id)
 
     def _hand_back(self, jobs):
         if not jobs or not self.recording:
             return
         try:
-            n = self.store.requeue([job.id for job in jobs])
+            n = self.store.requeue([(job.id, job.token) for job in jobs])
             log.info("worker %s: handed %d jobs back", self.id, n)
         except transport.RedisError as exc:
             log.warning("worker %s: could not hand %d jobs back (the master's reaper will): %s",
@@ -170,32 +249,41 @@ class Worker:
     # -- reading ---------------------------------------------------------------------------------
 
     def _subscribe(self):
-        subscriber = transport.subscribe(self.client, self.channels)
-        self.hooks.on_subscribed(len(self.channels))
+        channels = self._owned_channels()
+        subscriber = transport.subscribe(self.client, channels) if channels else _Idle()
+        self.hooks.on_subscribed(len(channels))
         return subscriber
 
     def _read_loop(self):
         accept, runners = self._accept, self.runners
         while not self._stopping:
+            subscriber = self._subscriber
             try:
-                messages = self._subscriber.read()
+                messages = subscriber.read()
             except transport.ConnectionLost as exc:
+                if subscriber is not self._subscriber:
+                    continue  # replaced on purpose (``_serve``): read the new one
                 if self._stopping or not self._reconnect(exc):
                     return  # stopping: nothing more to read
                 continue
+            if time.monotonic() - self._beat_ok > self.config.heartbeat_ttl and not self._still_registered():
+                continue  # we were away (paused, cut off) and thought dead: these jobs are not ours
+            seen = self._seen
             for channel, data in messages:
-                accept(channel, data)
+                accept(channel, data, seen)
             runners.wake()
             # A recv that finds data waiting does not yield: let the runners and writer have a turn.
             gevent.sleep(0)
 
-    def _accept(self, channel, data):
+    def _accept(self, channel, data, seen=None):
         try:
             job = self.codec.decode_job(data)
         except DecodeError as exc:
             self.hooks.on_rejected(exc.reason)
             log.warning("rejected a message on %s: %s", channel.decode(errors="replace"), exc)
             return
+        if seen is not None:
+            seen.add(job.id)
         self.hooks.on_received(job)
         self.runners.put(job)
 
@@ -209,16 +297,49 @@ class Worker:
         self._subscriber = subscriber
         self.hooks.on_reconnect("subscriber")
         log.info("worker %s: resubscribed %d channels", self.id, len(self.channels))
+        if self.recording:
+            self._seen = set()
+            gevent.spawn(self._resync)
         return True
+
+    def _resync(self):
+        """Messages published while we were not subscribed are lost: hand back, at once rather than at
+        their deadline, the jobs the master sent us that never arrived. We read its records of them
+        after resubscribing; whatever it published before that has reached us within RESYNC_SETTLE."""
+        try:
+            sent = transport.keep_trying(lambda: self.store.owned_by(self.id), self._stop, f"worker {self.id}")
+            if sent is None or self._stop.wait(RESYNC_SETTLE):
+                return
+            held = self._seen | {job.id for job in self.runners.jobs()}
+            held.update(o.id for o in (*self._out, *self._retry_out, *self._writing))
+            lost = [(job_id, token) for job_id, token in sent.items() if job_id not in held]
+            if lost:
+                n = self.store.requeue(lost)
+                log.warning("worker %s: %d jobs sent while its connection was down never arrived; handed %d back",
+                            self.id, len(lost), n)
+        except transport.RedisError as exc:
+            log.warning("worker %s: could not check for lost jobs (their deadline brings them back): %s",
+                        self.id, transport.describe(exc))
+        finally:
+            self._seen = None
 
     # -- running ---------------------------------------------------------------------------------
 
     def _execute(self, job):
+        try:
+            self._run(job)
+        except Exception as exc:  # a bug of ours: the job still gets an answer, the runner lives on
+            log.exception("worker %s: job %s (%s) could not be run", self.id, job.id, job.task)
+            self._emit(job, error_result(job, "error", "WorkerError", f"{type(exc).__name__}: {exc}",
+                                         traceback.format_exc()), retry=False)
+
+    def _run(self, job):
         task = self.registry.get(job.task)
         if task is None:
             self.hooks.on_rejected("unknown_task")
+            self._log_failure(job, "UnknownTask")
             self._emit(job, error_result(job, "error", "UnknownTask",
-                                         f"no task named {job.task!r} is registered on this worker"))
+                                         f"no task named {job.task!r} is registered on this worker"), retry=False)
             return
         seconds = job.timeout if job.timeout is not None else task.timeout
         me = getcurrent()
@@ -229,7 +350,7 @@ class Worker:
                 value = self._threads.apply(task.fn, job.args, job.kwargs)
             else:
                 value = task.fn(*job.args, **job.kwargs)
-            result = Result(job.id, "ok", value, task=job.task)
+            result = Result(job.id, "ok", value, task=job.task, token=job.token)
         except DeadlineExceeded:
             armed = None  # it fired: nothing left to disarm
             result = error_result(job, "timeout", "JobTimeout", f"job exceeded its {seconds:g}s time limit")
@@ -239,20 +360,30 @@ class Worker:
             if armed is not None:
                 self._deadlines.disarm(me, armed)
         self.hooks.on_finished(job, result.status, time.perf_counter() - started)
+        if result.status != "ok":
+            self._log_failure(job, result.error["type"])
         self._emit(job, result, task)
 
-    def _emit(self, job, result, task=None):
+    def _log_failure(self, job, error_type):
+        if self._failures.allow():
+            skipped = self._failures.take_skipped()
+            log.info("worker %s: job %s (%s) failed: %s%s", self.id, job.id, job.task, error_type,
+                     f" ({skipped} more failures not logged)" if skipped else "")
+
+    def _emit(self, job, result, task=None, retry=True):
         try:
             payload = self.codec.encode_result(result, job)
         except (TypeError, ValueError) as exc:
             result = error_result(job, "error", "EncodeError", f"result is not JSON-serialisable: {exc}")
             payload = self.codec.encode_result(result, job)
+        outcome = Outcome(job.id, result.status, payload, job.reply, job.token)
         retries = job.max_retries if job.max_retries is not None else task.max_retries if task else 0
-        if retries and result.status != "ok" and self.recording:
-            backoff = task.retry_backoff * random.uniform(0.5, 1.5)
-            self._retry_out.append((job.id, result.status, payload, job.reply or "", job.task, retries, backoff))
+        if retry and retries and result.status != "ok" and self.recording:
+            outcome.task, outcome.max_retries = job.task, retries
+            outcome.backoff = (task.retry_backoff if task else 1.0) * random.uniform(0.5, 1.5)
+            self._retry_out.append(outcome)
         else:
-            self._out.append((job.id, result.status, payload, job.reply))
+            self._out.append(outcome)
         if not self._out_ready.is_set():
             self._out_ready.set()
 
@@ -267,45 +398,58 @@ class Worker:
             retries, self._retry_out = self._retry_out, []
             for i in range(0, max(len(batch), 1), WRITE_BATCH):
                 self._write(batch[i:i + WRITE_BATCH], retries if i == 0 else ())
-            if self._stopping and not self._out and not self.runners.running:
+            if self._stopping and not self._out and not self._retry_out and not self.runners.running:
                 return
 
     def _write(self, batch, retries=()):
-        """Write one batch, retrying until Redis takes it: a result is never dropped."""
+        """Write one batch, retrying while Redis is away: a result is never dropped for that. An error
+        retrying cannot cure (a permission refused, a bad value) drops the batch, said once: its jobs
+        stay in flight, and the master's reaper runs them again at their deadline."""
         if not batch and not retries:
             return
+        self._writing = [*batch, *retries]
         delay = 0.1
-        while True:
-            try:
-                if self.recording:
-                    self.store.finish(batch, retries=retries)
-                else:
-                    self._publish(batch)
-                self.hooks.on_results_written(len(batch) + len(retries))
-                return
-            except (transport.DataError, TypeError, ValueError) as exc:
-                # Not Redis's fault, and retrying cannot help: the jobs stay in flight, and the
-                # master's reaper runs them again once their deadline passes.
-                log.error("worker %s: dropped a batch of %d results it could not write (%s); their jobs "
-                          "will run again", self.id, len(batch) + len(retries), exc)
-                return
-            except transport.RedisError as exc:
-                log.warning("worker %s: writing %d results failed (%s), retrying in %.1fs", self.id,
-                            len(batch), transport.describe(exc), delay)
+        try:
+            while True:
+                try:
+                    if self.recording:
+                        self.store.finish(batch, retries=retries)
+                    else:
+                        self._publish(batch)
+                    self.hooks.on_results_written(len(batch) + len(retries))
+                    return
+                except transport.ConnectionLost as exc:
+                    if not self.recording and self._hard_stop.is_set():
+                        return
+                    log.warning("worker %s: writing %d results failed (%s), retrying in %.1fs", self.id,
+                                len(batch) + len(retries), transport.describe(exc), delay)
+                except (transport.RedisError, TypeError, ValueError) as exc:
+                    if _permanent(exc):
+                        log.error("worker %s: dropped a batch of %d results it could not write (%s); their "
+                                  "jobs will run again", self.id, len(batch) + len(retries),
+                                  transport.describe(exc) if isinstance(exc, transport.RedisError) else exc)
+                        return
+                    log.warning("worker %s: writing %d results failed (%s), retrying in %.1fs", self.id,
+                                len(batch) + len(retries), transport.describe(exc), delay)
                 gevent.sleep(delay)
                 delay = min(delay * 2, 5.0)
+        finally:
+            self._writing = []
 
     def _publish(self, batch):
-        """Results without a record: PUBLISH each to CHANNEL_RESULT (and its reply channel), one write."""
+        """Results without a record: PUBLISH each to CHANNEL_RESULT (and its reply channel), one write.
+        A message Redis refused is not sent again (the others went out); the master gives its
+        dispatch up at its deadline."""
         channel = self.keys.result_channel.encode()
         messages = []
-        for _, _, payload, reply in batch:
-            messages.append((channel, payload))
-            if reply:
-                messages.append((reply.encode(), payload))
-        for reply in self._publisher.send(messages):
-            if transport.is_error(reply):
-                raise transport.ResponseError(str(reply))
+        for outcome in batch:
+            messages.append((channel, outcome.payload))
+            if outcome.reply:
+                messages.append((outcome.reply.encode(), outcome.payload))
+        refused = [reply for reply in self._publisher.send(messages) if transport.is_error(reply)]
+        if refused:
+            log.error("worker %s: Redis refused %d of %d result messages: %s", self.id, len(refused),
+                      len(messages), refused[0])
 
     # -- registration ----------------------------------------------------------------------------
 
@@ -315,26 +459,164 @@ class Worker:
             "id": self.id, "host": socket.gethostname(), "pid": os.getpid(),
             "concurrency": runners.size, "running": runners.running, "queued": runners.queued,
             "free": runners.free, "capacity": PREFETCH_MULTIPLIER * runners.size,
-            "channels": len(self.channels),
+            "channels": len(self.channels), "draining": self._draining,
             "codec": self.codec.name, "durability": self.config.durability, "started": self.started_at, "beat": time.time(),
         })
 
-    def _register_again(self):
-        conflict = self.store.register_worker(self.id, self._heartbeat(), self.config.heartbeat_ttl,
-                                              self.channels)
-        if conflict:
-            log.error("worker %s: lost channel %s to worker %s while away", self.id, *conflict)
-        else:
-            log.info("worker %s: registration was gone (Redis restarted?), registered again", self.id)
-
     def _heartbeat_loop(self):
+        """Until the worker is stopped, draining included: ``stop`` ends it once the last result is in."""
         interval = self.config.heartbeat_interval
-        while not self._stopping:
-            self._stop.wait(interval)
+        while True:
             if self._stopping:
-                return
+                gevent.sleep(interval)
+            else:
+                self._stop.wait(interval)
             try:
-                if not self.store.heartbeat(self.id, self._heartbeat(), self.config.heartbeat_ttl):
-                    self._register_again()
+                self._beat()
             except transport.RedisError as exc:
                 log.warning("worker %s: heartbeat failed: %s", self.id, transport.describe(exc))
+
+    def _beat(self):
+        if self.store.heartbeat(self.id, self._heartbeat(), self.config.heartbeat_ttl):
+            self._beat_ok = time.monotonic()
+            if self._missing and not self._stopping:
+                self._take_back_channels()
+        elif self._stopping:
+            # Draining and thought dead (Redis restarted, or a long pause): say we are still here, but
+            # claim nothing: our channels are given up.
+            self.store.heartbeat(self.id, self._heartbeat(), self.config.heartbeat_ttl, create=True)
+        else:
+            self._registration_lost()
+
+    def _still_registered(self):
+        """Check the registration now (after a pause the heartbeat greenlet may not have run yet)."""
+        try:
+            self._beat()
+        except transport.RedisError:
+            return True  # cannot tell: the reader carries on, the heartbeat loop will know
+        return not self._missing
+
+    def _registration_lost(self):
+        """Our registration is gone: Redis restarted, or we were away past its TTL and thought dead (our
+        jobs went back to the queue, and another worker may hold our channels now). Stop serving what
+        we no longer hold, drop the jobs not started whose dispatch is over, and register again with
+        what is free."""
+        held = self.store.register_worker(self.id, self._heartbeat(), self.config.heartbeat_ttl, self.channels,
+                                          partial=True)
+        self._beat_ok = time.monotonic()
+        if held:
+            log.error("worker %s: was thought dead while away; %d of its channels are held by other workers now "
+                      "(%s held by %s): it stops serving them", self.id, len(held), *next(iter(held.items())))
+            self._missing.update(held)
+            self._serve(self._owned_channels())
+        else:
+            log.warning("worker %s: its registration was gone (Redis restarted, or it was away); registered "
+                        "again", self.id)
+        if self.recording:
+            queued = self.runners.take_queued()
+            current = self.store.current([(job.id, job.token) for job in queued])
+            for job, mine in zip(queued, current):
+                if mine:
+                    self.runners.put(job)
+            if len(queued) > sum(current):
+                log.warning("worker %s: dropped %d queued jobs the master gave to others meanwhile", self.id,
+                            len(queued) - sum(current))
+            self.runners.wake()
+
+    def _take_back_channels(self):
+        """Channels a live worker took while we were away: ours again once it lets them go."""
+        held = self.store.register_worker(self.id, self._heartbeat(), self.config.heartbeat_ttl, self.channels,
+                                          partial=True)
+        if len(held) < len(self._missing):
+            self._missing = held
+            log.info("worker %s: serving %d channels again", self.id, len(self._owned_channels()))
+            self._serve(self._owned_channels())
+
+    def _owned_channels(self):
+        return [channel for channel in self.channels if channel not in self._missing]
+
+    def _serve(self, channels):
+        """Subscribe exactly ``channels``: a fresh subscription replaces the current one (the reader
+        sees the old one closed and moves to the new one)."""
+        old = self._subscriber
+        self._subscriber = transport.subscribe(self.client, channels) if channels else _Idle()
+        self.hooks.on_subscribed(len(channels))
+        old.close()
+
+
+def _permanent(exc):
+    """An error that writing the same results again cannot cure: a command or script this user may
+    not run, credentials refused, a script that fails on these arguments, a value Redis cannot take."""
+    if isinstance(exc, (TypeError, ValueError, transport.DataError)):
+        return True
+    if isinstance(exc, transport.ConnectionLost):
+        return False
+    text = transport.describe(exc)
+    return any(sign in text for sign in ("denied a command", "refused the credentials", "Error running script",
+                                         "user_script"))
+
+
+def _gone(beat):
+    """True when a heartbeat's worker ran on this host and its process no longer exists."""
+    pid = beat.get("pid")
+    if beat.get("host") != socket.gethostname() or type(pid) is not int or pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, someone else's
+        return False
+    return False
+
+
+def _lease_left(beat, ttl):
+    """Seconds until a holder's lease runs out if it does not renew it (from its last beat's time)."""
+    last = beat.get("beat") if beat else None
+    if not isinstance(last, (int, float)):
+        return ttl
+    return min(ttl, max(0.0, last + ttl - time.time()))
+
+
+def _where(beat):
+    if not beat:
+        return ""
+    return f" (host {beat.get('host')}, pid {beat.get('pid')})"
+
+
+class _Idle:
+    """The subscription of a worker left with no channel: reading waits until it is replaced."""
+
+    def __init__(self):
+        self._closed = Event()
+
+    def read(self, timeout=None):
+        self._closed.wait(timeout)
+        raise transport.ConnectionLost[0]("subscription replaced")
+
+    def close(self):
+        self._closed.set()
+
+
+class _RateLimit:
+    """At most ``rate`` events a second pass; the others are counted."""
+
+    def __init__(self, rate):
+        self.rate = rate
+        self._second = 0
+        self._count = 0
+        self._skipped = 0
+
+    def allow(self):
+        second = int(time.monotonic())
+        if second != self._second:
+            self._second, self._count = second, 0
+        self._count += 1
+        if self._count > self.rate:
+            self._skipped += 1
+            return False
+        return True
+
+    def take_skipped(self):
+        skipped, self._skipped = self._skipped, 0
+        return skipped

@@ -40,6 +40,18 @@ def redis_cluster():
 
 
 @pytest.fixture
+def private_redis(request, tmp_path):
+    """A Redis of this test's own, which the test may stop and start again (``faults.RestartableRedis``;
+    extra server arguments via indirect parametrization)."""
+    from faults import RestartableRedis
+
+    server = RestartableRedis(tmp_path / "redis", getattr(request, "param", ()))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def redis_url(redis_server):
     return redis_server
 

@@ -2,11 +2,13 @@
 
 import json
 import socket
+import time
 from urllib.parse import urlsplit
 
 import pytest
 
 from conftest import run_cli, wait_until, workers_registered
+from faults import RestartableRedis
 from geventsched import transport
 from geventsched.client import Client
 from geventsched.embedded import EmbeddedRedis, free_port
@@ -99,12 +101,31 @@ def test_submit_file_with_a_bad_line_submits_nothing(tmp_path, r, redis_url, nam
     assert r.llen(Keys(namespace, cluster=transport.is_cluster(r)).intake) == 0
 
 
-@pytest.mark.parametrize("command", [["status"], ["submit", "noop"], ["worker"], ["master"], ["requeue-dead"]])
+@pytest.mark.parametrize("command", [["status"], ["submit", "noop"], ["requeue-dead"]])
 def test_unreachable_redis_exits_1_with_one_line(command):
     done = run_cli(*command, "--redis-url", f"redis://127.0.0.1:{free_port()}/0")
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot reach Redis" in lines[0], done.stderr
+
+
+@pytest.mark.parametrize("role", ["worker", "master"])
+def test_a_role_started_before_redis_waits_for_it_saying_so_once(role, spawn, tmp_path):
+    """Services ride out a Redis that is not up yet (a deploy, an outage): a supervisor or systemd that
+    restarts them would otherwise count the exits and give up."""
+    server = RestartableRedis(tmp_path / "redis")  # its port, not yet listening
+    proc = spawn(role, "--redis-url", server.url, "--metrics-port", "0", namespaced=False)
+    time.sleep(2)
+    assert proc.process.poll() is None, proc.output()
+    waiting = [line for line in proc.output().splitlines() if "waiting for Redis" in line]
+    assert len(waiting) == 1 and "cannot reach Redis" in waiting[0], proc.output()
+    server.start()
+    try:
+        wait_until(lambda: "registered" in proc.output() or "channels" in proc.output(), timeout=15,
+                   message=f"the {role} to start once Redis answers")
+        assert proc.process.poll() is None, proc.output()
+    finally:
+        server.stop()
 
 
 def test_bad_url_exits_1_with_one_line():
@@ -221,7 +242,7 @@ def test_no_result_for_a_task_no_worker_lists_says_so(spawn, r, redis_url, names
     beat = {"id": "w1", "host": "elsewhere", "pid": 1, "concurrency": 1, "running": 0, "queued": 0, "free": 1,
             "capacity": 1, "channels": 1, "codec": "json", "durability": "redis", "started": 0, "beat": 0,
             "tasks": ["echo", "noop"]}
-    assert Store(r, keys).register_worker("w1", json.dumps(beat), 60, [keys.dispatch_channel(1)]) is None
+    assert Store(r, keys).register_worker("w1", json.dumps(beat), 60, [keys.dispatch_channel(1)]) == {}
     spawn("master", "--metrics-port", "0")
     wait_until(lambda: r.exists(keys.master), timeout=20, message="an active master")
     assert wait_without_result(redis_url, namespace, "report") == ["hint: no live worker lists task report"]

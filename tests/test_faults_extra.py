@@ -19,6 +19,7 @@ from helpers import Spy, client_for, dispatch_names, status
 from geventsched.embedded import EmbeddedRedis, free_port
 from geventsched.keys import Keys
 from geventsched.metrics import REJECT_REASONS
+from geventsched.protocol import DISPATCH_ROOM
 from geventsched.store import DEADLINE_SLACK
 
 SHORT = 2.0
@@ -159,7 +160,7 @@ GARBAGE = [
     ("not_utf8", b'{"v": 1, "id": "garbage\xc3", "task": "echo"}'),
     ("empty", b""),
     ("too_large", b"x" * (5 << 20)),
-    ("too_large", doc(args=["x" * (1 << 20)])),
+    ("too_large", doc(args=["x" * ((1 << 20) + DISPATCH_ROOM)])),  # over what a dispatch of the largest job takes
     ("not_an_object", b"[1, 2, 3]"),
     ("not_an_object", json.dumps([{"v": 1, "id": "garbage", "task": "echo"}]).encode()),
     ("not_an_object", b'"text"'),

@@ -28,14 +28,15 @@ WINDOW_JOBS = 4
 
 def window_while_stalled(r, keys, seconds):
     """Watch Redis while the worker reads nothing: ``(most jobs sent to it at once, jobs not sent
-    then)``. A job sent to a worker has an owner (``HSET owner``, in the write that publishes it); a
-    job not sent is in the intake, or claimed (in flight in Redis) but held by the master."""
-    wait_until(lambda: r.hlen(keys.owner), timeout=20, message="the first dispatch")
+    then)``. A job sent to a worker has a dispatch record (``HSET dispatched``, in the write that
+    publishes it); a job not sent is in the intake, or claimed (in flight in Redis) but held by the
+    master."""
+    wait_until(lambda: r.hlen(keys.dispatched), timeout=20, message="the first dispatch")
     sent, held_back = 0, 0
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         pipe = r.pipeline(transaction=True)
-        pipe.hlen(keys.owner)
+        pipe.hlen(keys.dispatched)
         pipe.zcard(keys.inflight)
         pipe.llen(keys.intake)
         owned, claimed, queued = pipe.execute()

@@ -1,5 +1,5 @@
-"""A node (``geventsched worker --processes 2``) rides out a Redis outage: a child that cannot reach Redis
-is weather, not a crash loop, and the node must not give up on it (issue 10, defect 12)."""
+"""A node (``geventsched worker --processes 2``) rides out a Redis outage: a child started while Redis is
+away waits for it (weather, not a crash loop), and the node must not give up."""
 
 import os
 import signal
@@ -8,18 +8,10 @@ import time
 import pytest
 
 from conftest import wait_until
-from faults import HERE, RestartableRedis, executions
+from faults import HERE, executions
 from geventsched.client import Client
 from geventsched.keys import Keys
 from geventsched.store import Store
-
-
-@pytest.fixture
-def private_redis(tmp_path):
-    server = RestartableRedis(tmp_path / "redis")
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -31,8 +23,6 @@ def live_workers(r, namespace):
     return {w: beat for w, beat in Store(r, Keys(namespace)).workers().items() if beat is not None}
 
 
-@pytest.mark.xfail(strict=True, reason="needs the worker to exit 75 (supervisor.EXIT_TEMPFAIL) when it cannot "
-                                       "reach Redis at start-up; until then each try is a young death")
 def test_a_node_whose_child_is_killed_during_a_redis_outage_serves_again_when_redis_is_back(
         spawn, private_redis, r, namespace, tmp_path):
     node = spawn("worker", "--processes", "2", "--channels", "10", "--app", "faults", "--concurrency", "2",

@@ -32,7 +32,7 @@ from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, p
 from geventsched.errors import DecodeError
 from geventsched.keys import Keys
 from geventsched.protocol import RETRY, STATUSES, Job, JsonCodec, Result
-from geventsched.store import Store
+from geventsched.store import Outcome, Store
 
 codec = JsonCodec()
 
@@ -324,6 +324,8 @@ class JobMachine(RuleBasedStateMachine):
             self.serial += 1
             self.copies.append((job_id, self.serial))
             self.latest[job_id] = self.serial
+            # As the master does when it publishes the copy: its dispatch record, with its token.
+            self.r.hset(k.dispatched, job_id, f"{_token(self.serial)} w1")
 
     @rule(max_attempts=st.integers(1, 3))
     def reap_all(self, max_attempts):
@@ -405,34 +407,38 @@ class JobMachine(RuleBasedStateMachine):
         for job_id, serial in picked:
             status = data.draw(st.sampled_from(["ok", "error", "timeout"]))
             payload = JsonCodec().encode_result(Result(job_id, status, f"{job_id}/{serial}", task=self.tasks[job_id]))
+            outcome = Outcome(job_id, status, payload, "", _token(serial))
             if status != "ok" and data.draw(st.booleans()):
-                retries.append((job_id, status, payload, "", self.tasks[job_id], data.draw(st.integers(1, 2)),
-                                data.draw(st.sampled_from([0.0, 0.5, 100.0]))))
+                outcome.task, outcome.max_retries = self.tasks[job_id], data.draw(st.integers(1, 2))
+                outcome.backoff = data.draw(st.sampled_from([0.0, 0.5, 100.0]))
+                retries.append(outcome)
             else:
-                finals.append((job_id, status, payload, ""))
+                finals.append(outcome)
             self.copies.remove((job_id, serial))
-        # What Store.finish promises: finals in order, then retries; the first result per job wins. A
-        # failure that may retry, of a job in flight, is scheduled while retries are left and recorded
-        # like the others once out of them; of a job not in flight (a late copy: the reaper re-queued
-        # it meanwhile) it is left to the copy now queued.
-        in_flight = set(self._in_flight())
+        # What Store.finish promises: finals in order, then retries; only a result with the token of
+        # the job's dispatch in flight counts, and the first one per job wins. A failure that may retry
+        # is scheduled while retries are left (its dispatch is then over) and recorded like the others
+        # once out of them; a late copy's report (the reaper re-queued it, or it was handed back, or
+        # dispatched again) changes nothing.
+        dispatched = {i.decode(): v.decode() for i, v in self.r.hgetall(self.keys.dispatched).items()}
         has_result = {i: self._result(i) is not None for i, _ in picked}
         retried = {i: int(self.r.hget(self.keys.retries, i) or 0) for i, _ in picked}
         recorded, scheduled = {}, set()
-        for job_id, _, payload, _ in finals:
-            if not has_result[job_id]:
-                has_result[job_id] = True
-                recorded[job_id] = payload
-        for job_id, _, payload, _, _, max_retries, _ in retries:
-            if has_result[job_id] or job_id not in in_flight:
+        for o in finals:
+            if dispatched.get(o.id) == f"{o.token} w1" and not has_result[o.id]:
+                has_result[o.id] = True
+                recorded[o.id] = o.payload
+        for o in retries:
+            if dispatched.get(o.id) != f"{o.token} w1":
                 continue
-            retried[job_id] += 1
-            if retried[job_id] > max_retries:
-                has_result[job_id] = True
-                recorded[job_id] = payload
+            retried[o.id] += 1
+            if retried[o.id] > o.max_retries:
+                if not has_result[o.id]:
+                    has_result[o.id] = True
+                    recorded[o.id] = o.payload
             else:
-                scheduled.add(job_id)
-                in_flight.discard(job_id)
+                scheduled.add(o.id)
+                del dispatched[o.id]
         assert self.store.finish(finals, retries=retries) == len(recorded)
         for job_id, payload in recorded.items():
             assert self._result(job_id) == payload
@@ -443,8 +449,9 @@ class JobMachine(RuleBasedStateMachine):
     def _hand_back(self, data, copies):
         job_id, serial = data.draw(st.sampled_from(copies))
         self.copies.remove((job_id, serial))
-        expected = int(job_id in self._in_flight() and self._result(job_id) is None)
-        assert self.store.requeue([job_id]) == expected
+        current = self.r.hget(self.keys.dispatched, job_id) == f"{_token(serial)} w1".encode()
+        expected = int(current and job_id in self._in_flight() and self._result(job_id) is None)
+        assert self.store.requeue([(job_id, _token(serial))]) == expected
 
     # -- invariants ------------------------------------------------------------------------------------
 
@@ -516,6 +523,10 @@ class JobMachine(RuleBasedStateMachine):
             assert not left, f"finished job {job_id} left {left} behind in Redis"
 
 
+def _token(serial):
+    return f"t{serial}"
+
+
 class CurrentCopies(JobMachine):
     """Only the copy of a job's current dispatch reports."""
 
@@ -558,9 +569,10 @@ def _one_job_requeued_after_its_claim(client, namespace):
     (job_id,) = store.new_ids(1)
     store.submit([(job_id, codec.encode_job(Job(job_id, "a")))])
     assert [c[0] for c in store.claim(1)] == [job_id]
+    client.hset(store.keys.dispatched, job_id, "t1 w1")  # published, as the first copy
     assert store.reap(3, now=time.time() + FAR) == ([job_id], [])  # its worker was lost: queued again
     failure = codec.encode_result(Result(job_id, "error", error={"type": "E", "message": "", "traceback": ""}))
-    return store, job_id, (job_id, "error", failure, "", "a", 2, 0.0)
+    return store, job_id, Outcome(job_id, "error", failure, "", "t1", "a", 2, 0.0)
 
 
 def test_late_failure_of_a_requeued_copy_does_not_schedule_a_second_run(store_redis, namespace):
@@ -575,8 +587,9 @@ def test_late_failure_of_a_requeued_copy_does_not_schedule_a_second_run(store_re
 def test_late_failure_after_the_job_finished_leaves_no_retry_counter(store_redis, namespace):
     store, job_id, late_failure = _one_job_requeued_after_its_claim(store_redis, namespace)
     assert [c[0] for c in store.claim(1)] == [job_id]
+    store_redis.hset(store.keys.dispatched, job_id, "t2 w1")  # published again, as the second copy
     ok = codec.encode_result(Result(job_id, "ok", 1))
-    assert store.finish([(job_id, "ok", ok, "")]) == 1
+    assert store.finish([Outcome(job_id, "ok", ok, "", "t2")]) == 1
     assert store.finish([], retries=[late_failure]) == 0
     assert store_redis.get(store.keys.result(job_id)) == ok
     assert not store_redis.hexists(store.keys.retries, job_id), "the finished job's retry counter leaks"

@@ -38,7 +38,7 @@ ACL_SETUSER = (
     "+hset +hget +hmget +hgetall +hdel +hincrby +hscan "
     "+lpush +rpush +lpop +lrange +lrem +llen "
     "+sadd +srem +smembers "
-    "+zadd +zrem +zscore +zrangebyscore +zcard"
+    "+zadd +zrem +zrangebyscore +zcard"
 )
 
 HANG_GUARD = 60  # seconds: only to turn a hang into a failure

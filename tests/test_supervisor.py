@@ -164,7 +164,7 @@ def test_a_node_starts_without_redis_and_frees_leases_once_redis_answers(redis_u
 
     def register(worker_id, pid, channels, host=socket.gethostname()):
         beat = json.dumps({"id": worker_id, "host": host, "pid": pid})
-        assert store.register_worker(worker_id, beat, 60, [keys.dispatch_channel(c) for c in channels]) is None
+        assert store.register_worker(worker_id, beat, 60, [keys.dispatch_channel(c) for c in channels]) == {}
 
     register("dead-here", gone.pid, ["1", "2"])
     register("dead-elsewhere", gone.pid, ["3"], host="another-host")

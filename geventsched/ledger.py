@@ -1,0 +1,105 @@
+"""The master's in-flight ledger: which dispatch holds which job, where, with what token, until when.
+
+One entry per job published and not yet answered, for both durability modes. Redis keeps the durable
+truth (``store.py``: the in-flight set and the dispatch records); this is the master's working copy,
+which it needs per result at memory speed:
+
+* flow control: each entry holds one slot of its channel (``ChannelTable``) and its message's bytes in
+  its subscriber's window, so a worker's pub/sub output buffer cannot overflow;
+* authenticity: a result frees its slot only when it carries the entry's dispatch ``token``, so a
+  stranger's publish on CHANNEL_RESULT cannot make the master overrun a worker;
+* expiry: without durability nothing in Redis reaps a dispatch that never answers, so entries expire
+  here at their deadline (``expired``) and their slots come back.
+
+The subscriber of an entry is fixed when it is made (the worker id, or the channel name for workers
+that never register): a channel that changes owner later does not move bytes between windows.
+"""
+
+import heapq
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+
+from geventsched.dispatch import Channel
+from geventsched.protocol import Job
+
+
+@dataclass(slots=True)
+class Dispatch:
+    job: Job
+    channel: Channel
+    subscriber: str
+    size: int
+    token: str
+    deadline: float
+
+
+class Ledger:
+    def __init__(self, table, expires=False):
+        self.table = table
+        self._entries = {}  # job id -> Dispatch
+        self._bytes = defaultdict(int)  # subscriber -> bytes in flight
+        self._expires = expires
+        self._deadlines = []  # heap of (deadline, job id), when entries expire here
+
+    def __len__(self):
+        return len(self._entries)
+
+    def __contains__(self, job_id):
+        return job_id in self._entries
+
+    def ids(self):
+        return list(self._entries)
+
+    def get(self, job_id):
+        return self._entries.get(job_id)
+
+    def bytes(self, subscriber):
+        return self._bytes.get(subscriber, 0)
+
+    def add(self, job, channel, size, token, deadline):
+        subscriber = channel.worker or channel.name
+        self._entries[job.id] = entry = Dispatch(job, channel, subscriber, size, token, deadline)
+        self.table.acquire(channel)
+        self._bytes[subscriber] += size
+        if self._expires:
+            heapq.heappush(self._deadlines, (deadline, job.id))
+        return entry
+
+    def pop(self, job_id):
+        """Forget a dispatch: its slot and its bytes are free again. Returns it, or None."""
+        entry = self._entries.pop(job_id, None)
+        if entry is not None:
+            self.table.release(entry.channel)
+            left = self._bytes[entry.subscriber] - entry.size
+            if left > 0:
+                self._bytes[entry.subscriber] = left
+            else:
+                del self._bytes[entry.subscriber]
+        return entry
+
+    def held_by(self, worker_id):
+        return [job_id for job_id, entry in self._entries.items() if entry.subscriber == worker_id]
+
+    def expired(self, now):
+        """Pop and return the entries whose deadline has passed (only when entries expire here)."""
+        out, heap, entries = [], self._deadlines, self._entries
+        while heap and heap[0][0] <= now:
+            deadline, job_id = heapq.heappop(heap)
+            entry = entries.get(job_id)
+            if entry is not None and entry.deadline == deadline:
+                out.append(self.pop(job_id))
+        return out
+
+    def clear(self):
+        """Forget everything (a master that lost its lease: the next one owns these jobs now)."""
+        for job_id in list(self._entries):
+            self.pop(job_id)
+        self._deadlines.clear()
+
+
+def new_tokens(count):
+    """``count`` dispatch tokens: a random 48-bit prefix per batch and a counter, so a token cannot be
+    guessed by someone who did not see the dispatch, and costs no system call per job."""
+    prefix = os.urandom(6).hex()
+    return [f"{prefix}{i:x}" for i in range(count)]
