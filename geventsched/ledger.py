@@ -9,13 +9,13 @@ which it needs per result at memory speed:
 * authenticity: a result frees its slot only when it carries the entry's dispatch ``token``, so a
   stranger's publish on CHANNEL_RESULT cannot make the master overrun a worker;
 * expiry: without durability nothing in Redis reaps a dispatch that never answers, so entries expire
-  here at their deadline (``expired``) and their slots come back.
+  here at their deadline (``expired``, a scan the reaper runs once a second) and their slots come
+  back.
 
 The subscriber of an entry is fixed when it is made (the worker id, or the channel name for workers
 that never register): a channel that changes owner later does not move bytes between windows.
 """
 
-import heapq
 import os
 from collections import defaultdict
 from dataclasses import dataclass
@@ -35,12 +35,10 @@ class Dispatch:
 
 
 class Ledger:
-    def __init__(self, table, expires=False):
+    def __init__(self, table):
         self.table = table
         self._entries = {}  # job id -> Dispatch
         self._bytes = defaultdict(int)  # subscriber -> bytes in flight
-        self._expires = expires
-        self._deadlines = []  # heap of (deadline, job id), when entries expire here
 
     def __len__(self):
         return len(self._entries)
@@ -62,8 +60,6 @@ class Ledger:
         self._entries[job.id] = entry = Dispatch(job, channel, subscriber, size, token, deadline)
         self.table.acquire(channel)
         self._bytes[subscriber] += size
-        if self._expires:
-            heapq.heappush(self._deadlines, (deadline, job.id))
         return entry
 
     def pop(self, job_id):
@@ -82,24 +78,17 @@ class Ledger:
         return [job_id for job_id, entry in self._entries.items() if entry.subscriber == worker_id]
 
     def expired(self, now):
-        """Pop and return the entries whose deadline has passed (only when entries expire here)."""
-        out, heap, entries = [], self._deadlines, self._entries
-        while heap and heap[0][0] <= now:
-            deadline, job_id = heapq.heappop(heap)
-            entry = entries.get(job_id)
-            if entry is not None and entry.deadline == deadline:
-                out.append(self.pop(job_id))
-        return out
+        """Pop and return the entries whose deadline has passed."""
+        return [self.pop(job_id) for job_id in [job_id for job_id, entry in self._entries.items()
+                                                if entry.deadline <= now]]
 
     def clear(self):
         """Forget everything (a master that lost its lease: the next one owns these jobs now)."""
         for job_id in list(self._entries):
             self.pop(job_id)
-        self._deadlines.clear()
 
 
-def new_tokens(count):
-    """``count`` dispatch tokens: a random 48-bit prefix per batch and a counter, so a token cannot be
-    guessed by someone who did not see the dispatch, and costs no system call per job."""
-    prefix = os.urandom(6).hex()
-    return [f"{prefix}{i:x}" for i in range(count)]
+def new_token():
+    """A dispatch token: 64 random bits, drawn once per dispatched batch (a job's dispatch record
+    binds it to the job), so it cannot be guessed by someone who did not see the dispatch."""
+    return os.urandom(8).hex()

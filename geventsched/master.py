@@ -36,7 +36,7 @@ from geventsched.errors import DecodeError, GeventschedError
 from geventsched.hooks import MasterHooks, guarded
 from geventsched.keys import Keys
 from geventsched.lease import Lease
-from geventsched.ledger import Ledger, new_tokens
+from geventsched.ledger import Ledger, new_token
 from geventsched.loops import Loops
 from geventsched.protocol import RETRY, Job, JsonCodec, error_result, make_codec
 from geventsched.store import CLAIM_GRACE, Outcome, Store
@@ -61,8 +61,7 @@ class Master:
         self.strategy = get_strategy(config.strategy)
         self.table = ChannelTable()
         self.pending = deque()  # claimed jobs waiting for a channel
-        # Without durability nothing in Redis reaps a dispatch that never answers: it expires here.
-        self.ledger = Ledger(self.table, expires=not self.durable)
+        self.ledger = Ledger(self.table)
         self.workers = {}  # worker id -> last heartbeat
         self.task_timeouts = {}  # task name -> time limit, as the workers registered them
         self._static = [self.keys.dispatch_channel(c) for c in config.channels]
@@ -294,15 +293,16 @@ class Master:
         pending, table, choose, ledger = self.pending, self.table, self.strategy, self.ledger
         encode, budget = self.codec.encode_dispatch, self.config.max_inflight_bytes
         sent, messages, full = [], [], {}  # full: channels of subscribers whose window is full -> cap
-        tokens = new_tokens(min(len(pending), self.table.free_slots() or 1))
+        token = new_token()  # one per batch: each job's dispatch record binds it to the job
+        tail = self.codec.dispatch_tail(token)
         now = time.time()
-        while pending and len(sent) < len(tokens):
+        limits, default, slack = self.task_timeouts, self.config.default_timeout, self.config.deadline_slack
+        while pending:
             job = pending[0]
             channel = choose(table, job)
             if channel is None:
                 break
-            token = tokens[len(sent)]
-            payload = encode(job, token)
+            payload = encode(job, tail)
             subscriber = channel.worker or channel.name
             held = ledger.bytes(subscriber)
             if held and held + len(payload) > budget:
@@ -313,8 +313,8 @@ class Master:
                 channel.cap = 0
                 continue
             pending.popleft()
-            entry = ledger.add(job, channel, len(payload), token, self.deadline_for(job, now))
-            sent.append(entry)
+            deadline = now + (job.timeout or limits.get(job.task) or default) + slack  # see deadline_for
+            sent.append(ledger.add(job, channel, len(payload), token, deadline))
             messages.append((channel.name, payload))
         for channel, cap in full.items():
             channel.cap = cap
@@ -324,7 +324,7 @@ class Master:
         commands = []
         if self.durable:  # in the same write: published jobs get their full deadline and their dispatch record
             commands.append(self.store.deadline_command([(int(e.deadline), e.job.id) for e in sent]))
-            commands.append(self.store.dispatch_command([(e.job.id, e.token, e.channel.worker) for e in sent]))
+            commands.append(self.store.dispatch_command([(e.job.id, e.channel.worker) for e in sent], token))
         try:
             replies = self._publisher.send(messages, commands)
         except transport.ConnectionLost:
@@ -401,11 +401,12 @@ class Master:
     def _take_result(self, result, raw_results, trusted=False):
         """A result frees its slot only if it answers the dispatch in flight: the same token (the raw
         codec has none), or ``trusted`` (read back from Redis, where only such results are recorded)."""
-        entry = self.ledger.get(result.id)
+        ledger = self.ledger
+        entry = ledger.get(result.id)
         if entry is None or not (trusted or self.raw or result.token == entry.token):
             self.hooks.on_unknown_result()
             return
-        self.ledger.pop(result.id)
+        ledger.pop(result.id)
         job = entry.job
         if result.status == RETRY:  # failed, scheduled to run again: the slot is free, the job not done
             self.hooks.on_redispatched("retry", 1)

@@ -125,11 +125,18 @@ class JsonCodec:
             doc["max_retries"] = job.max_retries
         return _dumps(doc, (job.args, job.kwargs, job.timeout, job.submitted_at))
 
-    def encode_dispatch(self, job, token):
+    def encode_dispatch(self, job, tail):
         """The message that dispatches ``job``: its record with the dispatch token added. The record
-        as stored is reused, not encoded again: the token goes in before its closing brace."""
-        body = self.encode_job(job).rstrip()
-        return b"%s,\"tok\":\"%s\"}" % (body[:-1], token.encode())
+        as stored is reused, not encoded again: ``tail`` (``dispatch_tail(token)``) replaces its
+        closing brace."""
+        body = self.encode_job(job)
+        if body[-1] != 125:  # "}": a record written by another client, with trailing space
+            body = body.rstrip()
+        return body[:-1] + tail
+
+    @staticmethod
+    def dispatch_tail(token):
+        return b',"tok":"%s"}' % token.encode()
 
     def decode_job(self, data, max_payload=-1):
         """``max_payload``: None = no size limit (a record of our own), -1 = the codec's."""
@@ -231,8 +238,12 @@ class RawCodec:
     def encode_job(self, job):
         return job.id.encode()
 
-    def encode_dispatch(self, job, token):
+    def encode_dispatch(self, job, tail):
         return job.id.encode()  # the original protocol has no room for a token
+
+    @staticmethod
+    def dispatch_tail(token):
+        return b""
 
     def decode_job(self, data):
         if not data:

@@ -27,11 +27,15 @@ log = logging.getLogger(__name__)
 
 
 class Runners:
-    def __init__(self, size, execute):
+    """``execute(job)`` runs a job; if it raises, ``crashed(job, exc)`` is told (by default it is
+    logged) and the runner goes on with the next job."""
+
+    def __init__(self, size, execute, crashed=None):
         if size < 1:
             raise ValueError("concurrency must be at least 1")
         self.size = size
         self._execute = execute
+        self._crashed = crashed or _log_crash
         self._queue = deque()
         self._idle = []  # Events of parked runners
         self._greenlets = set()
@@ -84,8 +88,8 @@ class Runners:
                     current[me] = job
                     try:
                         self._execute(job)
-                    except Exception:  # ``execute`` answers every job; if it fails, this runner lives on
-                        log.exception("a runner could not run job %s", getattr(job, "id", job))
+                    except Exception as exc:  # this runner lives on
+                        self._crashed(job, exc)
                     finally:
                         del current[me]
                     if self._closed:
@@ -125,3 +129,7 @@ class Runners:
         gevent.killall(list(self._greenlets), block=True, timeout=5)
         self._current.clear()
         return interrupted
+
+
+def _log_crash(job, exc):
+    log.error("a runner could not run job %s", getattr(job, "id", job), exc_info=(type(exc), exc, exc.__traceback__))

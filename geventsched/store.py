@@ -83,8 +83,19 @@ local function record(id, status, payload, reply)
   end
 end
 local last = 5 + finals * 5
+local dispatches = {}
+if finals > 0 and not trusted then  -- one HMGET for every final result, not one HGET each
+  local ids = {}
+  for i = 6, last, 5 do ids[#ids + 1] = ARGV[i] end
+  dispatches = redis.call('HMGET', KEYS[7], unpack(ids))
+end
+local n = 0
 for i = 6, last, 5 do
-  if current(ARGV[i], ARGV[i + 4]) then record(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]) end
+  n = n + 1
+  local token, dispatch = ARGV[i + 4], dispatches[n]
+  if trusted or (dispatch and string.sub(dispatch, 1, #token + 1) == token .. ' ') then
+    record(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
+  end
 end
 local now
 for i = last + 1, #ARGV, 8 do
@@ -401,14 +412,20 @@ class Store:
         head = b"*%d\r\n$4\r\nZADD\r\n$%d\r\n%s\r\n$2\r\nXX\r\n" % (3 + 2 * len(parts), len(key), key)
         return head + b"".join(parts)
 
-    def dispatch_command(self, dispatches):
-        """``HSET dispatched id "token worker" ...`` packed for ``[(id, token, worker_id), ...]``: the
-        dispatch each job is in flight under (its token, checked by ``finish`` and ``requeue``) and the
-        worker it went to, so a master that starts after a crash finds a lost worker's jobs."""
+    def dispatch_command(self, dispatches, token):
+        """``HSET dispatched id "token worker" ...`` packed for ``[(id, worker_id), ...]`` dispatched
+        under ``token``: the dispatch each job is in flight under (its token, checked by ``finish`` and
+        ``requeue``) and the worker it went to, so a master that starts after a crash finds a lost
+        worker's jobs. Packed by hand: it runs once per dispatched batch, one pair per job."""
+        values = {}  # a batch goes to a few workers: pack each value once
         parts = []
-        for job_id, token, worker_id in dispatches:
-            job_id, value = job_id.encode(), b"%s %s" % (token.encode(), (worker_id or "").encode())
-            parts.append(b"$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(job_id), job_id, len(value), value))
+        for job_id, worker_id in dispatches:
+            value = values.get(worker_id)
+            if value is None:
+                text = b"%s %s" % (token.encode(), (worker_id or "").encode())
+                value = values[worker_id] = b"$%d\r\n%s\r\n" % (len(text), text)
+            job_id = job_id.encode()
+            parts.append(b"$%d\r\n%s\r\n%s" % (len(job_id), job_id, value))
         key = self.keys.dispatched.encode()
         return b"*%d\r\n$4\r\nHSET\r\n$%d\r\n%s\r\n" % (2 + 2 * len(parts), len(key), key) + b"".join(parts)
 

@@ -569,7 +569,9 @@ class Publisher:
         ``hiredis.ReplyError`` value. Raises ``ConnectionLost`` (nothing is known about the batch)."""
         try:
             if not self._cluster:
-                chunks = [*commands, *(pack_publish(channel, payload) for channel, payload in messages)]
+                chunks = [pack_publish(channel, payload) for channel, payload in messages]
+                if commands:
+                    chunks = [*commands, *chunks]
                 replies = self._pipe(None).call(b"".join(chunks), len(chunks))
                 _check_commands(replies[:len(commands)])
                 return replies[len(commands):]

@@ -76,7 +76,7 @@ class Worker:
         self.id = config.worker_id
         # "3" and "CHANNEL_DISPATCH_3" name the same channel: subscribe it once.
         self.channels = list(dict.fromkeys(self.keys.dispatch_channel(c) for c in config.channels))
-        self.runners = Runners(config.concurrency, self._execute)
+        self.runners = Runners(config.concurrency, self._execute, self._crashed)
         self._deadlines = Deadlines()
         # Tasks declared blocking=True run here. A timeout stops the wait, not the thread: the thread
         # finishes its call in the background, as any thread would.
@@ -325,15 +325,14 @@ class Worker:
 
     # -- running ---------------------------------------------------------------------------------
 
-    def _execute(self, job):
-        try:
-            self._run(job)
-        except Exception as exc:  # a bug of ours: the job still gets an answer, the runner lives on
-            log.exception("worker %s: job %s (%s) could not be run", self.id, job.id, job.task)
-            self._emit(job, error_result(job, "error", "WorkerError", f"{type(exc).__name__}: {exc}",
-                                         traceback.format_exc()), retry=False)
+    def _crashed(self, job, exc):
+        """Running ``job`` failed outside the task (a bug of ours): it still gets an answer."""
+        log.error("worker %s: job %s (%s) could not be run", self.id, job.id, job.task,
+                  exc_info=(type(exc), exc, exc.__traceback__))
+        self._emit(job, error_result(job, "error", "WorkerError", f"{type(exc).__name__}: {exc}",
+                                     "".join(traceback.format_exception(exc))), retry=False)
 
-    def _run(self, job):
+    def _execute(self, job):
         task = self.registry.get(job.task)
         if task is None:
             self.hooks.on_rejected("unknown_task")
@@ -446,7 +445,7 @@ class Worker:
             messages.append((channel, outcome.payload))
             if outcome.reply:
                 messages.append((outcome.reply.encode(), outcome.payload))
-        refused = [reply for reply in self._publisher.send(messages) if transport.is_error(reply)]
+        refused = [reply for reply in self._publisher.send(messages) if type(reply) is not int]  # PUBLISH: a count
         if refused:
             log.error("worker %s: Redis refused %d of %d result messages: %s", self.id, len(refused),
                       len(messages), refused[0])
