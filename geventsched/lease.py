@@ -64,11 +64,15 @@ class Lease:
             stop.wait(self.ttl / 5)
         return False
 
+    def renew(self):
+        """Renew the lease now. True while it is ours (renewed, or free again and taken back)."""
+        return bool(self._renew(keys=[self.key], args=[self.holder, self.ttl_ms]) or self.try_acquire())
+
     def keep(self, stop, lost):
         """Renew until ``stop`` is set; call ``lost()`` and return if the lease went to someone else."""
         while not stop.wait(self.ttl / 5):
             try:
-                if self._renew(keys=[self.key], args=[self.holder, self.ttl_ms]) or self.try_acquire():
+                if self.renew():
                     continue  # renewed, or it had only run out (Redis was away) and is ours again
                 log.error("master: lost the lease to %s; stopping dispatch", self.current())
                 lost()

@@ -93,11 +93,7 @@ class Master:
         if not self.lease.acquire(self._shutdown):
             return False
         self._loops.spawn("lease", self.lease.keep, self._stop, self._lose_lease)
-        self._subscriber = self._subscribe()
-        for name in self._static:
-            self.table.add(name.encode(), None, self.config.prefetch or self.config.static_prefetch)
-        if not self._static:
-            self._discover()
+        self._open()
         self._loops.spawn("collector", self._collect_loop)
         self._loops.spawn("dispatcher", self._dispatch_loop)
         self._loops.spawn("reaper", self._every, self.config.reap_interval,
@@ -108,6 +104,39 @@ class Master:
                  self.config.strategy, self.codec.name, self.config.durability,
                  ", Redis Cluster" if self.keys.cluster else "")
         return True
+
+    def _open(self):
+        """With the lease held: listen for results, and find the channels."""
+        self._subscriber = self._subscribe()
+        for name in self._static:
+            self.table.add(name.encode(), None, self.config.prefetch or self.config.static_prefetch)
+        if not self._static:
+            self._discover()
+
+    # -- stepping (no greenlets: tests and embedding) ----------------------------------------------
+
+    def open(self):
+        """Become the active master without starting a loop, to be driven by ``run_once``. Returns
+        False if another master holds the lease."""
+        if not self.lease.try_acquire():
+            return False
+        self._open()
+        return True
+
+    def run_once(self, timeout=0.0):
+        """One pass of every loop, in the calling greenlet (huey's ``loop()``): renew the lease, look
+        for workers, reap, claim and dispatch what has room, then take the results that arrive within
+        ``timeout`` seconds. Returns how many messages it read."""
+        if not self.lease.renew():
+            raise GeventschedError("another master holds the lease now")
+        if not self._static:
+            self._discover()
+        (self._reap if self.durable else self._expire)()
+        self._claim()
+        self._dispatch()
+        messages = self._subscriber.read(timeout)
+        self._take(messages)
+        return len(messages)
 
     def run(self):
         """Serve until SIGTERM/SIGINT (standing by first if another master is active, and again after
@@ -380,14 +409,18 @@ class Master:
             except transport.ConnectionLost as exc:
                 self._resubscribe(exc)
                 continue
-            raw_results = []
-            for channel, data in messages:
-                if channel == wakeup:
-                    continue
-                self._collect(data, raw_results)
-            if raw_results:
-                self._record_raw(raw_results)
+            self._take(messages, wakeup)
             self._wake.set()
+
+    def _take(self, messages, wakeup=None):
+        """Results read from CHANNEL_RESULT (wake-ups are only cues)."""
+        wakeup = wakeup or self.keys.wakeup_channel.encode()
+        raw_results = []
+        for channel, data in messages:
+            if channel != wakeup:
+                self._collect(data, raw_results)
+        if raw_results:
+            self._record_raw(raw_results)
 
     def _collect(self, data, raw_results):
         try:

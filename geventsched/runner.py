@@ -103,6 +103,11 @@ class Runners:
         finally:
             self._greenlets.discard(me)
 
+    def join(self, poll=0.001):
+        """Wait (yielding) until every queued job has run."""
+        while self._queue or self._current:
+            gevent.sleep(poll)
+
     def jobs(self):
         """The jobs queued and running now."""
         return [*self._queue, *self._current.values()]

@@ -130,6 +130,34 @@ class Worker:
                  " (sharded, Redis Cluster)" if self.keys.cluster else "", self.config.concurrency, self.codec.name)
         return True
 
+    # -- stepping (tests and embedding) ------------------------------------------------------------
+
+    def open(self):
+        """Claim the channels and subscribe without starting a loop, to be driven by ``run_once``.
+        Returns False if ``request_stop`` came while waiting for a channel."""
+        if not self._claim_channels():
+            return False
+        self._subscriber = self._subscribe()
+        self._register_tasks()
+        self._beat_ok = time.monotonic()
+        return True
+
+    def run_once(self, timeout=0.0):
+        """One pass of every loop in the calling greenlet (huey's ``loop()``): read what the channels
+        hold (waiting up to ``timeout`` seconds for it), run those jobs to the end, write their results
+        and heartbeat. Returns how many jobs it received."""
+        messages = self._subscriber.read(timeout)
+        for channel, data in messages:
+            self._accept(channel, data)
+        self.runners.wake()
+        self.runners.join()
+        batch, self._out = self._out, []
+        retries, self._retry_out = self._retry_out, []
+        for i in range(0, max(len(batch), 1), WRITE_BATCH):
+            self._write(batch[i:i + WRITE_BATCH], retries if i == 0 else ())
+        self._beat()
+        return len(messages)
+
     def _claim_channels(self):
         ttl = self.config.heartbeat_ttl
         give_up = time.monotonic() + ttl + 1.0  # a dead holder's lease runs out within its TTL
