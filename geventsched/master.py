@@ -194,6 +194,20 @@ class Master:
         self._close_connections()
         log.info("master: stopped with %d jobs in flight", len(self.ledger))
 
+    def state(self):
+        """What this master holds and sees, for metrics and status: jobs in flight, live workers and
+        channels (from memory), and jobs queued (claimed and waiting here, plus the intake) and dead
+        letters, read from Redis; those two are left out when Redis does not answer."""
+        state = {"in_flight": len(self.ledger), "workers": len(self.workers), "channels": len(self.table)}
+        pending = len(self.pending)  # read before the round trip, which lets the loops run
+        try:
+            intake, dead = self.store.depths()
+        except transport.RedisError as exc:
+            log.warning("master: cannot read the queue depth from Redis: %s", transport.describe(exc))
+            return state
+        state.update(queued=pending + intake, dead=dead)
+        return state
+
     def _close_connections(self):
         if self._subscriber is not None:
             self._subscriber.close()

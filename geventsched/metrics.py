@@ -381,20 +381,12 @@ class MasterMetrics(MasterHooks):
 
 
 def _read_master(master):
-    values = {"geventsched_master_jobs_in_flight": len(master.in_flight),
-              "geventsched_master_workers": len(master.workers),
-              "geventsched_master_channels": len(master.table)}
-    pending = len(master.pending)  # read before the round trip, which lets the loops run
-    try:
-        pipe = master.client.pipeline(transaction=False)
-        pipe.llen(master.keys.intake)
-        pipe.llen(master.keys.dead)
-        intake, dead = pipe.execute()
-    except Exception as exc:  # Redis down or slow: export what we know, never fail the scrape
-        log.warning("metrics: cannot read queue depth from Redis: %s", exc)
-        return values
-    values["geventsched_master_jobs_queued"] = pending + intake
-    values["geventsched_master_dead_letters"] = dead
+    state = master.state()
+    values = {"geventsched_master_jobs_in_flight": state["in_flight"], "geventsched_master_workers": state["workers"],
+              "geventsched_master_channels": state["channels"]}
+    if "queued" in state:  # absent when Redis did not answer: no sample rather than a made-up one
+        values["geventsched_master_jobs_queued"] = state["queued"]
+        values["geventsched_master_dead_letters"] = state["dead"]
     return values
 
 

@@ -574,6 +574,13 @@ class Store:
 
     # -- status ----------------------------------------------------------------------------------
 
+    def depths(self):
+        """``(queued, dead)``: lengths of the intake and of the dead-letter list, in one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.llen(self.keys.intake)
+        pipe.llen(self.keys.dead)
+        return tuple(pipe.execute())
+
     def counts(self):
         k = self.keys
         pipe = self.client.pipeline(transaction=False)
