@@ -219,13 +219,10 @@ class Client:
         if not heard:
             return
         ids = sorted(heard)
-        stored = self.store.get_results(ids)
-        unrecorded = [job_id for job_id, data in zip(ids, stored) if data is None]
-        queued = dict(zip(unrecorded, self.store.jobs_exist(unrecorded))) if unrecorded else {}
-        for job_id, data in zip(ids, stored):
+        for job_id, (data, recorded) in zip(ids, self.store.results_and_records(ids)):
             if data is not None:
                 self._keep(data, want)
-            elif not queued[job_id]:
+            elif not recorded:
                 self._results[job_id] = heard[job_id]
                 want.discard(job_id)
 

@@ -381,9 +381,18 @@ class Store:
         """Publish ``payload`` on one of our channels (a reply channel), sharded on a cluster."""
         self._wake_up(channel, payload)
 
-    def jobs_exist(self, ids):
-        """For each id: is its job recorded (queued, in flight, scheduled, or dead)?"""
-        return [body is not None for body in self.client.hmget(self.keys.jobs, ids)] if ids else []
+    def results_and_records(self, ids):
+        """For each id, in one round trip: ``(stored result or None, is the job recorded?)`` (recorded:
+        queued, in flight, scheduled or dead; a finished job's record is gone, and without durability
+        there never is one)."""
+        if self.keys.cluster:  # redis-py's cluster pipeline refuses MGET: two round trips there
+            results, bodies = self.get_results(ids), self.client.hmget(self.keys.jobs, ids)
+        else:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.mget([self.keys.result(job_id) for job_id in ids])
+            pipe.hmget(self.keys.jobs, ids)
+            results, bodies = pipe.execute()
+        return [(result, body is not None) for result, body in zip(results, bodies)]
 
     # -- master side ---------------------------------------------------------------------------
 

@@ -353,11 +353,12 @@ class Subscriber:
         return due
 
     def receive(self, wait):
-        """The messages of one ``recv`` that waits at most ``wait`` seconds; None if nothing came."""
-        self._sock.settimeout(max(wait, 0.001))
+        """The messages of one ``recv`` that waits at most ``wait`` seconds (0: not at all); None if
+        nothing came."""
+        self._sock.settimeout(max(wait, 0.0))
         try:
             data = self._sock.recv(RECV_SIZE)
-        except socket.timeout:
+        except (socket.timeout, BlockingIOError, ssl.SSLWantReadError):
             return None
         if not data:
             raise rexc.ConnectionError("Redis closed the connection")
