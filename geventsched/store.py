@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass
 from importlib import resources
 
+from geventsched import transport
+
 DEFAULT_RESULT_TTL = 24 * 3600
 #: Extra time past a job's own timeout before the master thinks it lost: covers time queued on the worker.
 DEADLINE_SLACK = 30.0
@@ -141,38 +143,19 @@ class Store:
         return [(flat[i].decode(), flat[i + 1], int(flat[i + 2])) for i in range(0, len(flat), 3)]
 
     def deadline_command(self, deadlines):
-        """``ZADD inflight XX`` packed for ``[(deadline, id), ...]``, deadlines in whole seconds: set
-        when a job is published (its time limit plus slack). XX: a job that has finished meanwhile
-        stays finished. Packed by hand: it runs once per dispatched batch, one pair per job."""
-        scores = {}  # jobs mostly share a deadline: format each one once
-        parts = []
-        for deadline, job_id in deadlines:
-            score = scores.get(deadline)
-            if score is None:
-                text = b"%d" % (deadline + 1)
-                score = scores[deadline] = b"$%d\r\n%s\r\n" % (len(text), text)
-            job_id = job_id.encode()
-            parts.append(b"%s$%d\r\n%s\r\n" % (score, len(job_id), job_id))
-        key = self.keys.inflight.encode()
-        head = b"*%d\r\n$4\r\nZADD\r\n$%d\r\n%s\r\n$2\r\nXX\r\n" % (3 + 2 * len(parts), len(key), key)
-        return head + b"".join(parts)
+        """``ZADD inflight XX`` packed for ``[(deadline, id), ...]``, deadlines in whole seconds (each
+        stored one second later: rounded up): set when a job is published (its time limit plus slack).
+        XX: a job that has finished meanwhile stays finished. Runs once per dispatched batch."""
+        return transport.pack_pairs("ZADD", self.keys.inflight, deadlines, flags=("XX",),
+                                    shared=0, shared_value=_round_up)
 
     def dispatch_command(self, dispatches, token):
         """``HSET dispatched id "token worker" ...`` packed for ``[(id, worker_id), ...]`` dispatched
         under ``token``: the dispatch each job is in flight under (its token, checked by ``finish`` and
         ``requeue``) and the worker it went to, so a master that starts after a crash finds a lost
-        worker's jobs. Packed by hand: it runs once per dispatched batch, one pair per job."""
-        values = {}  # a batch goes to a few workers: pack each value once
-        parts = []
-        for job_id, worker_id in dispatches:
-            value = values.get(worker_id)
-            if value is None:
-                text = b"%s %s" % (token.encode(), (worker_id or "").encode())
-                value = values[worker_id] = b"$%d\r\n%s\r\n" % (len(text), text)
-            job_id = job_id.encode()
-            parts.append(b"$%d\r\n%s\r\n%s" % (len(job_id), job_id, value))
-        key = self.keys.dispatched.encode()
-        return b"*%d\r\n$4\r\nHSET\r\n$%d\r\n%s\r\n" % (2 + 2 * len(parts), len(key), key) + b"".join(parts)
+        worker's jobs. Runs once per dispatched batch."""
+        return transport.pack_pairs("HSET", self.keys.dispatched, dispatches, shared=1,
+                                    shared_value=lambda worker_id: f"{token} {worker_id or ''}")
 
     def current(self, dispatches):
         """For each ``(id, token)``: is that dispatch the one in flight?"""
@@ -366,6 +349,12 @@ class Store:
         """Forget dead letters whose result has expired (oldest first). Returns how many went."""
         k = self.keys
         return self._trim_dead(keys=[k.dead, k.jobs, k.attempts, k.retries], args=[k.result_prefix, limit])
+
+
+def _round_up(deadline):
+    """A deadline in whole seconds as stored: one second on, so Redis never reaps a job before the
+    master's own deadline for it (the caller cut the fraction off)."""
+    return deadline + 1
 
 
 def _load_json(data):
