@@ -13,30 +13,17 @@ import socket
 import gevent
 
 from geventsched import transport
+from geventsched.store import lua_script
 
 log = logging.getLogger(__name__)
-
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
 
 
 class Lease:
     def __init__(self, client, key, ttl=5.0, holder=None):
         self.client, self.key, self.ttl = client, key, ttl
         self.holder = holder or f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
-        self._renew = client.register_script(_RENEW)
-        self._release = client.register_script(_RELEASE)
+        self._renew = client.register_script(lua_script("lease_renew"))
+        self._release = client.register_script(lua_script("lease_release"))
 
     @property
     def ttl_ms(self):

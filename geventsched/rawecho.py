@@ -4,7 +4,7 @@ Process A (this script, the "master" side) publishes N small messages on
 CHANNEL_DISPATCH_1; process B (a subprocess of this script, the "worker" side)
 reads them on its own subscriber socket and publishes each payload back on
 CHANNEL_RESULT; A counts the echoes on its own subscriber socket. Both sides
-hand-pack RESP PUBLISH commands and write a whole batch with one sendall, and
+pack PUBLISH commands with transport's packer and write a whole batch with one sendall, and
 read through hiredis.Reader, draining every complete reply per recv. That is
 the shape of geventsched's hot path minus job encoding, bookkeeping and Lua, so
 the figure is a ceiling for what the scheduler can reach on the same machine.
@@ -37,16 +37,6 @@ STOP = b"__raw_echo_stop__"
 
 
 # ---- RESP and sockets --------------------------------------------------------------------------
-
-
-def publish_prefix(channel):
-    """The constant head of 'PUBLISH channel <payload>'; only the payload part varies."""
-    ch = channel.encode()
-    return b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%s\r\n$" % (len(ch), ch)
-
-
-def pack_publish(prefix, payload):
-    return b"%s%d\r\n%s\r\n" % (prefix, len(payload), payload)
 
 
 def connect(url):
@@ -151,13 +141,15 @@ def run_worker(url, namespace):
     sys.stdout.write("ready\n")
     sys.stdout.flush()
 
-    prefix = publish_prefix(result)
+    from geventsched.transport import pack_publishes
+
+    channel = result.encode()
     while True:
         payloads = read_messages(sub, reader)
         stop = STOP in payloads
         if payloads:
             # One write for everything this recv delivered: this is where batching pays.
-            pub.sendall(b"".join([b"%s%d\r\n%s\r\n" % (prefix, len(p), p) for p in payloads]))
+            pub.sendall(pack_publishes(channel, payloads))
         if stop:
             return
 
@@ -165,10 +157,13 @@ def run_worker(url, namespace):
 # ---- process A: the master side ----------------------------------------------------------------
 
 
-def throughput(pub, sub, reader, prefix, messages, window, batch):
-    """Publish ``messages`` payloads keeping at most ``window`` un-echoed; return seconds taken."""
+def throughput(pub, sub, reader, channel, messages, window, batch):
+    """Publish ``messages`` payloads on ``channel`` (bytes) keeping at most ``window`` un-echoed;
+    return seconds taken."""
+    from geventsched.transport import pack_publish
+
     payload = b"x" * 16
-    one = pack_publish(prefix, payload)
+    one = pack_publish(channel, payload)
     sent = received = 0
     start = time.perf_counter()
     while received < messages:
@@ -184,13 +179,15 @@ def throughput(pub, sub, reader, prefix, messages, window, batch):
     return time.perf_counter() - start
 
 
-def latency(pub, sub, reader, prefix, round_trips):
-    """Milliseconds of ``round_trips`` sequential publish -> echo round trips."""
+def latency(pub, sub, reader, channel, round_trips):
+    """Milliseconds of ``round_trips`` sequential publish -> echo round trips on ``channel`` (bytes)."""
+    from geventsched.transport import pack_publish
+
     samples = []
     for i in range(round_trips):
         payload = b"rt%d" % i
         t0 = time.perf_counter()
-        pub.sendall(pack_publish(prefix, payload))
+        pub.sendall(pack_publish(channel, payload))
         got = []
         while payload not in got:
             got = read_messages(sub, reader)
@@ -236,14 +233,16 @@ def run_master(args):
             if worker.stdout.readline().strip() != b"ready":
                 raise RuntimeError("the echo worker failed to start")
 
-        prefix = publish_prefix(dispatch)
+        from geventsched.transport import pack_publish
+
+        channel = dispatch.encode()
         # A short warm-up so connection setup and first-call costs stay out of the figures.
-        throughput(pub, sub, reader, prefix, min(1000, args.messages), args.window, args.batch)
+        throughput(pub, sub, reader, channel, min(1000, args.messages), args.window, args.batch)
         with gevent.Timeout(args.timeout, RuntimeError(f"throughput phase took over {args.timeout} s")):
-            seconds = throughput(pub, sub, reader, prefix, args.messages, args.window, args.batch)
+            seconds = throughput(pub, sub, reader, channel, args.messages, args.window, args.batch)
         with gevent.Timeout(args.timeout, RuntimeError(f"latency phase took over {args.timeout} s")):
-            samples = latency(pub, sub, reader, prefix, args.round_trips)
-        pub.sendall(pack_publish(prefix, STOP))
+            samples = latency(pub, sub, reader, channel, args.round_trips)
+        pub.sendall(pack_publish(channel, STOP))
         worker.wait(timeout=10)
     finally:
         if worker.poll() is None:

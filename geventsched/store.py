@@ -18,9 +18,13 @@ A job's life::
 was thought dead, or its deadline passed while it still ran) is counted once.
 """
 
+import functools
 import json
 import time
 from dataclasses import dataclass
+from importlib import resources
+
+from geventsched import transport
 
 DEFAULT_RESULT_TTL = 24 * 3600
 #: Extra time past a job's own timeout before the master thinks it lost: covers time queued on the worker.
@@ -34,275 +38,17 @@ CLAIM_GRACE = 10.0
 #
 # ``attempts`` counts the dispatches that did not produce a result (deadline passed, worker lost,
 # handed back); a job's current attempt is that count + 1.
+#
+# Each script lives in ``geventsched/lua/<name>.lua``, its KEYS/ARGV contract and what it returns in
+# its header. Those that publish take the command as an argument (``PUBLISH``, or ``SPUBLISH`` on a
+# cluster), so one script text serves both.
 
-_CLAIM = """
--- KEYS: intake, jobs, inflight, attempts; ARGV: count, deadline
--- The deadline is short: the master moves it to the job's own once the job is published, so a job
--- claimed by a master that died before publishing it comes back within seconds.
-local ids = redis.call('LPOP', KEYS[1], ARGV[1])
-if not ids then return {} end
-local bodies = redis.call('HMGET', KEYS[2], unpack(ids))
-local attempts = redis.call('HMGET', KEYS[4], unpack(ids))
-local deadlines, out = {}, {}
-for i, id in ipairs(ids) do
-  local body = bodies[i]
-  if body then
-    deadlines[#deadlines + 1] = ARGV[2]
-    deadlines[#deadlines + 1] = id
-    out[#out + 1] = id
-    out[#out + 1] = body
-    out[#out + 1] = (tonumber(attempts[i]) or 0) + 1
-  end
-end
-if #deadlines > 0 then redis.call('ZADD', KEYS[3], unpack(deadlines)) end
-return out
-"""
 
-_FINISH = """
--- KEYS: finished, inflight, jobs, attempts, retries, scheduled, dispatched
--- ARGV: result_prefix, ttl, result_channel ('' = do not announce to the master), final count F,
---       trusted ('1': the master records results of jobs it holds itself; no token check),
---       then id, status, payload, reply, token for each of the F results,
---       then id, status, payload, reply, token, task, max_retries, backoff for each failure that may retry
--- A result counts only with the token of the job's dispatch in flight (``dispatched``): a stranger's
--- message, or a late copy of a job dispatched again meanwhile, is dropped without a trace.
-local prefix, ttl, channel, finals = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-local trusted = ARGV[5] == '1'
-local recorded, counts = {}, {}
-local function current(id, token)
-  if trusted then return true end
-  local dispatch = redis.call('HGET', KEYS[7], id)
-  return dispatch and string.sub(dispatch, 1, #token + 1) == token .. ' '
-end
-local function record(id, status, payload, reply)
-  if redis.call('SET', prefix .. id, payload, 'NX', 'EX', ttl) then
-    recorded[#recorded + 1] = id
-    counts[status] = (counts[status] or 0) + 1
-    if reply ~= '' then redis.call('PUBLISH', reply, payload) end
-    if channel ~= '' then redis.call('PUBLISH', channel, payload) end
-  end
-end
-local last = 5 + finals * 5
-local dispatches = {}
-if finals > 0 and not trusted then  -- one HMGET for every final result, not one HGET each
-  local ids = {}
-  for i = 6, last, 5 do ids[#ids + 1] = ARGV[i] end
-  dispatches = redis.call('HMGET', KEYS[7], unpack(ids))
-end
-local n = 0
-for i = 6, last, 5 do
-  n = n + 1
-  local token, dispatch = ARGV[i + 4], dispatches[n]
-  if trusted or (dispatch and string.sub(dispatch, 1, #token + 1) == token .. ' ') then
-    record(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
-  end
-end
-local now
-for i = last + 1, #ARGV, 8 do
-  local id, token, task = ARGV[i], ARGV[i + 4], ARGV[i + 5]
-  local max_retries, backoff = tonumber(ARGV[i + 6]), tonumber(ARGV[i + 7])
-  if current(id, token) then
-    local retried = redis.call('HINCRBY', KEYS[5], id, 1)
-    if retried > max_retries then
-      record(id, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
-    else
-      if not now then
-        local t = redis.call('TIME')
-        now = tonumber(t[1]) + tonumber(t[2]) / 1e6
-      end
-      -- Exponential backoff; the worker already scaled backoff by a random jitter factor.
-      redis.call('ZADD', KEYS[6], now + math.min(3600, backoff * 2 ^ (retried - 1)), id)
-      redis.call('ZREM', KEYS[2], id)
-      redis.call('HDEL', KEYS[7], id)
-      if channel ~= '' then
-        redis.call('PUBLISH', channel, cjson.encode({v = 1, id = id, task = task, status = 'retry', tok = token}))
-      end
-    end
-  end
-end
-if #recorded > 0 then
-  redis.call('ZREM', KEYS[2], unpack(recorded))
-  redis.call('HDEL', KEYS[3], unpack(recorded))
-  redis.call('HDEL', KEYS[4], unpack(recorded))
-  redis.call('HDEL', KEYS[5], unpack(recorded))
-  redis.call('HDEL', KEYS[7], unpack(recorded))
-end
-for status, n in pairs(counts) do redis.call('HINCRBY', KEYS[1], status, n) end
-return #recorded
-"""
-
-_PROMOTE = """
--- Retries whose backoff ran out go back to the intake. KEYS: scheduled, intake; ARGV: now, limit
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
-if #ids == 0 then return 0 end
-redis.call('ZREM', KEYS[1], unpack(ids))
-redis.call('RPUSH', KEYS[2], unpack(ids))
-return #ids
-"""
-
-_REAP = """
--- KEYS: inflight, jobs, attempts, intake, dead, finished, dispatched
--- ARGV: now, limit, max_attempts, result_prefix, ttl
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
-local max_attempts = tonumber(ARGV[3])
-local requeued, dead = {}, {}
-for _, id in ipairs(ids) do
-  redis.call('ZREM', KEYS[1], id)
-  redis.call('HDEL', KEYS[7], id)
-  local body = redis.call('HGET', KEYS[2], id)
-  if body and redis.call('EXISTS', ARGV[4] .. id) == 0 then
-    local attempts = redis.call('HINCRBY', KEYS[3], id, 1)
-    if attempts < max_attempts then
-      redis.call('LPUSH', KEYS[4], id)
-      requeued[#requeued + 1] = id
-    else
-      local ok, job = pcall(cjson.decode, body)
-      if not ok or type(job) ~= 'table' then job = {} end
-      local result = cjson.encode({v = 1, id = id, task = job.task or '', status = 'dead',
-        error = {type = 'DeadLetter', message = 'no result after ' .. attempts .. ' attempts',
-                 traceback = ''}})
-      redis.call('SET', ARGV[4] .. id, result, 'EX', ARGV[5])
-      redis.call('RPUSH', KEYS[5], id)
-      redis.call('HINCRBY', KEYS[6], 'dead', 1)
-      if type(job.reply) == 'string' and job.reply ~= '' then redis.call('PUBLISH', job.reply, result) end
-      dead[#dead + 1] = id
-    end
-  end
-end
-return {requeued, dead}
-"""
-
-_TAKE = """
--- --durability none: take jobs off the intake with no in-flight record (at most once).
--- KEYS: intake, jobs; ARGV: count
-local ids = redis.call('LPOP', KEYS[1], ARGV[1])
-if not ids then return {} end
-local bodies = redis.call('HMGET', KEYS[2], unpack(ids))
-redis.call('HDEL', KEYS[2], unpack(ids))
-local out = {}
-for i, id in ipairs(ids) do
-  if bodies[i] then
-    out[#out + 1] = id
-    out[#out + 1] = bodies[i]
-  end
-end
-return out
-"""
-
-_REQUEUE = """
--- Jobs handed back unrun (a worker or master shutting down): not a failed attempt.
--- KEYS: inflight, intake, dispatched; ARGV[1]: result_prefix, ARGV[2]: trusted ('1': claimed by the
--- master and never dispatched), then id, token of each job handed back (a worker hands back only the
--- dispatch it was given: a job a stranger published under a real id stays where it is)
-local n = 0
-local trusted = ARGV[2] == '1'
-for i = 3, #ARGV, 2 do
-  local id, token = ARGV[i], ARGV[i + 1]
-  local dispatch = redis.call('HGET', KEYS[3], id)
-  local mine = trusted or (dispatch and string.sub(dispatch, 1, #token + 1) == token .. ' ')
-  if mine then
-    redis.call('HDEL', KEYS[3], id)
-    if redis.call('ZREM', KEYS[1], id) == 1 and redis.call('EXISTS', ARGV[1] .. id) == 0 then
-      redis.call('LPUSH', KEYS[2], id)
-      n = n + 1
-    end
-  end
-end
-return n
-"""
-
-_REQUEUE_DEAD = """
--- One slice of the dead letters back to the queue. KEYS: dead, jobs, intake, attempts, finished, retries
--- ARGV: result_prefix, task ('' = any), start, count. Returns {requeued, removed, scanned}: the caller
--- goes on at start + scanned - removed while scanned == count.
-local ids = redis.call('LRANGE', KEYS[1], ARGV[3], tonumber(ARGV[3]) + tonumber(ARGV[4]) - 1)
-local n, removed = 0, 0
-for _, id in ipairs(ids) do
-  local body = redis.call('HGET', KEYS[2], id)
-  local match = ARGV[2] == ''
-  if body and not match then
-    local ok, job = pcall(cjson.decode, body)
-    match = ok and type(job) == 'table' and job.task == ARGV[2]
-  end
-  if match then
-    redis.call('LREM', KEYS[1], 1, id)
-    removed = removed + 1
-    if body then
-      redis.call('DEL', ARGV[1] .. id)
-      redis.call('HDEL', KEYS[4], id)
-      redis.call('HDEL', KEYS[6], id)
-      redis.call('HINCRBY', KEYS[5], 'dead', -1)
-      redis.call('RPUSH', KEYS[3], id)
-      n = n + 1
-    end
-  end
-end
-return {n, removed, #ids}
-"""
-
-_TRIM_DEAD = """
--- Dead letters are kept as long as their result (the result TTL): the oldest, whose result has expired,
--- go, body and counters too. KEYS: dead, jobs, attempts, retries; ARGV: result_prefix, limit
-local ids = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)
-local n = 0
-for _, id in ipairs(ids) do
-  if redis.call('EXISTS', ARGV[1] .. id) == 1 then break end  -- younger ones follow: all still kept
-  redis.call('LPOP', KEYS[1])
-  redis.call('HDEL', KEYS[2], id)
-  redis.call('HDEL', KEYS[3], id)
-  redis.call('HDEL', KEYS[4], id)
-  n = n + 1
-end
-return n
-"""
-
-_CLAIM_CHANNELS = """
--- KEYS: channels, workers, worker_key; ARGV: worker_id, heartbeat, ttl, worker_prefix, partial, channel...
--- Returns the channels held by another live worker, with their holder: {channel, holder, ...}. With
--- partial = '0' nothing is claimed when there is any such channel; with '1' the free ones are.
-local me = ARGV[1]
-local held, free = {}, {}
-for i = 6, #ARGV do
-  local owner = redis.call('HGET', KEYS[1], ARGV[i])
-  if owner and owner ~= me and redis.call('EXISTS', ARGV[4] .. owner) == 1 then
-    held[#held + 1] = ARGV[i]
-    held[#held + 1] = owner
-  else
-    free[#free + 1] = ARGV[i]
-  end
-end
-if #held > 0 and ARGV[5] ~= '1' then return held end
-for i = 1, #free, 1000 do
-  local batch = {}
-  for j = i, math.min(i + 999, #free) do
-    batch[#batch + 1] = free[j]
-    batch[#batch + 1] = me
-  end
-  redis.call('HSET', KEYS[1], unpack(batch))
-end
-redis.call('SADD', KEYS[2], me)
-redis.call('SET', KEYS[3], ARGV[2], 'EX', ARGV[3])
-return held
-"""
-
-_RELEASE_WORKER = """
--- KEYS: channels, workers, worker_key; ARGV: worker_id, channels_only ('1': a draining worker gives
--- its channels up for its successor, and keeps its registration until its last job is recorded)
-local me = ARGV[1]
-local owned = redis.call('HGETALL', KEYS[1])
-local mine = {}
-for i = 1, #owned, 2 do
-  if owned[i + 1] == me then mine[#mine + 1] = owned[i] end
-end
-for i = 1, #mine, 1000 do
-  redis.call('HDEL', KEYS[1], unpack(mine, i, math.min(i + 999, #mine)))
-end
-if ARGV[2] ~= '1' then
-  redis.call('SREM', KEYS[2], me)
-  redis.call('DEL', KEYS[3])
-end
-return #mine
-"""
+@functools.cache
+def lua_script(name):
+    """The source of ``geventsched/lua/<name>.lua``, read once per process (installed with the
+    package as package data)."""
+    return resources.files("geventsched").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
 
 
 @dataclass(slots=True)
@@ -332,20 +78,21 @@ class Store:
         # publish on the sharded twin of PUBLISH, which stays on that slot's shard.
         sharded = keys.cluster
         self._wake_up = client.spublish if sharded else client.publish
+        self._publish_command = "SPUBLISH" if sharded else "PUBLISH"
 
-        def register(script):
-            return client.register_script(script.replace("'PUBLISH'", "'SPUBLISH'") if sharded else script)
+        def register(name):
+            return client.register_script(lua_script(name))
 
-        self._claim = register(_CLAIM)
-        self._take = register(_TAKE)
-        self._finish = register(_FINISH)
-        self._promote = register(_PROMOTE)
-        self._reap = register(_REAP)
-        self._requeue = register(_REQUEUE)
-        self._requeue_dead = register(_REQUEUE_DEAD)
-        self._trim_dead = register(_TRIM_DEAD)
-        self._claim_channels = register(_CLAIM_CHANNELS)
-        self._release_worker = register(_RELEASE_WORKER)
+        self._claim = register("claim")
+        self._take = register("take")
+        self._finish = register("finish")
+        self._promote = register("promote")
+        self._reap = register("reap")
+        self._requeue = register("requeue")
+        self._requeue_dead = register("requeue_dead")
+        self._trim_dead = register("trim_dead")
+        self._claim_channels = register("claim_channels")
+        self._release_worker = register("release_worker")
 
     # -- client side ---------------------------------------------------------------------------
 
@@ -405,38 +152,19 @@ class Store:
         return [(flat[i].decode(), flat[i + 1], int(flat[i + 2])) for i in range(0, len(flat), 3)]
 
     def deadline_command(self, deadlines):
-        """``ZADD inflight XX`` packed for ``[(deadline, id), ...]``, deadlines in whole seconds: set
-        when a job is published (its time limit plus slack). XX: a job that has finished meanwhile
-        stays finished. Packed by hand: it runs once per dispatched batch, one pair per job."""
-        scores = {}  # jobs mostly share a deadline: format each one once
-        parts = []
-        for deadline, job_id in deadlines:
-            score = scores.get(deadline)
-            if score is None:
-                text = b"%d" % (deadline + 1)
-                score = scores[deadline] = b"$%d\r\n%s\r\n" % (len(text), text)
-            job_id = job_id.encode()
-            parts.append(b"%s$%d\r\n%s\r\n" % (score, len(job_id), job_id))
-        key = self.keys.inflight.encode()
-        head = b"*%d\r\n$4\r\nZADD\r\n$%d\r\n%s\r\n$2\r\nXX\r\n" % (3 + 2 * len(parts), len(key), key)
-        return head + b"".join(parts)
+        """``ZADD inflight XX`` packed for ``[(deadline, id), ...]``, deadlines in whole seconds (each
+        stored one second later: rounded up): set when a job is published (its time limit plus slack).
+        XX: a job that has finished meanwhile stays finished. Runs once per dispatched batch."""
+        return transport.pack_pairs("ZADD", self.keys.inflight, deadlines, flags=("XX",),
+                                    shared=0, shared_value=_round_up)
 
     def dispatch_command(self, dispatches, token):
         """``HSET dispatched id "token worker" ...`` packed for ``[(id, worker_id), ...]`` dispatched
         under ``token``: the dispatch each job is in flight under (its token, checked by ``finish`` and
         ``requeue``) and the worker it went to, so a master that starts after a crash finds a lost
-        worker's jobs. Packed by hand: it runs once per dispatched batch, one pair per job."""
-        values = {}  # a batch goes to a few workers: pack each value once
-        parts = []
-        for job_id, worker_id in dispatches:
-            value = values.get(worker_id)
-            if value is None:
-                text = b"%s %s" % (token.encode(), (worker_id or "").encode())
-                value = values[worker_id] = b"$%d\r\n%s\r\n" % (len(text), text)
-            job_id = job_id.encode()
-            parts.append(b"$%d\r\n%s\r\n%s" % (len(job_id), job_id, value))
-        key = self.keys.dispatched.encode()
-        return b"*%d\r\n$4\r\nHSET\r\n$%d\r\n%s\r\n" % (2 + 2 * len(parts), len(key), key) + b"".join(parts)
+        worker's jobs. Runs once per dispatched batch."""
+        return transport.pack_pairs("HSET", self.keys.dispatched, dispatches, shared=1,
+                                    shared_value=lambda worker_id: f"{token} {worker_id or ''}")
 
     def current(self, dispatches):
         """For each ``(id, token)``: is that dispatch the one in flight?"""
@@ -477,7 +205,8 @@ class Store:
         k = self.keys
         requeued, dead = self._reap(
             keys=[k.inflight, k.jobs, k.attempts, k.intake, k.dead, k.finished, k.dispatched],
-            args=[now or time.time(), limit, max_attempts, k.result_prefix, self.result_ttl])
+            args=[now or time.time(), limit, max_attempts, k.result_prefix, self.result_ttl,
+                  self._publish_command])
         return [i.decode() for i in requeued], [i.decode() for i in dead]
 
     def requeue(self, dispatches, trusted=False):
@@ -512,7 +241,7 @@ class Store:
         """
         k = self.keys
         args = [k.result_prefix, self.result_ttl, k.result_channel if announce else "", len(results),
-                "1" if trusted else "0"]
+                "1" if trusted else "0", self._publish_command]
         for o in results:
             args += (o.id, o.status, o.payload, o.reply or "", o.token or "")
         for o in retries:
@@ -636,6 +365,12 @@ class Store:
         """Forget dead letters whose result has expired (oldest first). Returns how many went."""
         k = self.keys
         return self._trim_dead(keys=[k.dead, k.jobs, k.attempts, k.retries], args=[k.result_prefix, limit])
+
+
+def _round_up(deadline):
+    """A deadline in whole seconds as stored: one second on, so Redis never reaps a job before the
+    master's own deadline for it (the caller cut the fraction off)."""
+    return deadline + 1
 
 
 def _load_json(data):

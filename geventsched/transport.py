@@ -225,6 +225,8 @@ def redact(url):
     return f"{scheme}{sep}{userinfo.split(':', 1)[0]}:***@{hostpart}"
 
 
+# -- RESP: every command we write ourselves is packed here -----------------------------------------
+
 def pack(*args):
     """RESP encoding of one command whose arguments are bytes or str."""
     out = [b"*%d\r\n" % len(args)]
@@ -233,6 +235,61 @@ def pack(*args):
             arg = arg.encode()
         out.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
     return b"".join(out)
+
+
+def pack_pairs(command, key, pairs, flags=(), shared=0, shared_value=None):
+    """``command key *flags a1 b1 a2 b2 ...`` in RESP for ``pairs = [(a, b), ...]``: a command that
+    carries one pair per job of a dispatched batch (``ZADD key XX score id ...``, ``HSET key id
+    record ...``), so it is on the hot path.
+
+    One side of each pair takes few distinct values in a batch (a deadline, a dispatch record):
+    ``shared`` (0 or 1) names that side, and each of its distinct values is packed once per call, as
+    ``shared_value(value)`` when given (a formatting step that then also runs once per value). Shared
+    values are str, bytes or int; the other side is str (a job id), packed every time.
+    """
+    packed = {}
+    parts = []
+    if shared == 0:
+        for value, other in pairs:
+            head = packed.get(value)
+            if head is None:
+                head = packed[value] = _bulk(value if shared_value is None else shared_value(value))
+            other = other.encode()
+            parts.append(b"%s$%d\r\n%s\r\n" % (head, len(other), other))
+    else:
+        for other, value in pairs:
+            tail = packed.get(value)
+            if tail is None:
+                tail = packed[value] = _bulk(value if shared_value is None else shared_value(value))
+            other = other.encode()
+            parts.append(b"$%d\r\n%s\r\n%s" % (len(other), other, tail))
+    head = [b"*%d\r\n" % (2 + len(flags) + 2 * len(parts)), _bulk(command), _bulk(key), *map(_bulk, flags)]
+    return b"".join(head + parts)
+
+
+def _bulk(arg):
+    """One RESP bulk string for a str, bytes or int argument."""
+    if isinstance(arg, str):
+        arg = arg.encode()
+    elif isinstance(arg, int):
+        arg = b"%d" % arg
+    return b"$%d\r\n%s\r\n" % (len(arg), arg)
+
+
+PUBLISH = b"*3\r\n$7\r\nPUBLISH\r\n"
+SPUBLISH = b"*3\r\n$8\r\nSPUBLISH\r\n"
+
+
+def pack_publish(channel, payload, head=PUBLISH):
+    """``PUBLISH channel payload`` (``head=SPUBLISH``: its sharded twin) in RESP, for bytes arguments."""
+    return b"%s$%d\r\n%s\r\n$%d\r\n%s\r\n" % (head, len(channel), channel, len(payload), payload)
+
+
+def pack_publishes(channel, payloads, head=PUBLISH):
+    """``PUBLISH channel payload`` for each of ``payloads`` (bytes), one after the other: the part that
+    does not change is packed once."""
+    prefix = b"%s$%d\r\n%s\r\n" % (head, len(channel), channel)
+    return b"".join([b"%s$%d\r\n%s\r\n" % (prefix, len(payload), payload) for payload in payloads])
 
 
 class Subscriber:
@@ -668,15 +725,6 @@ def _check_commands(replies):
     failed = [reply for reply in replies if is_error(reply)]
     if failed:  # READONLY, OOM, ...: the messages went out without what belonged with them
         log.warning("%d commands sent with a batch of messages failed: %s", len(failed), failed[0])
-
-
-PUBLISH = b"*3\r\n$7\r\nPUBLISH\r\n"
-SPUBLISH = b"*3\r\n$8\r\nSPUBLISH\r\n"
-
-
-def pack_publish(channel, payload, head=PUBLISH):
-    """``PUBLISH channel payload`` (``head=SPUBLISH``: its sharded twin) in RESP, for bytes arguments."""
-    return b"%s$%d\r\n%s\r\n$%d\r\n%s\r\n" % (head, len(channel), channel, len(payload), payload)
 
 
 def is_error(reply):
