@@ -20,6 +20,7 @@ import time
 from collections import OrderedDict, deque
 
 from geventsched import transport
+from geventsched.backoff import Backoff
 from geventsched.errors import DecodeError, JobFailed, JobTooLarge, RedisUnavailable
 from geventsched.keys import Keys
 from geventsched.protocol import DEFAULT_MAX_PAYLOAD, Job, JsonCodec
@@ -181,7 +182,7 @@ class Client:
         Raises RedisUnavailable once the wait's deadline passes with Redis still away."""
         self._subscriber.close()
         self._subscriber = None
-        delay = 0.1
+        backoff = Backoff(first=0.1, cap=2.0)
         while True:
             try:
                 self._listen()
@@ -189,10 +190,10 @@ class Client:
                 return
             except transport.RedisError as exc:
                 self._subscriber = None
+                delay = backoff.next()
                 if deadline is not None and time.monotonic() + delay > deadline:
                     raise RedisUnavailable(transport.describe(exc)) from None
                 time.sleep(delay)
-                delay = min(delay * 2, 2.0)
 
     def _listen(self):
         if self._subscriber is None:

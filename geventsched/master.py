@@ -31,6 +31,7 @@ import gevent
 from gevent.event import Event
 
 from geventsched import transport
+from geventsched.backoff import Backoff
 from geventsched.dispatch import ChannelTable, get_strategy
 from geventsched.errors import DecodeError, GeventschedError
 from geventsched.hooks import MasterHooks, guarded
@@ -211,23 +212,23 @@ class Master:
     # -- dispatching -----------------------------------------------------------------------------
 
     def _dispatch_loop(self):
-        delay = 0.1
+        backoff = Backoff(first=0.1, cap=5.0)
         while not self._stop.is_set():
             self._wake.clear()
             try:
                 self._claim()
                 progressed = self._dispatch()
-                delay = 0.1
+                backoff.reset()
             except transport.ConnectionLost as exc:
+                delay = backoff.next()
                 log.warning("master: dispatch connection lost (%s); reconnecting in %.1fs",
                             transport.describe(exc), delay)
                 self._publisher_broken = True
                 self._stop.wait(delay)
-                delay = min(delay * 2, 5.0)
                 continue
             except transport.RedisError as exc:
                 log.warning("master: dispatch failed: %s", transport.describe(exc))
-                self._stop.wait(delay)
+                self._stop.wait(backoff.delay)
                 continue
             if not progressed:
                 # Nothing to send, or no room: sleep until a result, a wake-up or a new channel.

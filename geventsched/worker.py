@@ -36,6 +36,7 @@ from gevent import getcurrent
 from gevent.event import Event
 
 from geventsched import transport
+from geventsched.backoff import Backoff
 from geventsched.deadlines import DeadlineExceeded, Deadlines
 from geventsched.errors import ChannelConflict, DecodeError
 from geventsched.hooks import WorkerHooks, guarded
@@ -407,7 +408,7 @@ class Worker:
         if not batch and not retries:
             return
         self._writing = [*batch, *retries]
-        delay = 0.1
+        backoff = Backoff(first=0.1, cap=5.0)
         try:
             while True:
                 try:
@@ -421,7 +422,7 @@ class Worker:
                     if not self.recording and self._hard_stop.is_set():
                         return
                     log.warning("worker %s: writing %d results failed (%s), retrying in %.1fs", self.id,
-                                len(batch) + len(retries), transport.describe(exc), delay)
+                                len(batch) + len(retries), transport.describe(exc), backoff.delay)
                 except (transport.RedisError, TypeError, ValueError) as exc:
                     if _permanent(exc):
                         log.error("worker %s: dropped a batch of %d results it could not write (%s); their "
@@ -429,9 +430,8 @@ class Worker:
                                   transport.describe(exc) if isinstance(exc, transport.RedisError) else exc)
                         return
                     log.warning("worker %s: writing %d results failed (%s), retrying in %.1fs", self.id,
-                                len(batch) + len(retries), transport.describe(exc), delay)
-                gevent.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                                len(batch) + len(retries), transport.describe(exc), backoff.delay)
+                gevent.sleep(backoff.next())
         finally:
             self._writing = []
 
