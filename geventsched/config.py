@@ -18,7 +18,9 @@ def redis_url_from_env():
     return os.environ.get("GEVENTSCHED_REDIS_URL") or DEFAULT_REDIS_URL
 
 
-def new_worker_id():
+def new_instance_id():
+    """``host-pid-random``: names this process in Redis (a worker's id, a master's lease). The host and
+    pid tell an operator where it runs; the random part keeps a restarted process with a reused pid apart."""
     return f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
 
 
@@ -38,7 +40,7 @@ class WorkerConfig:
     heartbeat_ttl: float = 5.0
     result_ttl: int = DEFAULT_RESULT_TTL
     max_payload: int = DEFAULT_MAX_PAYLOAD
-    worker_id: str = field(default_factory=new_worker_id)
+    worker_id: str = field(default_factory=new_instance_id)
 
 
 @dataclass(frozen=True)

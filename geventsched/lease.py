@@ -7,12 +7,11 @@ someone else's hands (it was paused or cut off for longer than ``ttl``) must sto
 """
 
 import logging
-import os
-import socket
 
 import gevent
 
 from geventsched import transport
+from geventsched.config import new_instance_id
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +33,7 @@ return 0
 class Lease:
     def __init__(self, client, key, ttl=5.0, holder=None):
         self.client, self.key, self.ttl = client, key, ttl
-        self.holder = holder or f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
+        self.holder = holder or new_instance_id()
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
 
