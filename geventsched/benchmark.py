@@ -35,7 +35,6 @@ from geventsched.client import Client
 from geventsched.config import MasterConfig
 from geventsched.errors import RedisUnavailable
 from geventsched.hooks import MasterHooks
-from geventsched.keys import Keys
 from geventsched.master import Master
 from geventsched.store import Store
 
@@ -76,7 +75,8 @@ class Rig:
         self.intake = durability == "redis" if intake is None else intake
         self.namespace = f"bench-{os.urandom(4).hex()}"
         self.client = transport.connect(url)
-        self.keys = Keys(self.namespace, cluster=transport.is_cluster(self.client))
+        self.store = Store.for_namespace(self.client, self.namespace)
+        self.keys = self.store.keys
         self.recorder = Recorder()
         self.worker = self.master = self.metrics_port = None
 
@@ -110,7 +110,7 @@ class Rig:
         if self.master is not None:
             self.master.stop()
         embedded.stop_process(self.worker, 30)
-        Store(self.client, self.keys).delete_namespace()
+        self.store.delete_namespace()
 
     # -- scenarios ------------------------------------------------------------------------------
 

@@ -495,11 +495,9 @@ def cmd_status(args):
 
 
 def cmd_requeue_dead(args):
-    from geventsched.keys import Keys
     from geventsched.store import Store
 
-    client = _connect(args)
-    count = Store(client, Keys(args.namespace, cluster=transport.is_cluster(client))).requeue_dead(args.task)
+    count = Store.for_namespace(_connect(args), args.namespace).requeue_dead(args.task)
     print(f"{count} dead job{'' if count == 1 else 's'} re-queued")
     return EXIT_OK
 

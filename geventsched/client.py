@@ -22,7 +22,6 @@ from collections import OrderedDict, deque
 from geventsched import transport
 from geventsched.backoff import Backoff
 from geventsched.errors import DecodeError, JobFailed, JobTooLarge, RedisUnavailable
-from geventsched.keys import Keys
 from geventsched.protocol import DEFAULT_MAX_PAYLOAD, Job, JsonCodec
 from geventsched.store import Store
 
@@ -62,8 +61,8 @@ class Client:
         """``max_payload``: the largest job record (bytes of JSON) ``submit`` accepts; keep it at the
         workers' and master's ``--max-payload``, which refuse anything larger."""
         self.redis = redis_client
-        self.keys = Keys(namespace, cluster=transport.is_cluster(redis_client))
-        self.store = Store(redis_client, self.keys)
+        self.store = Store.for_namespace(redis_client, namespace)
+        self.keys = self.store.keys
         self.codec = JsonCodec()
         self.max_payload = max_payload
         self.timeout = timeout

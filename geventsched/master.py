@@ -35,7 +35,6 @@ from geventsched.backoff import Backoff
 from geventsched.dispatch import ChannelTable, get_strategy
 from geventsched.errors import DecodeError, GeventschedError
 from geventsched.hooks import MasterHooks, guarded
-from geventsched.keys import Keys
 from geventsched.lease import Lease
 from geventsched.ledger import Ledger, new_token
 from geventsched.loops import Loops
@@ -53,8 +52,8 @@ class Master:
         self.config = config
         self.client = client
         self.hooks = guarded(hooks, MasterHooks)
-        self.keys = Keys(config.namespace, cluster=transport.is_cluster(client))
-        self.store = Store(client, self.keys, config.result_ttl)
+        self.store = Store.for_namespace(client, config.namespace, config.result_ttl)
+        self.keys = self.store.keys
         self.codec = make_codec(config.codec, max_payload=config.max_payload)
         self.stored = JsonCodec(max_payload=config.max_payload)  # jobs in Redis are always JSON
         self.raw = config.codec == "raw"

@@ -621,6 +621,15 @@ class Store:
         k = self.keys
         return self._trim_dead(keys=[k.dead, k.jobs, k.attempts, k.retries], args=[k.result_prefix, limit])
 
+    @classmethod
+    def for_namespace(cls, client, namespace, result_ttl=DEFAULT_RESULT_TTL):
+        """The store of ``namespace`` on ``client``, its keys laid out for a cluster when ``client`` is one."""
+        # Neither module imports the store: these two imports may join the others at the top.
+        from geventsched import transport
+        from geventsched.keys import Keys
+
+        return cls(client, Keys(namespace, cluster=transport.is_cluster(client)), result_ttl)
+
 
 def _load_json(data):
     """A JSON object read from Redis, or None when there is none or it is not an object (a key

@@ -40,7 +40,6 @@ from geventsched.backoff import Backoff
 from geventsched.deadlines import DeadlineExceeded, Deadlines
 from geventsched.errors import ChannelConflict, DecodeError
 from geventsched.hooks import WorkerHooks, guarded
-from geventsched.keys import Keys
 from geventsched.loops import Loops
 from geventsched.protocol import DISPATCH_ROOM, Result, error_result, make_codec
 from geventsched.runner import Runners
@@ -67,8 +66,8 @@ class Worker:
         self.client = client
         self.registry = registry
         self.hooks = guarded(hooks, WorkerHooks)
-        self.keys = Keys(config.namespace, cluster=transport.is_cluster(client))
-        self.store = Store(client, self.keys, config.result_ttl)
+        self.store = Store.for_namespace(client, config.namespace, config.result_ttl)
+        self.keys = self.store.keys
         self.codec = make_codec(config.codec, config.raw_task, config.max_payload + DISPATCH_ROOM)
         self.raw = config.codec == "raw"
         # The raw codec's master (the original script) records nothing, and neither do we without durability.
