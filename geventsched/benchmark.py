@@ -32,7 +32,7 @@ from gevent.event import Event
 
 from geventsched import __version__, embedded, rawecho, transport
 from geventsched.client import Client
-from geventsched.config import MasterConfig
+from geventsched.config import MasterConfig, WorkerConfig
 from geventsched.errors import RedisUnavailable
 from geventsched.hooks import MasterHooks
 from geventsched.master import Master
@@ -68,8 +68,8 @@ class Recorder(MasterHooks):
 class Rig:
     """A worker process and an in-process master on a fresh namespace. Use as a context manager."""
 
-    def __init__(self, url, channels=100, concurrency=1000, durability="redis", metrics=False, intake=None,
-                 strategy="least-loaded"):
+    def __init__(self, url, channels=100, concurrency=WorkerConfig.concurrency,
+                 durability=MasterConfig.durability, metrics=False, intake=None, strategy=MasterConfig.strategy):
         self.url, self.channels, self.concurrency = url, channels, concurrency
         self.durability, self.metrics, self.strategy = durability, metrics, strategy
         self.intake = durability == "redis" if intake is None else intake

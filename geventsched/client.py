@@ -21,8 +21,9 @@ from collections import OrderedDict, deque
 
 from geventsched import transport
 from geventsched.backoff import Backoff
+from geventsched.config import DEFAULT_MAX_PAYLOAD
 from geventsched.errors import DecodeError, JobFailed, JobTooLarge, RedisUnavailable
-from geventsched.protocol import DEFAULT_MAX_PAYLOAD, Job, JsonCodec
+from geventsched.protocol import Job, JsonCodec
 from geventsched.store import Store
 
 #: Job ids are reserved from Redis's counter this many at a time (see ``Client._new_ids``).

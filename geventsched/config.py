@@ -4,11 +4,13 @@ import os
 import socket
 from dataclasses import dataclass, field
 
-from geventsched.protocol import DEFAULT_MAX_PAYLOAD
-from geventsched.registry import DEFAULT_TIMEOUT
 from geventsched.store import DEADLINE_SLACK, DEFAULT_RESULT_TTL
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+#: ``--max-payload``: the largest job record in bytes (the codecs refuse anything larger).
+DEFAULT_MAX_PAYLOAD = 1 << 20
+#: Time limit in seconds of a task registered without one, and of a job whose task no worker registered.
+DEFAULT_TIMEOUT = 300.0
 #: ``redis``: at least once, job state and results recorded in Redis. ``none``: the original
 #: fire-and-forget behaviour, pub/sub only; a job whose message is lost is gone.
 DURABILITY = ("redis", "none")

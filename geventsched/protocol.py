@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from geventsched.config import DEFAULT_MAX_PAYLOAD
 from geventsched.errors import DecodeError
 
 VERSION = 1
 STATUSES = ("ok", "error", "timeout", "dead")
 #: Announced to the master when a failed job is scheduled to run again; never a job's result.
 RETRY = "retry"
-DEFAULT_MAX_PAYLOAD = 1 << 20  # 1 MiB, ``--max-payload``: the largest job record
 #: What a dispatch adds to a job's record (its token): a worker takes messages this much larger.
 DISPATCH_ROOM = 64
 

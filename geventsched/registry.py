@@ -22,9 +22,8 @@
 import importlib
 from dataclasses import dataclass
 
+from geventsched.config import DEFAULT_TIMEOUT
 from geventsched.errors import ConfigError
-
-DEFAULT_TIMEOUT = 300.0
 
 
 @dataclass(frozen=True, slots=True)
