@@ -92,7 +92,7 @@ class Rig:
             hooks = [self.recorder]
             if self.metrics:
                 from geventsched import metrics
-                from geventsched.registry import default_registry
+                from geventsched.builtin import default_registry
 
                 hooks.append(metrics.MasterMetrics(metrics.new_registry(), default_registry().names()))
             config = MasterConfig(namespace=self.namespace, durability=self.durability, strategy=self.strategy)

@@ -344,7 +344,7 @@ def cmd_worker(args):
             return node.run()
 
     from geventsched import metrics
-    from geventsched.registry import default_registry
+    from geventsched.builtin import default_registry
     from geventsched.worker import Worker
 
     registry = default_registry(_app_modules(args))
@@ -371,7 +371,7 @@ def cmd_worker(args):
 def cmd_master(args):
     from geventsched import metrics
     from geventsched.master import Master
-    from geventsched.registry import default_registry
+    from geventsched.builtin import default_registry
 
     config = MasterConfig(channels=args.channels, namespace=args.namespace, codec=args.codec,
                           strategy=args.strategy, prefetch=args.prefetch, max_attempts=args.max_attempts,
