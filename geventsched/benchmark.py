@@ -32,10 +32,9 @@ from gevent.event import Event
 
 from geventsched import __version__, embedded, rawecho, transport
 from geventsched.client import Client
-from geventsched.config import MasterConfig
+from geventsched.config import MasterConfig, WorkerConfig
 from geventsched.errors import RedisUnavailable
 from geventsched.hooks import MasterHooks
-from geventsched.keys import Keys
 from geventsched.master import Master
 from geventsched.store import Store
 
@@ -69,14 +68,15 @@ class Recorder(MasterHooks):
 class Rig:
     """A worker process and an in-process master on a fresh namespace. Use as a context manager."""
 
-    def __init__(self, url, channels=100, concurrency=1000, durability="redis", metrics=False, intake=None,
-                 strategy="least-loaded"):
+    def __init__(self, url, channels=100, concurrency=WorkerConfig.concurrency,
+                 durability=MasterConfig.durability, metrics=False, intake=None, strategy=MasterConfig.strategy):
         self.url, self.channels, self.concurrency = url, channels, concurrency
         self.durability, self.metrics, self.strategy = durability, metrics, strategy
         self.intake = durability == "redis" if intake is None else intake
         self.namespace = f"bench-{os.urandom(4).hex()}"
         self.client = transport.connect(url)
-        self.keys = Keys(self.namespace, cluster=transport.is_cluster(self.client))
+        self.store = Store.for_namespace(self.client, self.namespace)
+        self.keys = self.store.keys
         self.recorder = Recorder()
         self.worker = self.master = self.metrics_port = None
 
@@ -92,7 +92,7 @@ class Rig:
             hooks = [self.recorder]
             if self.metrics:
                 from geventsched import metrics
-                from geventsched.registry import default_registry
+                from geventsched.builtin import default_registry
 
                 hooks.append(metrics.MasterMetrics(metrics.new_registry(), default_registry().names()))
             config = MasterConfig(namespace=self.namespace, durability=self.durability, strategy=self.strategy)
@@ -110,7 +110,7 @@ class Rig:
         if self.master is not None:
             self.master.stop()
         embedded.stop_process(self.worker, 30)
-        Store(self.client, self.keys).delete_namespace()
+        self.store.delete_namespace()
 
     # -- scenarios ------------------------------------------------------------------------------
 

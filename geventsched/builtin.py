@@ -1,10 +1,14 @@
-"""Built-in tasks, loaded by every worker. Benchmarks and outside checks use them."""
+"""Built-in tasks, loaded by every worker. Benchmarks and outside checks use them.
+
+``default_registry`` lives here rather than in registry.py: the built-in app is made of the registry's
+parts, so the registry must not import it back.
+"""
 
 import time
 
 import gevent
 
-from geventsched.registry import App
+from geventsched.registry import App, Registry, load_apps
 
 app = App(prefix="")
 
@@ -43,3 +47,8 @@ class TaskFailure(RuntimeError):
 @app.task
 def fail(message="failed on purpose"):
     raise TaskFailure(str(message))
+
+
+def default_registry(module_names=()):
+    """The tasks a worker runs: the built-in ones plus those of the apps in ``module_names``."""
+    return Registry([app, *load_apps(module_names)])

@@ -20,10 +20,10 @@ from urllib.parse import urlsplit  # noqa: E402
 
 from geventsched import __version__, transport  # noqa: E402
 from geventsched.channels import parse_channels  # noqa: E402
-from geventsched.config import MasterConfig, WorkerConfig, redis_url_from_env  # noqa: E402
+from geventsched.config import DURABILITY, MasterConfig, WorkerConfig, redis_url_from_env  # noqa: E402
 from geventsched.dispatch import STRATEGIES  # noqa: E402
 from geventsched.errors import ConfigError, GeventschedError  # noqa: E402
-from geventsched.protocol import Job, JsonCodec  # noqa: E402
+from geventsched.protocol import CODECS, Job, JsonCodec  # noqa: E402
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 DEFAULT_WAIT = 60.0
@@ -145,6 +145,18 @@ def _shown(text, limit=60):
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
+def shared_default(setting):
+    """The default of a setting the worker and the master share (``--codec``, ...). Defaults are
+    stated once, in config.py; the command line takes every one of them from there."""
+    value = getattr(WorkerConfig, setting)
+    assert value == getattr(MasterConfig, setting), f"worker and master defaults of {setting} differ"
+    return value
+
+
+def mib(size):
+    return f"{size / (1 << 20):g} MiB"
+
+
 def build_parser():
     parser = Parser(prog="geventsched", description="Redis pub/sub job scheduler on gevent.")
     parser.add_argument("--version", action="version", version=f"geventsched {__version__}")
@@ -157,47 +169,52 @@ def build_parser():
                              "server answers INFO)")
     common.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     role = argparse.ArgumentParser(add_help=False)
-    role.add_argument("--codec", default="json", choices=["json", "raw"],
-                      help="json (versioned, default) or raw (the original design's bare job ids)")
-    role.add_argument("--durability", default="redis", choices=["redis", "none"],
-                      help="redis: at least once, state and results in Redis (default); "
-                           "none: fire-and-forget pub/sub, as in the original design")
+    role.add_argument("--codec", default=shared_default("codec"), choices=list(CODECS),
+                      help="json (versioned) or raw (the original design's bare job ids); default %(default)s")
+    role.add_argument("--durability", default=shared_default("durability"), choices=list(DURABILITY),
+                      help="redis: at least once, state and results in Redis; "
+                           "none: fire-and-forget pub/sub, as in the original design; default %(default)s")
     role.add_argument("--metrics-addr", default="0.0.0.0", help="address of the metrics endpoint")
-    role.add_argument("--max-payload", type=positive_int, default=1 << 20,
-                      help="reject messages larger than this many bytes (default 1 MiB)")
+    max_payload = shared_default("max_payload")
+    role.add_argument("--max-payload", type=positive_int, default=max_payload,
+                      help=f"reject messages larger than this many bytes (default {mib(max_payload)})")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     w = sub.add_parser("worker", parents=[common, role], help="run a worker",
                        description="Subscribe to dispatch channels and run the jobs sent there.")
     w.add_argument("--app", action="append", default=[], metavar="MODULE",
                    help="import MODULE for its tasks (repeatable); built-in tasks are always there")
-    w.add_argument("--channels", type=channel_spec, default=("1",), metavar="SPEC",
-                   help="N (1..N), A-B, or a comma list of numbers or names (default 1)")
-    w.add_argument("--concurrency", type=positive_int, default=1000, help="jobs run at once (default 1000)")
-    w.add_argument("--threads", type=positive_int, default=8,
-                   help="threads for tasks declared blocking=True (default 8)")
+    w.add_argument("--channels", type=channel_spec, default=WorkerConfig.channels, metavar="SPEC",
+                   help="N (1..N), A-B, or a comma list of numbers or names "
+                        f"(default {','.join(WorkerConfig.channels)})")
+    w.add_argument("--concurrency", type=positive_int, default=WorkerConfig.concurrency,
+                   help="jobs run at once (default %(default)s)")
+    w.add_argument("--threads", type=positive_int, default=WorkerConfig.threads,
+                   help="threads for tasks declared blocking=True (default %(default)s)")
     w.add_argument("--processes", type=processes, default=1,
                    help="worker processes on this node (default 1; auto: one per CPU); above 1 a supervisor "
                         "splits the channels among them, restarts any that dies and serves one metrics "
                         "endpoint for all")
-    w.add_argument("--grace", type=float, default=30.0, help="seconds running jobs get at shutdown")
-    w.add_argument("--raw-task", default="echo", help="task run for each raw-codec message (default echo)")
+    w.add_argument("--grace", type=float, default=WorkerConfig.grace, help="seconds running jobs get at shutdown")
+    w.add_argument("--raw-task", default=WorkerConfig.raw_task,
+                   help="task run for each raw-codec message (default %(default)s)")
     w.add_argument("--metrics-port", type=port, default=9109, help="0 turns it off")
 
     m = sub.add_parser("master", parents=[common, role], help="run the master",
                        description="Dispatch queued jobs to the workers' channels and collect results.")
     m.add_argument("--app", action="append", default=[], metavar="MODULE",
                    help="import MODULE for its task names, used as metric labels (others count as 'unknown')")
-    m.add_argument("--channels", type=channel_spec, default=(), metavar="SPEC",
+    m.add_argument("--channels", type=channel_spec, default=MasterConfig.channels, metavar="SPEC",
                    help="static channels (for workers that never register, like the original slaves); "
                         "default: discover registered workers")
-    m.add_argument("--strategy", default="least-loaded", choices=list(STRATEGIES))
-    m.add_argument("--prefetch", type=non_negative_int, default=0,
+    m.add_argument("--strategy", default=MasterConfig.strategy, choices=list(STRATEGIES))
+    m.add_argument("--prefetch", type=non_negative_int, default=MasterConfig.prefetch,
                    help="max jobs in flight per channel (default: the worker's capacity over its channels)")
-    m.add_argument("--max-attempts", type=positive_int, default=3, help="dispatches per job before it is dead")
-    m.add_argument("--max-inflight-bytes", type=positive_int, default=4 << 20,
-                   help="bytes of jobs in flight per worker (default 4 MiB; keep it under Redis's "
-                        "client-output-buffer-limit pubsub)")
+    m.add_argument("--max-attempts", type=positive_int, default=MasterConfig.max_attempts,
+                   help="dispatches per job before it is dead")
+    m.add_argument("--max-inflight-bytes", type=positive_int, default=MasterConfig.max_inflight_bytes,
+                   help=f"bytes of jobs in flight per worker (default {mib(MasterConfig.max_inflight_bytes)}; "
+                        "keep it under Redis's client-output-buffer-limit pubsub)")
     m.add_argument("--metrics-port", type=port, default=9108, help="0 turns it off")
 
     s = sub.add_parser("submit", parents=[common], help="submit jobs",
@@ -224,8 +241,8 @@ def build_parser():
                                    "at --redis-url, or an embedded server when nothing answers there.")
     b.add_argument("--jobs", type=positive_int, default=50_000)
     b.add_argument("--channels", type=positive_int, default=100)
-    b.add_argument("--concurrency", type=positive_int, default=1000)
-    b.add_argument("--durability", choices=["redis", "none"],
+    b.add_argument("--concurrency", type=positive_int, default=WorkerConfig.concurrency)
+    b.add_argument("--durability", choices=list(DURABILITY),
                    help="run one mode only (default: durable, then fire-and-forget)")
     b.add_argument("--json", metavar="FILE", help="write the figures as JSON")
     return parser
@@ -327,7 +344,7 @@ def cmd_worker(args):
             return node.run()
 
     from geventsched import metrics
-    from geventsched.registry import default_registry
+    from geventsched.builtin import default_registry
     from geventsched.worker import Worker
 
     registry = default_registry(_app_modules(args))
@@ -354,7 +371,7 @@ def cmd_worker(args):
 def cmd_master(args):
     from geventsched import metrics
     from geventsched.master import Master
-    from geventsched.registry import default_registry
+    from geventsched.builtin import default_registry
 
     config = MasterConfig(channels=args.channels, namespace=args.namespace, codec=args.codec,
                           strategy=args.strategy, prefetch=args.prefetch, max_attempts=args.max_attempts,
@@ -495,11 +512,9 @@ def cmd_status(args):
 
 
 def cmd_requeue_dead(args):
-    from geventsched.keys import Keys
     from geventsched.store import Store
 
-    client = _connect(args)
-    count = Store(client, Keys(args.namespace, cluster=transport.is_cluster(client))).requeue_dead(args.task)
+    count = Store.for_namespace(_connect(args), args.namespace).requeue_dead(args.task)
     print(f"{count} dead job{'' if count == 1 else 's'} re-queued")
     return EXIT_OK
 

@@ -20,9 +20,10 @@ import time
 from collections import OrderedDict, deque
 
 from geventsched import transport
+from geventsched.backoff import Backoff
+from geventsched.config import DEFAULT_MAX_PAYLOAD
 from geventsched.errors import DecodeError, JobFailed, JobTooLarge, RedisUnavailable
-from geventsched.keys import Keys
-from geventsched.protocol import DEFAULT_MAX_PAYLOAD, Job, JsonCodec
+from geventsched.protocol import Job, JsonCodec
 from geventsched.store import Store
 
 #: Job ids are reserved from Redis's counter this many at a time (see ``Client._new_ids``).
@@ -61,8 +62,8 @@ class Client:
         """``max_payload``: the largest job record (bytes of JSON) ``submit`` accepts; keep it at the
         workers' and master's ``--max-payload``, which refuse anything larger."""
         self.redis = redis_client
-        self.keys = Keys(namespace, cluster=transport.is_cluster(redis_client))
-        self.store = Store(redis_client, self.keys)
+        self.store = Store.for_namespace(redis_client, namespace)
+        self.keys = self.store.keys
         self.codec = JsonCodec()
         self.max_payload = max_payload
         self.timeout = timeout
@@ -181,7 +182,7 @@ class Client:
         Raises RedisUnavailable once the wait's deadline passes with Redis still away."""
         self._subscriber.close()
         self._subscriber = None
-        delay = 0.1
+        backoff = Backoff(first=0.1, cap=2.0)
         while True:
             try:
                 self._listen()
@@ -189,10 +190,10 @@ class Client:
                 return
             except transport.RedisError as exc:
                 self._subscriber = None
+                delay = backoff.next()
                 if deadline is not None and time.monotonic() + delay > deadline:
                     raise RedisUnavailable(transport.describe(exc)) from None
                 time.sleep(delay)
-                delay = min(delay * 2, 2.0)
 
     def _listen(self):
         if self._subscriber is None:

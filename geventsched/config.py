@@ -4,11 +4,18 @@ import os
 import socket
 from dataclasses import dataclass, field
 
-from geventsched.protocol import DEFAULT_MAX_PAYLOAD
-from geventsched.registry import DEFAULT_TIMEOUT
-from geventsched.store import DEADLINE_SLACK, DEFAULT_RESULT_TTL
+#: Seconds a result (and a dead letter) is kept.
+DEFAULT_RESULT_TTL = 24 * 3600
+#: Extra time past a job's own timeout before the master thinks it lost: covers time queued on the worker.
+DEADLINE_SLACK = 30.0
+#: Deadline of a claimed job not yet published: a master that dies holding it loses it for this long.
+CLAIM_GRACE = 10.0
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+#: ``--max-payload``: the largest job record in bytes (the codecs refuse anything larger).
+DEFAULT_MAX_PAYLOAD = 1 << 20
+#: Time limit in seconds of a task registered without one, and of a job whose task no worker registered.
+DEFAULT_TIMEOUT = 300.0
 #: ``redis``: at least once, job state and results recorded in Redis. ``none``: the original
 #: fire-and-forget behaviour, pub/sub only; a job whose message is lost is gone.
 DURABILITY = ("redis", "none")
@@ -18,7 +25,9 @@ def redis_url_from_env():
     return os.environ.get("GEVENTSCHED_REDIS_URL") or DEFAULT_REDIS_URL
 
 
-def new_worker_id():
+def new_instance_id():
+    """``host-pid-random``: names this process in Redis (a worker's id, a master's lease). The host and
+    pid tell an operator where it runs; the random part keeps a restarted process with a reused pid apart."""
     return f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
 
 
@@ -38,7 +47,7 @@ class WorkerConfig:
     heartbeat_ttl: float = 5.0
     result_ttl: int = DEFAULT_RESULT_TTL
     max_payload: int = DEFAULT_MAX_PAYLOAD
-    worker_id: str = field(default_factory=new_worker_id)
+    worker_id: str = field(default_factory=new_instance_id)
 
 
 @dataclass(frozen=True)

@@ -7,12 +7,11 @@ someone else's hands (it was paused or cut off for longer than ``ttl``) must sto
 """
 
 import logging
-import os
-import socket
 
 import gevent
 
 from geventsched import transport
+from geventsched.config import new_instance_id
 from geventsched.store import lua_script
 
 log = logging.getLogger(__name__)
@@ -21,7 +20,7 @@ log = logging.getLogger(__name__)
 class Lease:
     def __init__(self, client, key, ttl=5.0, holder=None):
         self.client, self.key, self.ttl = client, key, ttl
-        self.holder = holder or f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
+        self.holder = holder or new_instance_id()
         self._renew = client.register_script(lua_script("lease_renew"))
         self._release = client.register_script(lua_script("lease_release"))
 

@@ -31,15 +31,16 @@ import gevent
 from gevent.event import Event
 
 from geventsched import transport
+from geventsched.backoff import Backoff
+from geventsched.config import CLAIM_GRACE
 from geventsched.dispatch import ChannelTable, get_strategy
 from geventsched.errors import DecodeError, GeventschedError
 from geventsched.hooks import MasterHooks, guarded
-from geventsched.keys import Keys
 from geventsched.lease import Lease
 from geventsched.ledger import Ledger, new_token
 from geventsched.loops import Loops
 from geventsched.protocol import RETRY, Job, JsonCodec, error_result, make_codec
-from geventsched.store import CLAIM_GRACE, Outcome, Store
+from geventsched.store import Outcome, Store
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +53,8 @@ class Master:
         self.config = config
         self.client = client
         self.hooks = guarded(hooks, MasterHooks)
-        self.keys = Keys(config.namespace, cluster=transport.is_cluster(client))
-        self.store = Store(client, self.keys, config.result_ttl)
+        self.store = Store.for_namespace(client, config.namespace, config.result_ttl)
+        self.keys = self.store.keys
         self.codec = make_codec(config.codec, max_payload=config.max_payload)
         self.stored = JsonCodec(max_payload=config.max_payload)  # jobs in Redis are always JSON
         self.raw = config.codec == "raw"
@@ -254,23 +255,23 @@ class Master:
     # -- dispatching -----------------------------------------------------------------------------
 
     def _dispatch_loop(self):
-        delay = 0.1
+        backoff = Backoff(first=0.1, cap=5.0)
         while not self._stop.is_set():
             self._wake.clear()
             try:
                 self._claim()
                 progressed = self._dispatch()
-                delay = 0.1
+                backoff.reset()
             except transport.ConnectionLost as exc:
+                delay = backoff.next()
                 log.warning("master: dispatch connection lost (%s); reconnecting in %.1fs",
                             transport.describe(exc), delay)
                 self._publisher_broken = True
                 self._stop.wait(delay)
-                delay = min(delay * 2, 5.0)
                 continue
             except transport.RedisError as exc:
                 log.warning("master: dispatch failed: %s", transport.describe(exc))
-                self._stop.wait(delay)
+                self._stop.wait(backoff.delay)
                 continue
             if not progressed:
                 # Nothing to send, or no room: sleep until a result, a wake-up or a new channel.

@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from geventsched.config import DEFAULT_MAX_PAYLOAD
 from geventsched.errors import DecodeError
 
 VERSION = 1
 STATUSES = ("ok", "error", "timeout", "dead")
 #: Announced to the master when a failed job is scheduled to run again; never a job's result.
 RETRY = "retry"
-DEFAULT_MAX_PAYLOAD = 1 << 20  # 1 MiB, ``--max-payload``: the largest job record
 #: What a dispatch adds to a job's record (its token): a worker takes messages this much larger.
 DISPATCH_ROOM = 64
 
@@ -176,16 +176,12 @@ class JsonCodec:
         return result
 
     def _load(self, data, max_payload=-1):
-        if max_payload == -1:
-            max_payload = self.max_payload
-        if not data:
-            raise DecodeError("empty", "empty message")
-        if max_payload is not None and len(data) > max_payload:
-            raise DecodeError("too_large", f"{len(data)} bytes > max payload {max_payload}")
+        _check_size(data, self.max_payload if max_payload == -1 else max_payload)
         try:
             doc = _loads(data)
         except ValueError as exc:
-            raise _load_error(data, exc) from None
+            _text(data)  # bytes that are not UTF-8 are said as such, not as the parser's complaint
+            raise DecodeError("invalid_json", str(exc).splitlines()[0][:120]) from None
         if not isinstance(doc, dict):
             raise DecodeError("not_an_object", f"expected a JSON object, got {type(doc).__name__}")
         version = doc.get("v")
@@ -194,12 +190,20 @@ class JsonCodec:
         return doc
 
 
-def _load_error(data, exc):
+def _check_size(data, max_payload):
+    """Refuse, with DecodeError, an empty message or one over ``max_payload`` bytes (None: no limit)."""
+    if not data:
+        raise DecodeError("empty", "empty message")
+    if max_payload is not None and len(data) > max_payload:
+        raise DecodeError("too_large", f"{len(data)} bytes > max payload {max_payload}")
+
+
+def _text(data):
+    """``data`` decoded as UTF-8; DecodeError when it is not."""
     try:
-        data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError:
-        return DecodeError("not_utf8", "message is not UTF-8")
-    return DecodeError("invalid_json", str(exc).splitlines()[0][:120])
+        raise DecodeError("not_utf8", "message is not UTF-8") from None
 
 
 def _check_job(job):
@@ -246,14 +250,8 @@ class RawCodec:
         return b""
 
     def decode_job(self, data):
-        if not data:
-            raise DecodeError("empty", "empty message")
-        if len(data) > self.max_payload:
-            raise DecodeError("too_large", f"{len(data)} bytes > max payload {self.max_payload}")
-        try:
-            text = data.decode()
-        except UnicodeDecodeError:
-            raise DecodeError("not_utf8", "message is not UTF-8") from None
+        _check_size(data, self.max_payload)
+        text = _text(data)
         return Job(text, self.task, [text], payload=data)
 
     def encode_result(self, result, job=None):
@@ -261,21 +259,21 @@ class RawCodec:
         return job.payload if job is not None and job.payload is not None else result.id.encode()
 
     def decode_result(self, data):
-        if not data:
-            raise DecodeError("empty", "empty message")
-        try:
-            text = data.decode()
-        except UnicodeDecodeError:
-            raise DecodeError("not_utf8", "message is not UTF-8") from None
+        _check_size(data, None)  # a result of ours: no size limit
+        text = _text(data)
         return Result(text, "ok", text, raw=True)
 
 
-CODECS = {"json": JsonCodec, "raw": RawCodec}
+#: Codec name -> ``factory(raw_task, max_payload)``; ``--codec`` chooses among these names.
+CODECS = {
+    "json": lambda raw_task, max_payload: JsonCodec(max_payload),
+    "raw": RawCodec,
+}
 
 
 def make_codec(name, raw_task="echo", max_payload=DEFAULT_MAX_PAYLOAD):
-    if name == "raw":
-        return RawCodec(raw_task, max_payload)
-    if name == "json":
-        return JsonCodec(max_payload)
-    raise ValueError(f"unknown codec {name!r} (choose from {', '.join(CODECS)})")
+    try:
+        factory = CODECS[name]
+    except KeyError:
+        raise ValueError(f"unknown codec {name!r} (choose from {', '.join(CODECS)})") from None
+    return factory(raw_task, max_payload)

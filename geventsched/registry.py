@@ -22,9 +22,8 @@
 import importlib
 from dataclasses import dataclass
 
+from geventsched.config import DEFAULT_TIMEOUT
 from geventsched.errors import ConfigError
-
-DEFAULT_TIMEOUT = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,10 +100,3 @@ def load_apps(module_names):
             raise ConfigError(f"module {module_name!r} defines no geventsched App")
         apps.extend(found)
     return apps
-
-
-def default_registry(module_names=()):
-    """The built-in tasks plus those of ``module_names``."""
-    from geventsched import builtin
-
-    return Registry([builtin.app, *load_apps(module_names)])

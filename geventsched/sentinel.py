@@ -19,6 +19,8 @@ import redis.retry
 import redis.sentinel
 from redis import exceptions as rexc
 
+from geventsched.backoff import Backoff
+
 log = logging.getLogger(__name__)
 
 SCHEMES = ("redis+sentinel://", "rediss+sentinel://")
@@ -294,20 +296,19 @@ def _watch(manager_ref, service_name, host, port, options):
     """Follow one sentinel's failover events for as long as the manager lives; reconnect quietly."""
 
     channels = [_FAILOVER_BEGINS, *_FAILOVER_ABORTS, _SWITCH_MASTER]
-    delay = 0.1
+    backoff = Backoff(first=0.1, cap=2.0)
     while manager_ref() is not None:
         sentinel = redis.Redis(host, port, **options)
         pubsub = sentinel.pubsub(ignore_subscribe_messages=True)
         try:
             pubsub.subscribe(*channels)
-            delay = 0.1
+            backoff.reset()
             while manager_ref() is not None:
                 message = pubsub.get_message(timeout=1.0)
                 if message and message["type"] == "message":
                     _deliver(manager_ref, service_name, message)
         except (rexc.RedisError, OSError):
-            time.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            time.sleep(backoff.next())
         finally:
             pubsub.close()
             sentinel.close()

@@ -1,7 +1,5 @@
 """``geventsched status``: what Redis knows about workers, nodes, channels and jobs."""
 
-from geventsched import transport
-from geventsched.keys import Keys
 from geventsched.store import Store
 
 #: Per-worker figures that add up to a node's (host's) figures.
@@ -15,7 +13,7 @@ NAME_WIDTH = 44
 def snapshot(client, namespace=""):
     """A JSON-ready dict: ``workers``, ``nodes``, ``channels``, ``queued``, ``in_flight``, ``retrying``,
     ``dead``, ``finished``."""
-    store = Store(client, Keys(namespace, cluster=transport.is_cluster(client)))
+    store = Store.for_namespace(client, namespace)
     return assemble(store.workers(), store.channel_owners(), store.counts())
 
 
@@ -40,8 +38,8 @@ def why_no_result(client, namespace, tasks):
     when workers and a master are there: the jobs may simply still run): no live worker, no live
     worker that lists a task (workers that list theirs in their heartbeat's ``tasks``), or no master
     holding the lease."""
-    keys = Keys(namespace, cluster=transport.is_cluster(client))
-    live = [beat for beat in Store(client, keys).workers().values() if beat is not None]
+    store = Store.for_namespace(client, namespace)
+    live = [beat for beat in store.workers().values() if beat is not None]
     reasons = []
     if not live:
         reasons.append("no worker is registered")
@@ -51,7 +49,7 @@ def why_no_result(client, namespace, tasks):
         unlisted = sorted({task for task in tasks if not any(task in names for names in listed)})
         if unlisted:
             reasons.append(f"no live worker lists task {', '.join(unlisted)}")
-    if not client.exists(keys.master):
+    if not client.exists(store.keys.master):
         reasons.append("no master is active")
     return reasons
 

@@ -25,12 +25,9 @@ from dataclasses import dataclass
 from importlib import resources
 
 from geventsched import transport
+from geventsched.config import CLAIM_GRACE, DEFAULT_RESULT_TTL
+from geventsched.keys import Keys
 
-DEFAULT_RESULT_TTL = 24 * 3600
-#: Extra time past a job's own timeout before the master thinks it lost: covers time queued on the worker.
-DEADLINE_SLACK = 30.0
-#: Deadline of a claimed job not yet published: a master that dies holding it loses it for this long.
-CLAIM_GRACE = 10.0
 
 # Scripts batch their writes: one ZADD/HDEL/ZREM for the whole batch, never one per job where a
 # single call can carry many. In Redis 7 each redis.call() costs about a microsecond of overhead, as
@@ -365,6 +362,11 @@ class Store:
         """Forget dead letters whose result has expired (oldest first). Returns how many went."""
         k = self.keys
         return self._trim_dead(keys=[k.dead, k.jobs, k.attempts, k.retries], args=[k.result_prefix, limit])
+
+    @classmethod
+    def for_namespace(cls, client, namespace, result_ttl=DEFAULT_RESULT_TTL):
+        """The store of ``namespace`` on ``client``, its keys laid out for a cluster when ``client`` is one."""
+        return cls(client, Keys(namespace, cluster=transport.is_cluster(client)), result_ttl)
 
 
 def _round_up(deadline):

@@ -52,7 +52,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from geventsched import transport
 from geventsched.embedded import free_port
 from geventsched.errors import GeventschedError
-from geventsched.keys import Keys
 from geventsched.store import Store
 
 log = logging.getLogger(__name__)
@@ -402,8 +401,8 @@ class LeaseReaper:
 
     def _use(self, client):
         self.client = client
-        self.keys = Keys(self.namespace, cluster=transport.is_cluster(client)) if client is not None else None
-        self.store = Store(client, self.keys) if client is not None else None
+        self.store = Store.for_namespace(client, self.namespace) if client is not None else None
+        self.keys = self.store.keys if client is not None else None
 
     def __call__(self, pid):
         """Free the registration of the worker that ran as ``pid`` here. Returns the ids freed."""

@@ -32,6 +32,7 @@ from redis import exceptions as rexc
 from redis.crc import key_slot
 
 from geventsched import sentinel
+from geventsched.backoff import Backoff
 from geventsched.errors import ConfigError, RedisUnavailable
 
 log = logging.getLogger(__name__)
@@ -191,7 +192,7 @@ def keep_trying(attempt, stop, who, first=0.1, cap=5.0, retry_on=None, what="rec
     the errors worth another try (default: any of ``RedisError``; others propagate). The first
     failure is logged, then one line a minute while they go on (each with how many tries failed)."""
     retry_on = RedisError if retry_on is None else retry_on
-    delay, failures, said = first, 0, None
+    backoff, failures, said = Backoff(first, cap), 0, None
     while not stop.is_set():
         try:
             value = attempt()
@@ -202,8 +203,7 @@ def keep_trying(attempt, stop, who, first=0.1, cap=5.0, retry_on=None, what="rec
                 log.warning("%s: %s failed (%s)%s; trying again every %.1fs at most", who, what, describe(exc),
                             f", {failures} tries so far" if failures > 1 else "", cap)
                 said = now
-            stop.wait(delay)
-            delay = min(delay * 2, cap)
+            stop.wait(backoff.next())
             continue
         if failures > 1:
             log.info("%s: %s succeeded after %d failed tries", who, what, failures)

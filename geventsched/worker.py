@@ -36,10 +36,10 @@ from gevent import getcurrent
 from gevent.event import Event
 
 from geventsched import transport
+from geventsched.backoff import Backoff
 from geventsched.deadlines import DeadlineExceeded, Deadlines
 from geventsched.errors import ChannelConflict, DecodeError
 from geventsched.hooks import WorkerHooks, guarded
-from geventsched.keys import Keys
 from geventsched.loops import Loops
 from geventsched.protocol import DISPATCH_ROOM, Result, error_result, make_codec
 from geventsched.runner import Runners
@@ -66,8 +66,8 @@ class Worker:
         self.client = client
         self.registry = registry
         self.hooks = guarded(hooks, WorkerHooks)
-        self.keys = Keys(config.namespace, cluster=transport.is_cluster(client))
-        self.store = Store(client, self.keys, config.result_ttl)
+        self.store = Store.for_namespace(client, config.namespace, config.result_ttl)
+        self.keys = self.store.keys
         self.codec = make_codec(config.codec, config.raw_task, config.max_payload + DISPATCH_ROOM)
         self.raw = config.codec == "raw"
         # The raw codec's master (the original script) records nothing, and neither do we without durability.
@@ -435,7 +435,7 @@ class Worker:
         if not batch and not retries:
             return
         self._writing = [*batch, *retries]
-        delay = 0.1
+        backoff = Backoff(first=0.1, cap=5.0)
         try:
             while True:
                 try:
@@ -449,7 +449,7 @@ class Worker:
                     if not self.recording and self._hard_stop.is_set():
                         return
                     log.warning("worker %s: writing %d results failed (%s), retrying in %.1fs", self.id,
-                                len(batch) + len(retries), transport.describe(exc), delay)
+                                len(batch) + len(retries), transport.describe(exc), backoff.delay)
                 except (transport.RedisError, TypeError, ValueError) as exc:
                     if _permanent(exc):
                         log.error("worker %s: dropped a batch of %d results it could not write (%s); their "
@@ -457,9 +457,8 @@ class Worker:
                                   transport.describe(exc) if isinstance(exc, transport.RedisError) else exc)
                         return
                     log.warning("worker %s: writing %d results failed (%s), retrying in %.1fs", self.id,
-                                len(batch) + len(retries), transport.describe(exc), delay)
-                gevent.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                                len(batch) + len(retries), transport.describe(exc), backoff.delay)
+                gevent.sleep(backoff.next())
         finally:
             self._writing = []
 

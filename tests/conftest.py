@@ -75,7 +75,7 @@ def namespace(r):
     """A fresh key namespace per test; its keys are deleted afterwards."""
     ns = f"gs-test-{uuid.uuid4().hex[:12]}"
     yield ns
-    Store(r, Keys(ns, cluster=transport.is_cluster(r))).delete_namespace()
+    Store.for_namespace(r, ns).delete_namespace()
 
 
 def wait_until(predicate, timeout=10.0, interval=0.02, message="condition"):

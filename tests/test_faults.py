@@ -26,7 +26,7 @@ from faults import (HERE, Stopwatch, count_lines, executions, free_port, master_
                     report, status_json, subscribers_with)
 from helpers import client_for, status
 from geventsched.keys import Keys
-from geventsched.store import DEADLINE_SLACK
+from geventsched.config import DEADLINE_SLACK
 
 #: The workers' heartbeat TTL (WorkerConfig.heartbeat_ttl): a worker is thought dead this long after it
 #: stopped beating, and the master looks once a second.

@@ -20,7 +20,7 @@ from geventsched.embedded import EmbeddedRedis, free_port
 from geventsched.keys import Keys
 from geventsched.metrics import REJECT_REASONS
 from geventsched.protocol import DISPATCH_ROOM
-from geventsched.store import DEADLINE_SLACK
+from geventsched.config import DEADLINE_SLACK
 
 SHORT = 2.0
 DEADLINE_GUARD = SHORT + DEADLINE_SLACK + 15.0

@@ -10,12 +10,13 @@ import pytest
 
 from conftest import wait_until
 from geventsched import transport
+from geventsched.builtin import default_registry
 from geventsched.client import Client
 from geventsched.config import MasterConfig, WorkerConfig
 from geventsched.hooks import MasterHooks, WorkerHooks
 from geventsched.keys import Keys
 from geventsched.master import Master
-from geventsched.registry import App, default_registry
+from geventsched.registry import App
 from geventsched.worker import Worker
 
 app = App(prefix="hard")

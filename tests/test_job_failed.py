@@ -4,9 +4,7 @@ the job's ``result``, for a task that raised and for a job that was dead-lettere
 import pytest
 
 from helpers import client_for, start_system
-from geventsched import transport
 from geventsched.errors import JobFailed
-from geventsched.keys import Keys
 from geventsched.store import Store
 
 
@@ -28,7 +26,7 @@ def test_a_task_that_raised_gives_its_type_message_and_traceback(spawn, r, names
 def test_a_dead_letter_gives_its_reason_and_an_empty_traceback(r, redis_url, namespace):
     client = client_for(redis_url, namespace)
     handle = client.submit("noop")
-    store = Store(r, Keys(namespace, cluster=transport.is_cluster(r)))
+    store = Store.for_namespace(r, namespace)
     assert [job[0] for job in store.claim(1, grace=-10)] == [handle.id]  # dispatched, already overdue
     assert store.reap(max_attempts=1)[1] == [handle.id]
     with pytest.raises(JobFailed) as caught:

@@ -10,13 +10,13 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from conftest import wait_until
 from geventsched import metrics, transport
+from geventsched.builtin import default_registry
 from geventsched.client import Client
 from geventsched.config import MasterConfig, WorkerConfig
 from geventsched.embedded import free_port
 from geventsched.errors import ConfigError, DecodeError
 from geventsched.master import Master
 from geventsched.protocol import Job, JsonCodec, RawCodec
-from geventsched.registry import default_registry
 from geventsched.worker import Worker
 
 #: The SPEC's table: name -> (type, labels).

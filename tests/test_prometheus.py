@@ -21,12 +21,12 @@ from gevent.event import Event
 
 from conftest import wait_until
 from geventsched import metrics, transport
+from geventsched.builtin import default_registry
 from geventsched.client import Client
 from geventsched.config import MasterConfig, WorkerConfig
 from geventsched.embedded import free_port
 from geventsched.keys import Keys
 from geventsched.master import Master
-from geventsched.registry import default_registry
 from geventsched.worker import Worker
 
 GRAFANA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "grafana")

@@ -3,8 +3,10 @@ import textwrap
 import pytest
 
 from geventsched import builtin
+from geventsched.builtin import default_registry
+from geventsched.config import DEFAULT_TIMEOUT
 from geventsched.errors import ConfigError
-from geventsched.registry import DEFAULT_TIMEOUT, App, Registry, default_registry, load_apps
+from geventsched.registry import App, Registry, load_apps
 
 
 def write_module(tmp_path, monkeypatch, name, source):

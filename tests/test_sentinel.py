@@ -28,7 +28,8 @@ from geventsched import transport
 from geventsched.client import Client
 from geventsched.errors import ConfigError
 from geventsched.keys import Keys
-from geventsched.store import DEADLINE_SLACK, Store
+from geventsched.config import DEADLINE_SLACK
+from geventsched.store import Store
 
 SHORT = 2.0
 #: Long enough for a job whose result was lost to come back at its deadline, and run.

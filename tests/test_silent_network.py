@@ -17,10 +17,10 @@ import pytest
 from conftest import wait_until
 from faults import RestartableRedis, Stopwatch, report
 from geventsched import transport
+from geventsched.builtin import default_registry
 from geventsched.client import Client
 from geventsched.config import MasterConfig, WorkerConfig
 from geventsched.master import Master
-from geventsched.registry import default_registry
 from geventsched.worker import Worker
 from proxy import Proxy
 

@@ -11,7 +11,7 @@ from geventsched.config import MasterConfig, WorkerConfig
 from geventsched.errors import GeventschedError
 from geventsched.keys import Keys
 from geventsched.master import Master
-from geventsched.registry import default_registry
+from geventsched.builtin import default_registry
 from geventsched.worker import Worker
 
 

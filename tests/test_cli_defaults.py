@@ -1,0 +1,23 @@
+"""The command line states no defaults of its own: each option of a setting takes config.py's."""
+
+from dataclasses import fields
+
+from geventsched.cli import build_parser
+from geventsched.config import MasterConfig, WorkerConfig
+
+
+def _option_defaults(command, config):
+    parsed = vars(build_parser().parse_args([command]))
+    return {f.name: (parsed[f.name], f.default) for f in fields(config) if f.name in parsed}
+
+
+def test_worker_options_default_to_worker_config():
+    defaults = _option_defaults("worker", WorkerConfig)
+    assert {"channels", "concurrency", "threads", "grace", "codec", "max_payload"} <= set(defaults)
+    assert all(cli == config for cli, config in defaults.values()), defaults
+
+
+def test_master_options_default_to_master_config():
+    defaults = _option_defaults("master", MasterConfig)
+    assert {"channels", "strategy", "prefetch", "max_attempts", "max_inflight_bytes", "durability"} <= set(defaults)
+    assert all(cli == config for cli, config in defaults.values()), defaults
