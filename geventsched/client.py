@@ -15,15 +15,19 @@ result. Only a job with no record at all in Redis (``--durability none``, fire-a
 answered by its announcement, which is then all there is.
 """
 
+from __future__ import annotations
+
 import os
 import time
 from collections import OrderedDict, deque
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from geventsched import transport
 from geventsched.backoff import Backoff
 from geventsched.config import DEFAULT_MAX_PAYLOAD
 from geventsched.errors import DecodeError, JobFailed, JobTooLarge, RedisUnavailable
-from geventsched.protocol import Job, JsonCodec
+from geventsched.protocol import Job, JsonCodec, Result
 from geventsched.store import Store
 
 #: Job ids are reserved from Redis's counter this many at a time (see ``Client._new_ids``).
@@ -31,20 +35,25 @@ ID_BLOCK = 100
 #: Announcements read ahead of a wait and kept for it, at most; the oldest go first (their results
 #: stay in Redis until their TTL).
 HEARD_LIMIT = 100_000
+#: One job to submit: ``(task name, positional arguments, keyword arguments)``, all JSON values.
+Spec = tuple[str, Sequence[Any], dict[str, Any]]
+
 
 class JobHandle:
+    """A submitted job: its id and task, and the way to its result."""
+
     __slots__ = ("id", "task", "_client")
 
-    def __init__(self, client, job_id, task):
+    def __init__(self, client: Client, job_id: str, task: str) -> None:
         self._client = client
         self.id = job_id
         self.task = task
 
-    def wait(self, timeout=None):
+    def wait(self, timeout: float | None = None) -> Result | None:
         """The job's ``Result``, or None if none came within ``timeout`` seconds."""
         return self._client.wait([self], timeout).get(self.id)
 
-    def result(self, timeout=None):
+    def result(self, timeout: float | None = None) -> Any:
         """The job's return value. Raises JobFailed (error, timeout, dead) or TimeoutError."""
         result = self.wait(timeout)
         if result is None:
@@ -53,12 +62,13 @@ class JobHandle:
             raise JobFailed(result)
         return result.value
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"JobHandle({self.id!r}, {self.task!r})"
 
 
 class Client:
-    def __init__(self, redis_client, namespace="", timeout=None, max_payload=DEFAULT_MAX_PAYLOAD):
+    def __init__(self, redis_client: Any, namespace: str = "", timeout: float | None = None,
+                 max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
         """``max_payload``: the largest job record (bytes of JSON) ``submit`` accepts; keep it at the
         workers' and master's ``--max-payload``, which refuse anything larger."""
         self.redis = redis_client
@@ -74,14 +84,16 @@ class Client:
         self._spare_ids = deque()
 
     @classmethod
-    def from_url(cls, url, namespace="", **kwargs):
+    def from_url(cls, url: str, namespace: str = "", **kwargs: Any) -> Client:
+        """A client of the Redis at ``url`` (see ``transport.connect`` for the URL forms)."""
         return cls(transport.connect(url), namespace, **kwargs)
 
-    def submit(self, task, *args, **kwargs):
+    def submit(self, task: str, *args: Any, **kwargs: Any) -> JobHandle:
         """Submit one job for ``task``; returns its JobHandle."""
         return self.submit_many([(task, args, kwargs)])[0]
 
-    def submit_many(self, specs, timeout=None, key=None, reply=True, max_retries=None):
+    def submit_many(self, specs: Iterable[Spec], timeout: float | None = None, key: str | None = None,
+                    reply: bool = True, max_retries: int | None = None) -> list[JobHandle]:
         """Submit ``[(task, args, kwargs), ...]`` in one transaction; returns their handles in order.
 
         Arguments must be JSON values (a TypeError says which is not). ``timeout`` overrides the
@@ -123,9 +135,10 @@ class Client:
             spare.extend(self.store.new_ids(max(count - len(spare), ID_BLOCK)))
         return [spare.popleft() for _ in range(count)]
 
-    def wait(self, handles, timeout=None):
+    def wait(self, handles: Iterable[JobHandle], timeout: float | None = None) -> dict[str, Result]:
         """Wait for the results of ``handles``. Returns ``{id: Result}`` for those that finished
         within ``timeout`` seconds (None = wait forever). Blocks the calling greenlet or thread."""
+        handles = list(handles)
         want = {h.id for h in handles if h.id not in self._results}
         if want:
             self._collect(want, timeout)
@@ -162,9 +175,12 @@ class Client:
             self._announced(early, want)
             if not want:
                 return
-        self._listen()
-        # Subscribed first, then read what is stored: a result can't slip between the two.
-        self._read_stored(want)
+        try:
+            self._listen()
+            # Subscribed first, then read what is stored: a result can't slip between the two.
+            self._read_stored(want)
+        except transport.ConnectionLost:  # (Redis restarting: LOADING is one) as later in the wait
+            self._relisten(want, deadline)
         while want:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
@@ -180,8 +196,9 @@ class Client:
     def _relisten(self, want, deadline):
         """Redis went away while we waited: listen again, then read what was stored meanwhile.
         Raises RedisUnavailable once the wait's deadline passes with Redis still away."""
-        self._subscriber.close()
-        self._subscriber = None
+        if self._subscriber is not None:
+            self._subscriber.close()
+            self._subscriber = None
         backoff = Backoff(first=0.1, cap=2.0)
         while True:
             try:
@@ -236,7 +253,7 @@ class Client:
             self._results[result.id] = result
             want.discard(result.id)
 
-    def close(self):
+    def close(self) -> None:
         if self._subscriber is not None:
             self._subscriber.close()
             self._subscriber = None

@@ -45,7 +45,11 @@ class JobFailed(GeventschedError):
     whole ``Result`` is ``result``.
     """
 
-    def __init__(self, result):
+    type: str
+    message: str
+    traceback: str
+
+    def __init__(self, result) -> None:
         error = result.error or {}
         self.type = error.get("type") or result.status
         self.message = error.get("message") or ""

@@ -19,7 +19,10 @@
 ``geventsched worker --app mymodule`` imports the module and runs every ``App`` found in it.
 """
 
+from __future__ import annotations
+
 import importlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from geventsched.config import DEFAULT_TIMEOUT
@@ -29,7 +32,7 @@ from geventsched.errors import ConfigError
 @dataclass(frozen=True, slots=True)
 class Task:
     name: str
-    fn: object
+    fn: Callable
     timeout: float | None = DEFAULT_TIMEOUT
     #: Runs in the worker's thread pool instead of the hub, so it cannot stall the other jobs.
     blocking: bool = False
@@ -42,12 +45,13 @@ class Task:
 class App:
     """A set of tasks. Decorating a function with ``@app.task`` registers it and returns it unchanged."""
 
-    def __init__(self, prefix=None):
+    def __init__(self, prefix: str | None = None) -> None:
         self.prefix = prefix
-        self.tasks = {}
+        self.tasks: dict[str, Task] = {}
 
-    def task(self, fn=None, *, name=None, timeout=DEFAULT_TIMEOUT, blocking=False, max_retries=0,
-             retry_backoff=1.0):
+    def task(self, fn: Callable | None = None, *, name: str | None = None, timeout: float | None = DEFAULT_TIMEOUT,
+             blocking: bool = False, max_retries: int = 0, retry_backoff: float = 1.0) -> Callable:
+        """Register ``fn`` (``@app.task``), or return a decorator that does (``@app.task(...)``)."""
         def register(fn):
             task_name = name or self._default_name(fn)
             if task_name in self.tasks and self.tasks[task_name].fn is not fn:
@@ -66,28 +70,28 @@ class App:
 class Registry:
     """The tasks one worker can run, merged from several apps. Lookup is a plain dict access."""
 
-    def __init__(self, apps=()):
+    def __init__(self, apps: Iterable[App] = ()) -> None:
         self.tasks = {}
         for app in apps:
             self.add(app)
 
-    def add(self, app):
+    def add(self, app: App) -> None:
         for name, task in app.tasks.items():
             if name in self.tasks and self.tasks[name].fn is not task.fn:
                 raise ConfigError(f"task {name!r} is defined by two apps")
             self.tasks[name] = task
 
-    def get(self, name):
+    def get(self, name: str) -> Task | None:
         return self.tasks.get(name)
 
     def __contains__(self, name):
         return name in self.tasks
 
-    def names(self):
+    def names(self) -> list[str]:
         return sorted(self.tasks)
 
 
-def load_apps(module_names):
+def load_apps(module_names: Iterable[str]) -> list[App]:
     """Import each module and return the ``App`` objects it defines (at module level)."""
     apps = []
     for module_name in module_names:
