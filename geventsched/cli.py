@@ -520,9 +520,9 @@ def cmd_requeue_dead(args):
 
 
 def cmd_bench(args):
-    from geventsched.benchmark import main as bench_main
+    from geventsched.rig import command
 
-    return bench_main(args)
+    return command.main(args)
 
 
 COMMANDS = {
