@@ -496,7 +496,7 @@ def _run_system(name, argv, timeout):
 def scenario_cluster(url, sizes, results):
     """The throughput and sequential round trips of both durability modes on the Redis at ``url``
     and on a private 3-primary cluster started here, runs interleaved."""
-    from geventsched.embedded import EmbeddedCluster
+    from geventsched.rig.cluster import EmbeddedCluster
 
     servers = {"1 node": url}
     configs = {f"{where}, {mode}": (where, THROUGHPUT_CONFIGS[mode]) for where in ("1 node", "3 shards")

@@ -5,5 +5,6 @@
   ``Recorder`` and ``CpuMeter``, ``percentiles``, ``environment``, ``RedisFor``;
 * ``command.py``: the ``bench`` command on top of it;
 * ``rawecho.py``: the raw limit, a pub/sub echo with no job machinery
-  (``python -m geventsched.rig.rawecho``).
+  (``python -m geventsched.rig.rawecho``);
+* ``cluster.py``: ``EmbeddedCluster``, a private Redis Cluster for the cluster tests and scenarios.
 """
