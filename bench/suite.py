@@ -4,7 +4,7 @@ systems.
     python bench/suite.py [--redis-url URL] [--quick] [--only SCENARIOS] [--json FILE] [--plots DIR]
                           [--no-peers]
 
-Every scenario drives ``geventsched.benchmark.Rig`` (a worker process and an in-process master on a
+Every scenario drives ``geventsched.rig.rig.Rig`` (a worker process and an in-process master on a
 fresh namespace) against one Redis: the one at ``--redis-url``, or an embedded server when nothing
 answers there. Configurations that are compared with each other are open at the same time and run
 in turn (A B A B A B), so a burst of load from elsewhere on the machine hits all of them alike; the
@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass  # noqa: E402
 import gevent  # noqa: E402
 
 from geventsched import transport  # noqa: E402
-from geventsched.benchmark import RedisFor, Rig, environment, progress_bar  # noqa: E402
+from geventsched.rig.rig import RedisFor, Rig, environment, progress_bar  # noqa: E402
 from geventsched.keys import Keys  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -469,8 +469,8 @@ def run_json_command(argv, timeout):
 def scenario_peers(url, sizes, results):
     rates, source = max_rates(url, sizes, results)
     # No bar here: the two scripts report their own progress on stderr.
-    print("  peers: the raw echo (geventsched.rawecho), then bench/peers/run_peers.py", file=sys.stderr, flush=True)
-    systems = _run_system("raw-echo", ["-m", "geventsched.rawecho", "--redis-url", url,
+    print("  peers: the raw echo (geventsched.rig.rawecho), then bench/peers/run_peers.py", file=sys.stderr, flush=True)
+    systems = _run_system("raw-echo", ["-m", "geventsched.rig.rawecho", "--redis-url", url,
                                        "--messages", str(sizes.raw_messages), "--json"], timeout=600)
     runner = os.path.join(HERE, "peers", "run_peers.py")
     if os.path.exists(runner):  # the first run builds a virtualenv per peer: the timeout allows for installs
@@ -496,7 +496,7 @@ def _run_system(name, argv, timeout):
 def scenario_cluster(url, sizes, results):
     """The throughput and sequential round trips of both durability modes on the Redis at ``url``
     and on a private 3-primary cluster started here, runs interleaved."""
-    from geventsched.embedded import EmbeddedCluster
+    from geventsched.rig.cluster import EmbeddedCluster
 
     servers = {"1 node": url}
     configs = {f"{where}, {mode}": (where, THROUGHPUT_CONFIGS[mode]) for where in ("1 node", "3 shards")

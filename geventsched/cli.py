@@ -334,13 +334,13 @@ def cmd_worker(args):
     if args.processes == "auto":
         args.processes = max(1, min(os.cpu_count() or 1, len(args.channels)))
     if args.processes > 1:  # a supervisor: it runs no worker and imports no app itself
-        from geventsched import supervisor
+        from geventsched import nodemetrics, supervisor
 
         if args.processes > len(args.channels):
             raise UsageError(f"--processes {args.processes} needs at least {args.processes} channels "
                              f"(--channels gives {len(args.channels)})")
         node = supervisor.node_from_args(args)
-        with _metrics_endpoint(supervisor.node_registry(node), args):
+        with _metrics_endpoint(nodemetrics.node_registry(node), args):
             return node.run()
 
     from geventsched import metrics
@@ -520,9 +520,9 @@ def cmd_requeue_dead(args):
 
 
 def cmd_bench(args):
-    from geventsched.benchmark import main as bench_main
+    from geventsched.rig import command
 
-    return bench_main(args)
+    return command.main(args)
 
 
 COMMANDS = {

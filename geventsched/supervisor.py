@@ -17,7 +17,8 @@ The supervisor runs no worker and imports no app. It
   and started again);
 * forwards SIGTERM/SIGINT to every child, which then drains (a second signal, forwarded too, is the
   children's hard stop); ``run`` returns 0 once all have exited;
-* serves one metrics endpoint for the node (``NodeCollector``).
+* tells ``nodemetrics.NodeCollector``, which serves one metrics endpoint for the node, which
+  children run and where their metrics are (``children()``, ``restarts()``).
 
 Children run in a session of their own, so a Ctrl-C in a terminal reaches only the supervisor, which
 forwards it once. For the same reason, under systemd use ``KillMode=mixed``: with the default
@@ -32,7 +33,6 @@ restarting, while Redis is away.
 """
 
 import ctypes
-import http.client
 import logging
 import os
 import signal
@@ -44,10 +44,6 @@ from dataclasses import dataclass
 
 import gevent
 from gevent.event import Event
-from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.metrics_core import Metric
-from prometheus_client.parser import text_string_to_metric_families
 
 from geventsched import transport
 from geventsched.embedded import free_port
@@ -60,8 +56,6 @@ log = logging.getLogger(__name__)
 #: ``channels`` is the child's part, ``processes`` 1, metrics go to a private port, and ``redis_url``
 #: goes in the environment (GEVENTSCHED_REDIS_URL), where ``ps`` does not show a password.
 PER_CHILD = frozenset({"command", "channels", "processes", "metrics_port", "metrics_addr", "redis_url"})
-#: Seconds a scrape of the node waits for the children's answers.
-SCRAPE_TIMEOUT = 3.0
 #: Seconds the node gives Redis to free the leases of dead workers (they expire with their TTL anyway).
 REAP_TIMEOUT = 5.0
 #: A child's exit status for "cannot serve now, try again later" (EX_TEMPFAIL in sysexits.h): Redis is
@@ -206,6 +200,14 @@ class Supervisor:
     def running(self):
         """Children alive now."""
         return sum(1 for slot in self.slots if slot.proc is not None)
+
+    def children(self):
+        """``[(process label, metrics port), ...]`` of the children alive now that serve metrics."""
+        return [(str(slot.index), slot.port) for slot in self.slots if slot.proc is not None and slot.port]
+
+    def restarts(self):
+        """``[(process label, restarts), ...]`` for every slot, alive or not."""
+        return [(str(slot.index), slot.restarts) for slot in self.slots]
 
     def run(self):
         """Start the children and supervise them until all have exited. Blocks.
@@ -463,85 +465,3 @@ def pid_alive(pid):
             return f.read().rpartition(b")")[2].split()[0] not in (b"Z", b"X")
     except (OSError, IndexError):  # no /proc here, or it just exited
         return True
-
-
-# -- the node's metrics endpoint -----------------------------------------------------------------
-
-
-def node_registry(supervisor, timeout=SCRAPE_TIMEOUT):
-    """A registry that serves the node: pass it to ``metrics.serve``."""
-    registry = CollectorRegistry()
-    registry.register(NodeCollector(supervisor, timeout))
-    return registry
-
-
-class NodeCollector:
-    """Every child's samples with a ``process="<slot>"`` label, plus ``geventsched_node_*``.
-
-    The children are scraped when the node is, all at once; one that does not answer within
-    ``timeout`` s (starting, restarting, stuck) is left out of that scrape.
-    """
-
-    def __init__(self, supervisor, timeout=SCRAPE_TIMEOUT):
-        self.supervisor = supervisor
-        self.timeout = timeout
-
-    def collect(self):
-        yield GaugeMetricFamily("geventsched_node_processes", "Worker processes running on this node.",
-                                value=self.supervisor.running)
-        restarts = CounterMetricFamily("geventsched_node_restarts", "Worker processes restarted after they exited.",
-                                       labels=["process"])
-        for slot in self.supervisor.slots:
-            restarts.add_metric([str(slot.index)], slot.restarts)
-        yield restarts
-        yield from merge_families(self._scrape())
-
-    def _scrape(self):
-        targets = [(str(slot.index), slot.port) for slot in self.supervisor.slots
-                   if slot.proc is not None and slot.port]
-        fetches = [gevent.spawn(fetch_metrics, port, self.timeout) for _, port in targets]
-        gevent.joinall(fetches, timeout=self.timeout)
-        texts = []
-        for (process, port), fetch in zip(targets, fetches):
-            if fetch.successful():
-                texts.append((process, fetch.value))
-            else:
-                fetch.kill(block=False)
-                log.debug("node: process %s (port %d) did not answer the scrape: %s", process, port,
-                          fetch.exception or "timed out")
-        return texts
-
-
-def fetch_metrics(port, timeout):
-    """GET http://127.0.0.1:PORT/metrics (text format, no proxy). Raises OSError or HTTPException."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("GET", "/metrics")
-        response = conn.getresponse()
-        body = response.read()
-        if response.status != 200:
-            raise http.client.HTTPException(f"HTTP {response.status}")
-        return body.decode("utf-8")
-    finally:
-        conn.close()
-
-
-def merge_families(texts):
-    """The families of ``[(process, exposition text), ...]``, each once (so HELP and TYPE come once),
-    with every sample labelled ``process``. A text that does not parse is left out."""
-    merged = {}
-    for process, text in texts:
-        try:
-            families = list(text_string_to_metric_families(text))
-        except Exception as exc:  # a scrape of the node must never fail because of one child
-            log.debug("node: metrics of process %s do not parse: %s", process, exc)
-            continue
-        for family in families:
-            into = merged.get(family.name)
-            if into is None:
-                into = merged[family.name] = Metric(family.name, family.documentation, family.type, family.unit)
-            elif into.type != family.type:
-                continue
-            into.samples.extend(sample._replace(labels={**sample.labels, "process": process})
-                                for sample in family.samples)
-    return list(merged.values())

@@ -11,7 +11,8 @@ import uuid  # noqa: E402
 import pytest  # noqa: E402
 
 from geventsched import transport  # noqa: E402
-from geventsched.embedded import EmbeddedCluster, EmbeddedRedis  # noqa: E402
+from geventsched.embedded import EmbeddedRedis  # noqa: E402
+from geventsched.rig.cluster import EmbeddedCluster  # noqa: E402
 from geventsched.keys import Keys  # noqa: E402
 from geventsched.store import Store  # noqa: E402
 

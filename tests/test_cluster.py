@@ -14,7 +14,7 @@ import redis.cluster
 
 from conftest import ROOT, run_cli, wait_until
 from geventsched import transport
-from geventsched.embedded import EmbeddedCluster
+from geventsched.rig.cluster import EmbeddedCluster
 from geventsched.config import DEADLINE_SLACK
 from helpers import client_for, setinfo_rule, status
 

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import run_cli, wait_until
-from geventsched import supervisor
+from geventsched import nodemetrics, supervisor
 from geventsched.channels import parse_channels
 from geventsched.cli import build_parser
 from geventsched.client import Client
@@ -132,7 +132,7 @@ def test_node_metrics_name_each_family_once_and_label_every_sample_with_its_proc
             'geventsched_worker_loop_lag_seconds_sum 0.5\n'
             'geventsched_worker_loop_lag_seconds_count 1.0\n')
     registry = CollectorRegistry()
-    families = supervisor.merge_families([("0", text % 3), ("1", text % 4), ("2", "not { metrics")])
+    families = nodemetrics.merge_families([("0", text % 3), ("1", text % 4), ("2", "not { metrics")])
 
     class Fixed:
         def collect(self):

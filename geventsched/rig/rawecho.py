@@ -12,7 +12,7 @@ the figure is a ceiling for what the scheduler can reach on the same machine.
 Phase 1: throughput, with at most --window messages published but not yet echoed.
 Phase 2: latency, --round-trips one-at-a-time round trips (publish, wait for the echo).
 
-    python -m geventsched.rawecho --redis-url redis://127.0.0.1:6379/0 --messages 200000 --json
+    python -m geventsched.rig.rawecho --redis-url redis://127.0.0.1:6379/0 --messages 200000 --json
 
 ``geventsched bench`` runs it after its own runs and prints how close it came (``measure``).
 Like a benchmark's client should, it reads through hiredis itself: it is the one module besides
@@ -223,7 +223,7 @@ def run_master(args):
     drain = gevent.spawn(discard_replies, pub)
 
     worker = subprocess.Popen(
-        [sys.executable, "-m", "geventsched.rawecho", "--role", "worker",
+        [sys.executable, "-m", "geventsched.rig.rawecho", "--role", "worker",
          "--redis-url", args.redis_url, "--namespace", args.namespace],
         stdin=subprocess.PIPE,  # closed when we exit, however we exit: B then exits too
         stdout=subprocess.PIPE,

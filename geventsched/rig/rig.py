@@ -1,10 +1,8 @@
-"""``geventsched bench``: jobs through a master (in this process) and a worker process.
+"""The benchmark rig: jobs through a master (in this process) and a worker process.
 
-Runs against the Redis at ``--redis-url``; when nothing answers there, against an embedded server
-started for the run and stopped at the end. Every run lives in a fresh namespace, deleted afterwards.
-
-``Rig`` is the building block (the suite in ``bench/`` composes it): one worker process and an
-in-process master for one configuration, with
+``Rig`` is the building block (``geventsched bench`` and the suite in ``bench/`` compose it): one
+worker process and an in-process master for one configuration, on a fresh namespace deleted
+afterwards, with
 
 * ``throughput(jobs)``: all jobs submitted at once; time from the first submit to the last result,
   and the submit-to-result latency of every job (which includes time queued behind the others);
@@ -15,10 +13,11 @@ in-process master for one configuration, with
 Durable runs submit through ``Client`` (the Redis intake, as any producer would); fire-and-forget runs
 (``durability="none"``) submit in the master's own process, as the original design's master made
 its jobs, unless ``intake=True``.
+
+``RedisFor(url)`` gives the Redis at ``url``, or an embedded server started for the run and stopped
+at the end when nothing answers there.
 """
 
-import json
-import logging
 import os
 import platform
 import resource
@@ -30,7 +29,7 @@ from urllib.parse import urlparse
 import gevent
 from gevent.event import Event
 
-from geventsched import __version__, embedded, rawecho, transport
+from geventsched import __version__, embedded, transport
 from geventsched.client import Client
 from geventsched.config import MasterConfig, WorkerConfig
 from geventsched.errors import RedisUnavailable
@@ -303,56 +302,3 @@ def progress_bar(label):
         print(f"\r  {label:<28} [{'#' * filled}{'.' * (width - filled)}] {done:>9,}/{total:,}", end=end,
               file=sys.stderr, flush=True)
     return show
-
-
-def main(args):
-    if args.log_level == "INFO":  # the figures are the output; keep the master's info lines out of them
-        logging.getLogger("geventsched").setLevel(logging.WARNING)
-    modes = [args.durability] if args.durability else ["redis", "none"]
-    runs = {}
-    with RedisFor(args.redis_url) as url:
-        for mode in modes:
-            with Rig(url, args.channels, args.concurrency, mode) as rig:
-                runs[mode] = rig.throughput(args.jobs, progress=progress_bar(f"{args.jobs:,} jobs, durability {mode}"))
-                runs[mode]["sequential_latency_ms"] = rig.sequential()
-            runs[mode].update(channels=args.channels, concurrency=args.concurrency, durability=mode)
-        env = environment(rig.client)
-        raw = None
-        if not transport.is_cluster(rig.client):  # the echo speaks plain PUBLISH to one server
-            print("  raw pub/sub echo (the limit)...", file=sys.stderr, flush=True)
-            raw = rawecho.measure(url, messages=min(200_000, max(20_000, 2 * args.jobs)))
-    # The first mode (durable, the default) is the headline; the other rides along under its name.
-    figures = runs[modes[0]]
-    if len(modes) > 1:
-        figures["fire_and_forget"] = runs["none"]
-    figures["environment"] = env
-    if raw is not None:
-        figures["raw_limit"] = raw
-        for mode in modes:
-            runs[mode]["of_raw_limit"] = round(runs[mode]["jobs_per_s"] / raw["jobs_per_s"], 4)
-    print("\n".join(report(runs[mode], env) for mode in modes))
-    if raw is not None:
-        lat = raw["latency_ms"]
-        print(f"raw limit: a pub/sub echo with no job machinery, same Redis, same run: {raw['jobs_per_s']:,.0f} msg/s, "
-              f"round trip p50 {lat['p50']:.2f} ms p99 {lat['p99']:.2f} ms\n  geventsched reaches "
-              + ", ".join(f"{runs[mode]['of_raw_limit']:.1%} of it ({'durable' if mode == 'redis' else 'fire-and-forget'})"
-                          for mode in modes))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(figures, f, indent=2)
-    return 0
-
-
-def report(f, env):
-    lat, seq = f["latency_ms"], f["sequential_latency_ms"]
-    return "\n".join([
-        f"geventsched bench: {f['jobs']:,} no-op jobs, 1 worker x {f['channels']} channels, "
-        f"concurrency {f['concurrency']}, durability {f['durability']} "
-        f"(Redis {env['redis']}, {env['cpus']} CPUs)",
-        f"  throughput   {f['jobs_per_s']:>12,.0f} jobs/s   ({f['seconds']:.3f} s, {f['failed']} failed)",
-        "  cpu per job  " + "   ".join(f"{k} {v} us" for k, v in f["cpu_us_per_job"].items()),
-        f"  latency      p50 {lat['p50']:.2f} ms   p90 {lat['p90']:.2f} ms   p99 {lat['p99']:.2f} ms   "
-        f"max {lat['max']:.2f} ms   (submit to result, all jobs submitted at once)",
-        f"  round trip   p50 {seq['p50']:.2f} ms   p90 {seq['p90']:.2f} ms   p99 {seq['p99']:.2f} ms   "
-        f"max {seq['max']:.2f} ms   (sequential, one job at a time)",
-    ])
