@@ -10,8 +10,8 @@ Greenlets:
 * collector   reads CHANNEL_RESULT (and the intake's wake-up channel) through hiredis; each result
               that carries its dispatch's token frees its channel's slot (``ledger.py``). Others
               (unknown jobs, stale copies, a stranger's) are counted and ignored.
-* discovery   once a second: live workers and the channels they hold; a worker that stopped
-              heartbeating loses its channels and its in-flight jobs go back to the intake.
+* discovery   once a second (``discovery.py``): live workers and the channels they hold; a worker that
+              stopped heartbeating loses its channels and its in-flight jobs go back to the intake.
 * reaper      once a second: in-flight jobs past their deadline go back to the intake, or to the
               dead-letter list after the last attempt (without durability: dispatches past their
               deadline are forgotten, and their slots come back).
@@ -33,6 +33,7 @@ from gevent.event import Event
 from geventsched import transport
 from geventsched.backoff import Backoff
 from geventsched.config import CLAIM_GRACE
+from geventsched.discovery import Discovery
 from geventsched.dispatch import ChannelTable, get_strategy
 from geventsched.errors import DecodeError, GeventschedError
 from geventsched.hooks import MasterHooks, guarded
@@ -63,15 +64,12 @@ class Master:
         self.table = ChannelTable()
         self.pending = deque()  # claimed jobs waiting for a channel
         self.ledger = Ledger(self.table)
-        self.workers = {}  # worker id -> last heartbeat
-        self.task_timeouts = {}  # task name -> time limit, as the workers registered them
+        self._wake = Event()
+        self.discovery = Discovery(self.store, self.table, config, self.hooks, self._lose_worker, self._wake.set)
         self._static = [self.keys.dispatch_channel(c) for c in config.channels]
         self._benched = {}  # static channel name -> (time it may come back, cap)
-        self._stale = False  # a discovered channel answered PUBLISH = 0: ask Redis again
-        self._mismatched = set()  # workers whose durability differs from ours (logged once)
         self._local_prefix = f"m{os.urandom(3).hex()}-"  # ids of submit_local jobs
         self._local_seq = 0
-        self._wake = Event()
         self._shutdown = Event()  # a signal or stop(): the master is done
         self._stop = Event()  # this term as the active master is over (shutdown, lease lost, a loop died)
         self._loops = Loops("master", self._on_loop_death)
@@ -100,7 +98,7 @@ class Master:
         self._loops.spawn("reaper", self._every, self.config.reap_interval,
                           self._reap if self.durable else self._expire)
         if not self._static:
-            self._loops.spawn("discovery", self._every, self.config.discovery_interval, self._discover)
+            self._loops.spawn("discovery", self._every, self.config.discovery_interval, self.discovery.refresh)
         log.info("master: %d channels, strategy %s, codec %s, durability %s%s", len(self.table),
                  self.config.strategy, self.codec.name, self.config.durability,
                  ", Redis Cluster" if self.keys.cluster else "")
@@ -112,7 +110,7 @@ class Master:
         for name in self._static:
             self.table.add(name.encode(), None, self.config.prefetch or self.config.static_prefetch)
         if not self._static:
-            self._discover()
+            self.discovery.refresh()
 
     # -- stepping (no greenlets: tests and embedding) ----------------------------------------------
 
@@ -131,7 +129,7 @@ class Master:
         if not self.lease.renew():
             raise GeventschedError("another master holds the lease now")
         if not self._static:
-            self._discover()
+            self.discovery.refresh()
         (self._reap if self.durable else self._expire)()
         self._claim()
         self._dispatch()
@@ -176,9 +174,7 @@ class Master:
         self._close_connections()
         self.pending.clear()
         self.ledger.clear()
-        for name in list(self.table.by_name):
-            self.table.remove(name)
-        self.workers = {}
+        self.discovery.forget()
         self._stop = Event()
         self.lease_lost = False
 
@@ -199,7 +195,7 @@ class Master:
         """What this master holds and sees, for metrics and status: jobs in flight, live workers and
         channels (from memory), and jobs queued (claimed and waiting here, plus the intake) and dead
         letters, read from Redis; those two are left out when Redis does not answer."""
-        state = {"in_flight": len(self.ledger), "workers": len(self.workers), "channels": len(self.table)}
+        state = {"in_flight": len(self.ledger), "workers": len(self.discovery.workers), "channels": len(self.table)}
         pending = len(self.pending)  # read before the round trip, which lets the loops run
         try:
             intake, dead = self.store.depths()
@@ -329,7 +325,7 @@ class Master:
     def deadline_for(self, job, now=None):
         """When a dispatch of ``job`` counts as lost: its time limit (the job's, else its task's as the
         workers registered it, else the default) plus slack for time queued on the worker."""
-        limit = job.timeout or self.task_timeouts.get(job.task) or self.config.default_timeout
+        limit = job.timeout or self.discovery.task_timeouts.get(job.task) or self.config.default_timeout
         return (now or time.time()) + limit + self.config.deadline_slack
 
     def _dispatch(self):
@@ -340,7 +336,7 @@ class Master:
         token = new_token()  # one per batch: each job's dispatch record binds it to the job
         tail = self.codec.dispatch_tail(token)
         now = time.time()
-        limits, default, slack = self.task_timeouts, self.config.default_timeout, self.config.deadline_slack
+        limits, default, slack = self.discovery.task_timeouts, self.config.default_timeout, self.config.deadline_slack
         while pending:
             job = pending[0]
             channel = choose(table, job)
@@ -400,7 +396,7 @@ class Master:
         if reason == "redis_error":
             log.warning("master: PUBLISH to %s failed: %s", channel.name.decode(), reply)
         self.table.remove(channel.name)
-        self._stale = True
+        self.discovery.stale = True
         if self._static:
             self._benched[channel.name] = (time.monotonic() + COOL_DOWN, channel.cap)
             gevent.spawn_later(COOL_DOWN, self._unbench, channel.name)
@@ -527,42 +523,8 @@ class Master:
             self.hooks.on_lost(len(expired))
             self._wake.set()
 
-    def _discover(self):
-        workers = self.store.workers()
-        gone = [w for w, beat in workers.items() if beat is None]
-        for worker_id in gone:
-            self._lose_worker(worker_id)
-        live = {w: beat for w, beat in workers.items() if beat is not None and self._compatible(w, beat)}
-        if live.keys() != self.workers.keys() or gone or self._stale:
-            self._stale = False
-            self._refresh_channels(live)
-            self._learn_tasks()
-        self._mismatched.intersection_update(workers)
-        self.workers = live
-
-    def _learn_tasks(self):
-        """Task names and time limits from the workers' registrations: deadlines then follow each
-        task's own limit, and the metrics label each registered task by its name."""
-        options = self.store.task_options()
-        self.task_timeouts = {name: float(o["timeout"]) for name, o in options.items()
-                              if isinstance(o.get("timeout"), (int, float)) and 0 < o["timeout"] < 10**9}
-        self.hooks.on_tasks(sorted(options))
-
-    def _compatible(self, worker_id, beat):
-        mode = beat.get("durability", "redis")
-        if mode == self.config.durability:
-            return True
-        if worker_id not in self._mismatched:
-            self._mismatched.add(worker_id)
-            log.error("master: worker %s runs with --durability %s, this master with %s: not using it",
-                      worker_id, mode, self.config.durability)
-        return False
-
     def _lose_worker(self, worker_id):
-        log.warning("master: worker %s stopped heartbeating; taking its channels away", worker_id)
-        self.store.release_worker(worker_id)
-        for channel in [c for c in self.table.order if c.worker == worker_id]:
-            self.table.remove(channel.name)  # before its jobs go back: none may be sent to it again
+        """Discovery found ``worker_id`` gone: its jobs go back to the queue."""
         lost = self.ledger.held_by(worker_id)
         for job_id in lost:
             self.ledger.pop(job_id)
@@ -576,28 +538,6 @@ class Master:
         # workers ends in the dead letters.
         self.store.expire_now(sorted(set(lost).union(self.store.owned_by(worker_id))))
         self._reap(reason="worker_lost")
-
-    def _refresh_channels(self, live):
-        owners = self.store.channel_owners()
-        held = {}
-        for channel, worker_id in owners.items():
-            beat = live.get(worker_id)
-            if beat is not None and not beat.get("draining"):
-                held[channel.encode()] = (worker_id, self._cap(beat))
-        for name in [c.name for c in self.table.order if c.name not in held]:
-            self.table.remove(name)
-        for name, (worker_id, cap) in held.items():
-            self.table.add(name, worker_id, cap)
-        log.info("master: %d workers, %d channels", len(live), len(self.table))
-        self._wake.set()
-
-    def _cap(self, beat):
-        if self.config.prefetch:
-            return self.config.prefetch
-        try:
-            return max(1, int(beat.get("capacity", 100)) // max(1, int(beat.get("channels", 1))))
-        except (TypeError, ValueError):  # a heartbeat someone else wrote
-            return 1
 
 
 class _Unreadable:
