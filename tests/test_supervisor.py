@@ -278,13 +278,19 @@ def test_a_killed_process_is_restarted_on_its_channels_and_every_job_completes(s
     assert back_after < 10, back_after  # a hang guard; typically well under a second
 
 
-def test_sigterm_drains_every_process_and_the_node_exits_0(spawn, r, namespace, client):
+def node_running_jobs(spawn, r, namespace, client, seconds, count=20):
+    """A two-process node and a master, with ``count`` sleep jobs of ``seconds`` running on it."""
     node = start_node(spawn, "--metrics-port", "0")
     wait_until(lambda: len(live_workers(r, namespace)) == 2, timeout=20, message="two workers")
     spawn("master", "--metrics-port", "0")
-    handles = client.submit_many([("sleep", [1.5], {}) for _ in range(20)], timeout=10)
-    wait_until(lambda: sum(b.get("running", 0) for b in live_workers(r, namespace).values()) == 20,
+    handles = client.submit_many([("sleep", [seconds], {}) for _ in range(count)], timeout=10)
+    wait_until(lambda: sum(b.get("running", 0) for b in live_workers(r, namespace).values()) == count,
                message="all jobs running")
+    return node, handles
+
+
+def test_sigterm_drains_every_process_and_the_node_exits_0(spawn, r, namespace, client):
+    node, handles = node_running_jobs(spawn, r, namespace, client, seconds=1.5)
     pids = [beat["pid"] for beat in live_workers(r, namespace).values()]
 
     node.signal(signal.SIGTERM)
@@ -356,12 +362,7 @@ def test_the_processes_die_with_a_killed_supervisor_and_leave_no_subscriber(spaw
 
 def test_a_node_restarted_after_kill_9_takes_its_channels_at_once_and_the_jobs_come_back(spawn, r, namespace,
                                                                                           client):
-    first = start_node(spawn, "--metrics-port", "0")
-    wait_until(lambda: len(live_workers(r, namespace)) == 2, timeout=20, message="two workers")
-    spawn("master", "--metrics-port", "0")
-    handles = client.submit_many([("sleep", [3], {}) for _ in range(20)], timeout=10)
-    wait_until(lambda: sum(b.get("running", 0) for b in live_workers(r, namespace).values()) == 20,
-               message="all jobs running")
+    first, handles = node_running_jobs(spawn, r, namespace, client, seconds=3)
     dead = set(live_workers(r, namespace))
 
     first.process.kill()
