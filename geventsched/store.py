@@ -126,17 +126,13 @@ class Store:
         self._wake_up(channel, payload)
 
     def results_and_records(self, ids):
-        """For each id, in one round trip: ``(stored result or None, is the job recorded?)`` (recorded:
-        queued, in flight, scheduled or dead; a finished job's record is gone, and without durability
-        there never is one)."""
-        if self.keys.cluster:  # redis-py's cluster pipeline refuses MGET: two round trips there
-            results, bodies = self.get_results(ids), self.client.hmget(self.keys.jobs, ids)
-        else:
-            pipe = self.client.pipeline(transaction=False)
-            pipe.mget([self.keys.result(job_id) for job_id in ids])
-            pipe.hmget(self.keys.jobs, ids)
-            results, bodies = pipe.execute()
-        return [(result, body is not None) for result, body in zip(results, bodies)]
+        """For each id: ``(stored result or None, is the job recorded?)`` (recorded: queued, in flight,
+        scheduled or dead; a finished job's record is gone, and without durability there never is
+        one). One round trip when every job has its result, as after an announcement it has."""
+        results = self.get_results(ids)
+        missing = [job_id for job_id, result in zip(ids, results) if result is None]
+        recorded = dict(zip(missing, self.client.hmget(self.keys.jobs, missing))) if missing else {}
+        return [(result, result is not None or recorded[job_id] is not None) for job_id, result in zip(ids, results)]
 
     # -- master side ---------------------------------------------------------------------------
 
