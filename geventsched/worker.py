@@ -294,11 +294,13 @@ class Worker:
                 if self._stopping or not self._reconnect(exc):
                     return  # stopping: nothing more to read
                 continue
-            if time.monotonic() - self._beat_ok > self.config.heartbeat_ttl and not self._still_registered():
-                continue  # we were away (paused, cut off) and thought dead: these jobs are not ours
             seen = self._seen
             for channel, data in messages:
                 accept(channel, data, seen)
+            if time.monotonic() - self._beat_ok > self.config.heartbeat_ttl:
+                # We were away (paused, cut off), maybe thought dead: before anything runs, check, and
+                # keep only the jobs whose dispatch is still ours (``_registration_lost``).
+                self._check_registration()
             runners.wake()
             # A recv that finds data waiting does not yield: let the runners and writer have a turn.
             gevent.sleep(0)
@@ -514,13 +516,12 @@ class Worker:
         else:
             self._registration_lost()
 
-    def _still_registered(self):
+    def _check_registration(self):
         """Check the registration now (after a pause the heartbeat greenlet may not have run yet)."""
         try:
             self._beat()
         except transport.RedisError:
-            return True  # cannot tell: the reader carries on, the heartbeat loop will know
-        return not self._missing
+            pass  # cannot tell: the reader carries on, the heartbeat loop will know
 
     def _registration_lost(self):
         """Our registration is gone: Redis restarted, or we were away past its TTL and thought dead (our
