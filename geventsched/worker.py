@@ -8,8 +8,8 @@ Greenlets, each with one job (watched by ``loops.Loops``: one that dies stops th
 * writer      wakes when the out-buffer is non-empty and writes all of it in one script call: results
               recorded once, in-flight cleared, result announced (``Store.finish``). While that round
               trip is under way new results collect, so batches grow with load and never wait for it.
-* heartbeat   refreshes the worker's registration once a second, with its free slots. A worker that
-              finds its registration gone (it was paused, or cut off, past its TTL, and thought dead)
+* heartbeat   refreshes the worker's registration (``registration.py``) once a second, with its free
+              slots. A worker that finds its registration gone (it was paused, or cut off, past its TTL, and thought dead)
               stops serving at once, hands back what it has not started, and registers again with
               the channels nobody took meanwhile.
 
@@ -22,12 +22,9 @@ goes on heartbeating (``draining``), so the master never takes it for dead; a se
 of the grace period kills what still runs and hands it back.
 """
 
-import json
 import logging
-import os
 import random
 import signal
-import socket
 import time
 import traceback
 
@@ -38,9 +35,10 @@ from gevent.event import Event
 from geventsched import transport
 from geventsched.backoff import Backoff
 from geventsched.deadlines import DeadlineExceeded, Deadlines
-from geventsched.errors import ChannelConflict, DecodeError
+from geventsched.errors import DecodeError
 from geventsched.hooks import WorkerHooks, guarded
 from geventsched.loops import Loops
+from geventsched.registration import LOST, MOVED, Registration, describe_host
 from geventsched.protocol import DISPATCH_ROOM, Result, error_result, make_codec
 from geventsched.runner import Runners
 from geventsched.store import Outcome, Store
@@ -93,8 +91,7 @@ class Worker:
         self._draining = False
         self._subscriber = None
         self._loops = Loops(f"worker {self.id}", self._on_loop_death)
-        self._beat_ok = time.monotonic()  # the last time Redis confirmed our registration
-        self._missing = {}  # channels a live worker took while we were away -> its id
+        self.registration = Registration(self.store, self.id, self.channels, config.heartbeat_ttl, self._heartbeat)
         self._seen = None  # ids received since a reconnect, while a resync is under way
         self._failures = _RateLimit(FAILURE_LOG_RATE)
         self.started_at = time.time()
@@ -110,19 +107,18 @@ class Worker:
         Redis does not answer, keeps trying (a service rides out an outage). Returns False if
         ``request_stop`` came first.
         """
-        if transport.keep_trying(self._claim_channels, self._stop, f"worker {self.id}",
+        if transport.keep_trying(lambda: self.registration.claim(self._stop), self._stop, f"worker {self.id}",
                                  retry_on=transport.ConnectionLost, what="registering") is None:
             return False
         try:
             self._subscriber = self._subscribe()
         except BaseException:  # (a user not allowed to subscribe): leave no registration behind
             try:
-                self.store.release_worker(self.id)
+                self.registration.release()
             except transport.RedisError:
                 pass  # it expires with its heartbeat key
             raise
-        self._register_tasks()
-        self._beat_ok = time.monotonic()
+        self.registration.register_tasks(self.registry)
         self._loops.spawn("reader", self._read_loop)
         self._loops.spawn("writer", self._write_loop)
         self._loops.spawn("heartbeat", self._heartbeat_loop)
@@ -135,11 +131,10 @@ class Worker:
     def open(self):
         """Claim the channels and subscribe without starting a loop, to be driven by ``run_once``.
         Returns False if ``request_stop`` came while waiting for a channel."""
-        if not self._claim_channels():
+        if not self.registration.claim(self._stop):
             return False
         self._subscriber = self._subscribe()
-        self._register_tasks()
-        self._beat_ok = time.monotonic()
+        self.registration.register_tasks(self.registry)
         return True
 
     def run_once(self, timeout=0.0):
@@ -157,40 +152,6 @@ class Worker:
             self._write(batch[i:i + WRITE_BATCH], retries if i == 0 else ())
         self._beat()
         return len(messages)
-
-    def _claim_channels(self):
-        ttl = self.config.heartbeat_ttl
-        give_up = time.monotonic() + ttl + 1.0  # a dead holder's lease runs out within its TTL
-        waiting_for = None
-        while True:
-            held = self.store.register_worker(self.id, self._heartbeat(), ttl, self.channels)
-            if not held:
-                return True
-            channel, holder = next(iter(held.items()))
-            beat = self.store.heartbeat_of(holder)
-            left = _lease_left(beat, ttl)
-            if beat is not None and _gone(beat):
-                log.warning("worker %s: channel %s is held by worker %s, whose process (pid %s) on this host "
-                            "is gone; taking its channels over", self.id, channel, holder, beat.get("pid"))
-                self.store.end_lease(holder)
-                continue
-            if time.monotonic() > give_up:
-                raise ChannelConflict(f"channel {channel} is held by live worker {holder}"
-                                      f"{_where(beat)}")
-            if waiting_for != holder:
-                waiting_for = holder
-                log.warning("worker %s: channel %s is held by worker %s%s, whose lease runs out in %.1fs "
-                            "unless it renews it; waiting", self.id, channel, holder, _where(beat), left)
-            if self._stop.wait(min(0.25, max(left, 0.05))):
-                return None  # stopped while waiting: start() returns False
-
-    def _register_tasks(self):
-        """The tasks' names and time limits, for the master's deadlines and metric labels."""
-        try:
-            self.store.register_tasks({name: {"timeout": task.timeout}
-                                       for name, task in self.registry.tasks.items()})
-        except transport.RedisError as exc:  # the master falls back to its default time limit
-            log.warning("worker %s: could not register its tasks: %s", self.id, transport.describe(exc))
 
     def run(self):
         """Start, serve until SIGTERM/SIGINT, then shut down gracefully. Returns the exit code: 1 if
@@ -239,7 +200,7 @@ class Worker:
             self._subscriber.close()  # from now on, PUBLISH to our channels returns 0 and the master looks elsewhere
         self._draining = True
         try:
-            self.store.release_worker(self.id, channels_only=True)
+            self.registration.release(channels_only=True)
         except transport.RedisError as exc:
             log.warning("worker %s: could not give its channels up: %s", self.id, transport.describe(exc))
         self._hand_back(self.runners.close())
@@ -258,7 +219,7 @@ class Worker:
         self._loops.kill()
         self._publisher.close()
         try:
-            self.store.release_worker(self.id)
+            self.registration.release()
         except transport.RedisError as exc:
             log.warning("worker %s: could not deregister: %s", self.id, transport.describe(exc))
         self.stopped = True
@@ -277,7 +238,7 @@ class Worker:
     # -- reading ---------------------------------------------------------------------------------
 
     def _subscribe(self):
-        channels = self._owned_channels()
+        channels = self.registration.owned()
         subscriber = transport.subscribe(self.client, channels) if channels else _Idle()
         self.hooks.on_subscribed(len(channels))
         return subscriber
@@ -297,7 +258,7 @@ class Worker:
             seen = self._seen
             for channel, data in messages:
                 accept(channel, data, seen)
-            if time.monotonic() - self._beat_ok > self.config.heartbeat_ttl:
+            if time.monotonic() - self.registration.confirmed > self.config.heartbeat_ttl:
                 # We were away (paused, cut off), maybe thought dead: before anything runs, check, and
                 # keep only the jobs whose dispatch is still ours (``_registration_lost``).
                 self._check_registration()
@@ -483,13 +444,13 @@ class Worker:
 
     def _heartbeat(self):
         runners = self.runners
-        return json.dumps({
-            "id": self.id, "host": socket.gethostname(), "pid": os.getpid(),
+        return {
+            "id": self.id, **describe_host(),
             "concurrency": runners.size, "running": runners.running, "queued": runners.queued,
             "free": runners.free, "capacity": PREFETCH_MULTIPLIER * runners.size,
-            "channels": len(self.channels), "draining": self._draining,
-            "codec": self.codec.name, "durability": self.config.durability, "started": self.started_at, "beat": time.time(),
-        })
+            "channels": len(self.channels), "draining": self._draining, "codec": self.codec.name,
+            "durability": self.config.durability, "started": self.started_at, "beat": time.time(),
+        }
 
     def _heartbeat_loop(self):
         """Until the worker is stopped, draining included: ``stop`` ends it once the last result is in."""
@@ -505,16 +466,11 @@ class Worker:
                 log.warning("worker %s: heartbeat failed: %s", self.id, transport.describe(exc))
 
     def _beat(self):
-        if self.store.heartbeat(self.id, self._heartbeat(), self.config.heartbeat_ttl):
-            self._beat_ok = time.monotonic()
-            if self._missing and not self._stopping:
-                self._take_back_channels()
-        elif self._stopping:
-            # Draining and thought dead (Redis restarted, or a long pause): say we are still here, but
-            # claim nothing: our channels are given up.
-            self.store.heartbeat(self.id, self._heartbeat(), self.config.heartbeat_ttl, create=True)
-        else:
+        state = self.registration.refresh(draining=self._stopping)
+        if state == LOST:
             self._registration_lost()
+        elif state == MOVED:
+            self._serve(self.registration.owned())
 
     def _check_registration(self):
         """Check the registration now (after a pause the heartbeat greenlet may not have run yet)."""
@@ -528,17 +484,8 @@ class Worker:
         jobs went back to the queue, and another worker may hold our channels now). Stop serving what
         we no longer hold, drop the jobs not started whose dispatch is over, and register again with
         what is free."""
-        held = self.store.register_worker(self.id, self._heartbeat(), self.config.heartbeat_ttl, self.channels,
-                                          partial=True)
-        self._beat_ok = time.monotonic()
-        if held:
-            log.error("worker %s: was thought dead while away; %d of its channels are held by other workers now "
-                      "(%s held by %s): it stops serving them", self.id, len(held), *next(iter(held.items())))
-            self._missing.update(held)
-            self._serve(self._owned_channels())
-        else:
-            log.warning("worker %s: its registration was gone (Redis restarted, or it was away); registered "
-                        "again", self.id)
+        if self.registration.reclaim():
+            self._serve(self.registration.owned())
         if self.recording:
             queued = self.runners.take_queued()
             current = self.store.current([(job.id, job.token) for job in queued])
@@ -549,18 +496,6 @@ class Worker:
                 log.warning("worker %s: dropped %d queued jobs the master gave to others meanwhile", self.id,
                             len(queued) - sum(current))
             self.runners.wake()
-
-    def _take_back_channels(self):
-        """Channels a live worker took while we were away: ours again once it lets them go."""
-        held = self.store.register_worker(self.id, self._heartbeat(), self.config.heartbeat_ttl, self.channels,
-                                          partial=True)
-        if len(held) < len(self._missing):
-            self._missing = held
-            log.info("worker %s: serving %d channels again", self.id, len(self._owned_channels()))
-            self._serve(self._owned_channels())
-
-    def _owned_channels(self):
-        return [channel for channel in self.channels if channel not in self._missing]
 
     def _serve(self, channels):
         """Subscribe exactly ``channels``: a fresh subscription replaces the current one (the reader
@@ -581,34 +516,6 @@ def _permanent(exc):
     text = transport.describe(exc)
     return any(sign in text for sign in ("denied a command", "refused the credentials", "Error running script",
                                          "user_script"))
-
-
-def _gone(beat):
-    """True when a heartbeat's worker ran on this host and its process no longer exists."""
-    pid = beat.get("pid")
-    if beat.get("host") != socket.gethostname() or type(pid) is not int or pid <= 0 or pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, someone else's
-        return False
-    return False
-
-
-def _lease_left(beat, ttl):
-    """Seconds until a holder's lease runs out if it does not renew it (from its last beat's time)."""
-    last = beat.get("beat") if beat else None
-    if not isinstance(last, (int, float)):
-        return ttl
-    return min(ttl, max(0.0, last + ttl - time.time()))
-
-
-def _where(beat):
-    if not beat:
-        return ""
-    return f" (host {beat.get('host')}, pid {beat.get('pid')})"
 
 
 class _Idle:
