@@ -66,7 +66,8 @@ jobs = st.builds(
     # Falsy or empty optional fields are left out of the message, so they decode as their default:
     # generate only values that are sent.
     reply=st.none() | NAME, submitted_at=st.floats(min_value=0.0, max_value=4e9) | st.integers(1, 2 ** 53),
-    key=st.none() | NAME, max_retries=st.none() | st.integers(0, 1000))
+    key=st.none() | NAME, max_retries=st.none() | st.integers(0, 1000),
+    token=st.none(), payload=st.none())  # a job as a client builds it: not dispatched, not decoded
 
 ERRORS = st.fixed_dictionaries({"type": st.text(), "message": st.text(), "traceback": st.text()},
                                 optional={"extra": JSON})
@@ -224,7 +225,7 @@ def test_any_bytes_decode_to_a_valid_job_or_a_decode_error_with_a_known_reason(d
     assert job.max_retries is None or (type(job.max_retries) is int and 0 <= job.max_retries <= 1000)
     assert job.payload is data
     # And it survives being encoded again (the master re-encodes jobs it puts back, durability none).
-    job.payload = None
+    job = job._replace(payload=None)
     again = codec.decode_job(codec.encode_job(job))
     assert again == job
 
