@@ -136,6 +136,19 @@ def describe(exc, url=""):
     return f"Redis error{where}: {text}"
 
 
+def is_permanent(exc):
+    """An error that trying the same command again cannot cure: a command or script this user may not
+    run, credentials refused, a script that fails on its arguments, a value Redis cannot take. Anything
+    else (a lost connection, LOADING, READONLY during a failover, OOM) may pass."""
+    if isinstance(exc, (TypeError, ValueError, rexc.DataError)):
+        return True
+    if isinstance(exc, ConnectionLost):  # redis-py counts a refusal met while reconnecting among these
+        return False
+    text = describe(exc)  # NOPERM, WRONGPASS, and a refusal inside Lua, which Redis 7.0 reports as ERR
+    return any(sign in text for sign in ("denied a command", "refused the credentials", "Error running script",
+                                         "user_script"))
+
+
 def _describe_connection(exc, text, url, where):
     # TLS failures come wrapped: redis-py raises ConnectionError with the ssl.SSLError (or the OSError
     # of a certificate file it could not read) as its __cause__ or __context__.

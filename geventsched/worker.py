@@ -146,10 +146,7 @@ class Worker:
             self._accept(channel, data)
         self.runners.wake()
         self.runners.join()
-        batch, self._out = self._out, []
-        retries, self._retry_out = self._retry_out, []
-        for i in range(0, max(len(batch), 1), WRITE_BATCH):
-            self._write(batch[i:i + WRITE_BATCH], retries if i == 0 else ())
+        self._write_pending()
         self._beat()
         return len(messages)
 
@@ -384,12 +381,16 @@ class Worker:
         while True:
             ready.wait()
             ready.clear()
-            batch, self._out = self._out, []
-            retries, self._retry_out = self._retry_out, []
-            for i in range(0, max(len(batch), 1), WRITE_BATCH):
-                self._write(batch[i:i + WRITE_BATCH], retries if i == 0 else ())
+            self._write_pending()
             if self._stopping and not self._out and not self._retry_out and not self.runners.running:
                 return
+
+    def _write_pending(self):
+        """Write every result waiting, ``WRITE_BATCH`` to a script call."""
+        batch, self._out = self._out, []
+        retries, self._retry_out = self._retry_out, []
+        for i in range(0, max(len(batch), 1), WRITE_BATCH):
+            self._write(batch[i:i + WRITE_BATCH], retries if i == 0 else ())
 
     def _write(self, batch, retries=()):
         """Write one batch, retrying while Redis is away: a result is never dropped for that. An error
@@ -408,13 +409,10 @@ class Worker:
                         self._publish(batch)
                     self.hooks.on_results_written(len(batch) + len(retries))
                     return
-                except transport.ConnectionLost as exc:
-                    if not self.recording and self._hard_stop.is_set():
-                        return
-                    log.warning("worker %s: writing %d results failed (%s), retrying in %.1fs", self.id,
-                                len(batch) + len(retries), transport.describe(exc), backoff.delay)
                 except (transport.RedisError, TypeError, ValueError) as exc:
-                    if _permanent(exc):
+                    if isinstance(exc, transport.ConnectionLost) and not self.recording and self._hard_stop.is_set():
+                        return  # fire-and-forget, stopping at once: nobody waits for these
+                    if transport.is_permanent(exc):
                         log.error("worker %s: dropped a batch of %d results it could not write (%s); their "
                                   "jobs will run again", self.id, len(batch) + len(retries),
                                   transport.describe(exc) if isinstance(exc, transport.RedisError) else exc)
@@ -470,7 +468,7 @@ class Worker:
         if state == LOST:
             self._registration_lost()
         elif state == MOVED:
-            self._serve(self.registration.owned())
+            self._serve()
 
     def _check_registration(self):
         """Check the registration now (after a pause the heartbeat greenlet may not have run yet)."""
@@ -485,7 +483,7 @@ class Worker:
         we no longer hold, drop the jobs not started whose dispatch is over, and register again with
         what is free."""
         if self.registration.reclaim():
-            self._serve(self.registration.owned())
+            self._serve()
         if self.recording:
             queued = self.runners.take_queued()
             current = self.store.current([(job.id, job.token) for job in queued])
@@ -497,25 +495,11 @@ class Worker:
                             len(queued) - sum(current))
             self.runners.wake()
 
-    def _serve(self, channels):
-        """Subscribe exactly ``channels``: a fresh subscription replaces the current one (the reader
-        sees the old one closed and moves to the new one)."""
-        old = self._subscriber
-        self._subscriber = transport.subscribe(self.client, channels) if channels else _Idle()
-        self.hooks.on_subscribed(len(channels))
+    def _serve(self):
+        """Subscribe exactly the channels we hold now: a fresh subscription replaces the current one
+        (the reader sees the old one closed and moves to the new one)."""
+        old, self._subscriber = self._subscriber, self._subscribe()
         old.close()
-
-
-def _permanent(exc):
-    """An error that writing the same results again cannot cure: a command or script this user may
-    not run, credentials refused, a script that fails on these arguments, a value Redis cannot take."""
-    if isinstance(exc, (TypeError, ValueError, transport.DataError)):
-        return True
-    if isinstance(exc, transport.ConnectionLost):
-        return False
-    text = transport.describe(exc)
-    return any(sign in text for sign in ("denied a command", "refused the credentials", "Error running script",
-                                         "user_script"))
 
 
 class _Idle:
