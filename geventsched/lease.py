@@ -8,8 +8,6 @@ someone else's hands (it was paused or cut off for longer than ``ttl``) must sto
 
 import logging
 
-import gevent
-
 from geventsched import transport
 from geventsched.config import new_instance_id
 from geventsched.store import lua_script
@@ -72,6 +70,3 @@ class Lease:
             self._release(keys=[self.key], args=[self.holder])
         except transport.RedisError:
             pass  # it expires on its own
-
-    def spawn_keeper(self, stop, lost):
-        return gevent.spawn(self.keep, stop, lost)

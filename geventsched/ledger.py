@@ -43,9 +43,6 @@ class Ledger:
     def __len__(self):
         return len(self._entries)
 
-    def __contains__(self, job_id):
-        return job_id in self._entries
-
     def ids(self):
         return list(self._entries)
 

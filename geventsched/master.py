@@ -65,6 +65,7 @@ class Master:
         self.pending = deque()  # claimed jobs waiting for a channel
         self.ledger = Ledger(self.table)
         self._wake = Event()
+        self._wakeup = self.keys.wakeup_channel.encode()  # the intake's cue, among the results
         self.discovery = Discovery(self.store, self.table, config, self.hooks, self._lose_worker, self._wake.set)
         self._static = [self.keys.dispatch_channel(c) for c in config.channels]
         self._benched = {}  # static channel name -> (time it may come back, cap)
@@ -78,11 +79,6 @@ class Master:
         self._publisher_broken = False
         self.lease = Lease(client, self.keys.master, config.lease_ttl)
         self.lease_lost = False
-
-    @property
-    def in_flight(self):
-        """Jobs dispatched and not answered (the ledger)."""
-        return self.ledger
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -318,9 +314,9 @@ class Master:
             if job.reply:
                 self.store.announce(job.reply, self.stored.encode_result(result))
             return
-        self.store.finish([Outcome(job.id, "error", self.stored.encode_result(result), getattr(job, "reply", None),
-                                   None)], announce=False, trusted=True)
-        self.hooks.on_finished(job, "error", time.time() - (getattr(job, "submitted_at", 0) or time.time()))
+        self.store.finish([Outcome(job.id, "error", self.stored.encode_result(result), job.reply, None)],
+                          announce=False, trusted=True)
+        self.hooks.on_finished(job, "error", time.time() - job.submitted_at if job.submitted_at else 0.0)
 
     def deadline_for(self, job, now=None):
         """When a dispatch of ``job`` counts as lost: its time limit (the job's, else its task's as the
@@ -335,8 +331,7 @@ class Master:
         sent, messages, full = [], [], {}  # full: channels of subscribers whose window is full -> cap
         token = new_token()  # one per batch: each job's dispatch record binds it to the job
         tail = self.codec.dispatch_tail(token)
-        now = time.time()
-        limits, default, slack = self.discovery.task_timeouts, self.config.default_timeout, self.config.deadline_slack
+        now, deadline_for = time.time(), self.deadline_for
         while pending:
             job = pending[0]
             channel = choose(table, job)
@@ -353,8 +348,7 @@ class Master:
                 channel.cap = 0
                 continue
             pending.popleft()
-            deadline = now + (job.timeout or limits.get(job.task) or default) + slack  # see deadline_for
-            sent.append(ledger.add(job, channel, len(payload), token, deadline))
+            sent.append(ledger.add(job, channel, len(payload), token, deadline_for(job, now)))
             messages.append((channel.name, payload))
         for channel, cap in full.items():
             channel.cap = cap
@@ -413,19 +407,18 @@ class Master:
         return transport.subscribe(self.client, [self.keys.result_channel, self.keys.wakeup_channel])
 
     def _collect_loop(self):
-        wakeup = self.keys.wakeup_channel.encode()
         while not self._stop.is_set():
             try:
                 messages = self._subscriber.read()
             except transport.ConnectionLost as exc:
                 self._resubscribe(exc)
                 continue
-            self._take(messages, wakeup)
+            self._take(messages)
             self._wake.set()
 
-    def _take(self, messages, wakeup=None):
+    def _take(self, messages):
         """Results read from CHANNEL_RESULT (wake-ups are only cues)."""
-        wakeup = wakeup or self.keys.wakeup_channel.encode()
+        wakeup = self._wakeup
         raw_results = []
         for channel, data in messages:
             if channel != wakeup:
