@@ -315,10 +315,9 @@ def tune_gc():
     gc.set_threshold(50_000, 20, 100)
 
 
-def _connect(args):
-    from geventsched import transport
-
-    return transport.connect(args.redis_url, cluster=True if args.cluster else None)
+def _connect(args, wait=None):
+    """A client of ``--redis-url``; ``wait`` (an Event), see ``_connect_role``."""
+    return transport.connect(args.redis_url, cluster=True if args.cluster else None, wait=wait)
 
 
 def _connect_role(args):
@@ -327,7 +326,7 @@ def _connect_role(args):
     or systemd would count the exits and give up). Credentials, permissions and TLS still fail at once."""
     from gevent.event import Event
 
-    return transport.connect(args.redis_url, cluster=True if args.cluster else None, wait=Event())
+    return _connect(args, wait=Event())
 
 
 def cmd_worker(args):

@@ -241,13 +241,8 @@ def redact(url):
 # -- RESP: every command we write ourselves is packed here -----------------------------------------
 
 def pack(*args):
-    """RESP encoding of one command whose arguments are bytes or str."""
-    out = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        if isinstance(arg, str):
-            arg = arg.encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
-    return b"".join(out)
+    """RESP encoding of one command whose arguments are str, bytes or int."""
+    return b"*%d\r\n%s" % (len(args), b"".join(map(_bulk, args)))
 
 
 def pack_pairs(command, key, pairs, flags=(), shared=0, shared_value=None):
