@@ -120,15 +120,25 @@ def describe_host():
 def _gone(beat):
     """True when a heartbeat's worker ran on this host and its process no longer exists."""
     pid = beat.get("pid")
-    if beat.get("host") != socket.gethostname() or type(pid) is not int or pid <= 0 or pid == os.getpid():
-        return False
+    return beat.get("host") == socket.gethostname() and pid != os.getpid() and pid_alive(pid) is False
+
+
+def pid_alive(pid):
+    """Whether ``pid`` runs on this machine: True, False (no such process, or a zombie: dead, not reaped
+    yet), or None when ``pid`` is no pid at all."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return None
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, someone else's
         return False
-    return False
+    except PermissionError:  # another user's process
+        pass
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rpartition(b")")[2].split()[0] not in (b"Z", b"X")
+    except (OSError, IndexError):  # no /proc here, or it just exited
+        return True
 
 
 def _lease_left(beat, ttl):

@@ -48,6 +48,7 @@ from gevent.event import Event
 from geventsched import transport
 from geventsched.embedded import free_port
 from geventsched.errors import GeventschedError
+from geventsched.registration import pid_alive
 from geventsched.store import Store
 
 log = logging.getLogger(__name__)
@@ -447,21 +448,3 @@ class LeaseReaper:
         for worker_id in dead:
             log.info("node: freed the channels of worker %s (pid %s)", worker_id, beats[worker_id].get("pid"))
         return dead
-
-
-def pid_alive(pid):
-    """Whether ``pid`` runs on this machine: True, False (no such process, or a zombie: dead, not reaped
-    yet), or None when ``pid`` is no pid at all."""
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        pass
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rpartition(b")")[2].split()[0] not in (b"Z", b"X")
-    except (OSError, IndexError):  # no /proc here, or it just exited
-        return True
