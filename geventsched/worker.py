@@ -409,7 +409,7 @@ class Worker:
                         self._publish(batch)
                     self.hooks.on_results_written(len(batch) + len(retries))
                     return
-                except (transport.RedisError, TypeError, ValueError) as exc:
+                except (*transport.RedisError, TypeError, ValueError) as exc:
                     if isinstance(exc, transport.ConnectionLost) and not self.recording and self._hard_stop.is_set():
                         return  # fire-and-forget, stopping at once: nobody waits for these
                     if transport.is_permanent(exc):
