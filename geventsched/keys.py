@@ -29,7 +29,7 @@ Keys:
     geventsched:dead              list  ids of dead-lettered jobs
     geventsched:result:<id>       string, encoded result, with a TTL
     geventsched:finished          hash  status -> count of jobs finished (each job once)
-    geventsched:done              zset  id -> when it finished: the index of finished jobs (results kept)
+    geventsched:done              list  ids of finished jobs, oldest first, while their results are kept
     geventsched:workers           set   ids of registered workers
     geventsched:worker:<id>       string, the worker's heartbeat (JSON), expires when it stops beating
     geventsched:channels          hash  channel -> id of the worker holding it (the channel lease)
