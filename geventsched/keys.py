@@ -28,6 +28,7 @@ Keys:
     geventsched:worker:<id>       string, the worker's heartbeat (JSON), expires when it stops beating
     geventsched:channels          hash  channel -> id of the worker holding it (the channel lease)
     geventsched:master            string, id of the active master (lease with a TTL)
+    geventsched:schedules         hash  name -> periodic schedule (JSON); fire:<name>:<time> claims a fire time
 
 On a Redis Cluster (``cluster=True``) our own prefix is a hash tag, ``{geventsched}:`` (or
 ``{NS:geventsched}:``), and the result channel is ``{geventsched}:CHANNEL_RESULT``: every key, the
@@ -66,6 +67,7 @@ class Keys:
         self.worker_prefix = own + "worker:"
         self.channels = own + "channels"
         self.master = own + "master"
+        self.schedules, self.fire_prefix = own + "schedules", own + "fire:"
 
     def dispatch_channel(self, name):
         """``name`` is a channel number or a full channel name (from ``--channels``)."""

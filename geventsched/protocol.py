@@ -122,7 +122,9 @@ class JsonCodec:
     def __init__(self, max_payload=DEFAULT_MAX_PAYLOAD):
         self.max_payload = max_payload
 
-    def encode_job(self, job):
+    def encode_job(self, job, extra=None):
+        """``extra``: more fields for the record (a fired schedule's ``sched`` and ``fire``), which
+        workers ignore."""
         if job.payload is not None:
             return job.payload
         doc = {"v": VERSION, "id": job.id, "task": job.task, "args": job.args, "kwargs": job.kwargs}
@@ -136,6 +138,8 @@ class JsonCodec:
             doc["key"] = job.key
         if job.max_retries is not None:
             doc["max_retries"] = job.max_retries
+        if extra:
+            doc.update(extra)
         return _dumps(doc, (job.args, job.kwargs, job.timeout, job.submitted_at))
 
     def encode_dispatch(self, job, tail):
