@@ -500,3 +500,17 @@ class DispatchLog:
         self._thread.join(5)
         self._pubsub.close()
         self._client.close()
+
+
+def test_schedules_fire_on_a_redis_cluster(redis_cluster):
+    client = transport.connect(redis_cluster)
+    store = Store.for_namespace(client, "gs-sched-cluster")
+    try:
+        scheduler = Scheduler(store)
+        assert scheduler.add(every(5), now=1000) == "added"
+        scheduler.fire_due(now=1012)  # one script: the schedule, the claim, the job and the intake share a slot
+        assert [(fire, name) for fire, name, _ in fired_jobs(store)] == [(1010, "e")]
+        assert scheduler.gauges(now=1012) == {"scheduled": 0, "overdue": 0.0}
+    finally:
+        store.delete_namespace()
+        client.close()
