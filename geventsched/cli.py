@@ -23,6 +23,7 @@ from geventsched.channels import parse_channels  # noqa: E402
 from geventsched.config import DURABILITY, MasterConfig, WorkerConfig, redis_url_from_env  # noqa: E402
 from geventsched.dispatch import STRATEGIES  # noqa: E402
 from geventsched.errors import ConfigError, GeventschedError  # noqa: E402
+from geventsched.keys import MAX_PRIORITY  # noqa: E402
 from geventsched.protocol import CODECS, Job, JsonCodec  # noqa: E402
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -91,6 +92,32 @@ def positive_float(text):
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be positive")
     return value
+
+
+def non_negative_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a number >= 0")
+    return value
+
+
+def priority(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_PRIORITY:
+        raise argparse.ArgumentTypeError(f"priority must be a whole number from 0 to {MAX_PRIORITY}, not {text!r}")
+    return value
+
+
+def unique_key(text):
+    if not text:
+        raise argparse.ArgumentTypeError("a unique key must not be empty")
+    return text
 
 
 def channel_spec(text):
@@ -229,6 +256,22 @@ def build_parser():
                    help="seconds --wait waits (default %(default)s)")
     s.add_argument("--job-timeout", type=positive_float, help="time limit for each job (default: the task's)")
     s.add_argument("--max-retries", type=non_negative_int, help="retries after a failure (default: the task's)")
+    when = s.add_mutually_exclusive_group()
+    when.add_argument("--delay", type=non_negative_float, metavar="SECONDS",
+                      help="keep the job scheduled this long before it may start")
+    when.add_argument("--at", metavar="TIME", help="start no earlier than TIME: ISO 8601 with a UTC offset "
+                      "(2026-01-01T09:00:00+01:00) or unix seconds")
+    s.add_argument("--priority", type=priority, default=0, metavar="N",
+                   help="0..9, higher is dispatched first (default 0)")
+    s.add_argument("--unique-key", metavar="KEY", type=unique_key,
+                   help="while a job submitted with KEY is scheduled, queued or running, submit nothing "
+                        "and print that job's id")
+
+    j = sub.add_parser("job", parents=[common], help="show one job",
+                       description="Show one job: its state, task, arguments, attempts, timestamps, and its "
+                                   "result or error. Exit 1 for an unknown id.")
+    j.add_argument("id", help="job id")
+    j.add_argument("--json", action="store_true", help="machine-readable output")
 
     st = sub.add_parser("status", parents=[common], help="show workers, channels and job counts")
     st.add_argument("--json", action="store_true", help="machine-readable output")
@@ -449,8 +492,10 @@ def cmd_submit(args):
     specs = _job_specs(args)
     client = Client(_connect(args), args.namespace)
     try:
-        handles = client.submit_many(specs, timeout=args.job_timeout, reply=args.wait, max_retries=args.max_retries)
-    except JobTooLarge as exc:
+        handles = client.submit_many(specs, timeout=args.job_timeout, reply=args.wait, max_retries=args.max_retries,
+                                     delay=args.delay, at=args.at, priority=args.priority,
+                                     unique_key=args.unique_key)
+    except (JobTooLarge, ValueError) as exc:
         raise UsageError(str(exc)) from None
     if not args.wait:
         for handle in handles:
@@ -538,6 +583,18 @@ def _job_line(line):
     return doc["task"], args, kwargs
 
 
+def cmd_job(args):
+    from geventsched.lookup import job_info, render_job
+    from geventsched.store import Store
+
+    info = job_info(Store.for_namespace(_connect(args), args.namespace), args.id)
+    if info is None:
+        print(f"error: no job {args.id!r} (unknown, or its result expired)", file=sys.stderr)
+        return EXIT_FAILURE
+    print(json.dumps(info, indent=2) if args.json else render_job(info))
+    return EXIT_OK
+
+
 def cmd_status(args):
     from geventsched.status import render, snapshot
 
@@ -597,6 +654,7 @@ COMMANDS = {
     "master": cmd_master,
     "submit": cmd_submit,
     "status": cmd_status,
+    "job": cmd_job,
     "requeue-dead": cmd_requeue_dead,
     "schedule": cmd_schedule,
     "bench": cmd_bench,

@@ -12,6 +12,9 @@ Greenlets:
               (unknown jobs, stale copies, a stranger's) are counted and ignored.
 * discovery   once a second (``discovery.py``): live workers and the channels they hold; a worker that
               stopped heartbeating loses its channels and its in-flight jobs go back to the intake.
+* timer       at the earliest due time of a scheduled job (a delayed job, a retry after its backoff),
+              or once a second: moves the due ones to the intake (``promote``); a new scheduled
+              job's wake-up makes it look again.
 * reaper      once a second: in-flight jobs past their deadline go back to the intake, or to the
               dead-letter list after the last attempt (without durability: dispatches past their
               deadline are forgotten, and their slots come back). With durability, periodic schedules
@@ -67,6 +70,7 @@ class Master:
         self.pending = deque()  # claimed jobs waiting for a channel
         self.ledger = Ledger(self.table)
         self._wake = Event()
+        self._timer = Event()  # a job was scheduled: the timer looks for the earliest due time again
         self._wakeup = self.keys.wakeup_channel.encode()  # the intake's cue, among the results
         self.discovery = Discovery(self.store, self.table, config, self.hooks, self._lose_worker, self._wake.set)
         self.scheduler = Scheduler(self.store, self.hooks)  # periodic schedules, fired while we hold the lease
@@ -94,6 +98,8 @@ class Master:
         self._open()
         self._loops.spawn("collector", self._collect_loop)
         self._loops.spawn("dispatcher", self._dispatch_loop)
+        if self.durable:
+            self._loops.spawn("timer", self._timer_loop)
         self._loops.spawn("reaper", self._every, self.config.reap_interval,
                           self._reap if self.durable else self._expire)
         if not self._static:
@@ -129,6 +135,8 @@ class Master:
             raise GeventschedError("another master holds the lease now")
         if not self._static:
             self.discovery.refresh()
+        if self.durable:
+            self._promote()
         (self._reap if self.durable else self._expire)()
         self._claim()
         self._dispatch()
@@ -197,11 +205,11 @@ class Master:
         state = {"in_flight": len(self.ledger), "workers": len(self.discovery.workers), "channels": len(self.table)}
         pending = len(self.pending)  # read before the round trip, which lets the loops run
         try:
-            intake, dead = self.store.depths()
+            intake, dead, scheduled = self.store.depths()
         except transport.RedisError as exc:
             log.warning("master: cannot read the queue depth from Redis: %s", transport.describe(exc))
             return state
-        state.update(queued=pending + intake, dead=dead)
+        state.update(queued=pending + intake, dead=dead, scheduled=scheduled)
         return state
 
     def _close_connections(self):
@@ -361,7 +369,7 @@ class Master:
         commands = []
         if self.durable:  # in the same write: published jobs get their full deadline and their dispatch record
             commands.append(self.store.deadline_command([(int(e.deadline), e.job.id) for e in sent]))
-            commands.append(self.store.dispatch_command([(e.job.id, e.channel.worker) for e in sent], token))
+            commands.append(self.store.dispatch_command([(e.job.id, e.channel) for e in sent], token, now))
         try:
             replies = self._publisher.send(messages, commands)
         except transport.ConnectionLost:
@@ -426,6 +434,8 @@ class Master:
         for channel, data in messages:
             if channel != wakeup:
                 self._collect(data, raw_results)
+            elif data == b"scheduled":
+                self._timer.set()
         if raw_results:
             self._record_raw(raw_results)
 
@@ -480,7 +490,7 @@ class Master:
         stored = [data for data in self.store.get_results(ids) if data is not None]
         for data in stored:
             try:
-                self._take_result(self.stored.decode_result(data), [], trusted=True)
+                self._take_result(self.stored.decode_result(data, max_payload=None), [], trusted=True)
             except DecodeError as exc:
                 log.warning("master: ignored an unreadable stored result: %s", exc)
         if stored:
@@ -489,9 +499,33 @@ class Master:
 
     # -- housekeeping ----------------------------------------------------------------------------
 
-    def _reap(self, reason="deadline"):
-        if self.store.promote():
+    def _timer_loop(self):
+        """Promote scheduled jobs as they come due: sleep until the earliest due time (at most a second,
+        so a job scheduled by a process whose wake-up was lost still runs on time), or until a new
+        scheduled job's wake-up."""
+        stop, timer = self._stop, self._timer
+        backoff = Backoff(first=0.1, cap=5.0)
+        while not stop.is_set():
+            timer.clear()
+            try:
+                next_due = self._promote()
+                backoff.reset()
+            except transport.RedisError as exc:
+                log.warning("master: promoting scheduled jobs failed: %s", transport.describe(exc))
+                stop.wait(backoff.next())
+                continue
+            delay = 1.0 if next_due is None else min(1.0, next_due - time.time())
+            if delay > 0:
+                timer.wait(delay)
+
+    def _promote(self):
+        """Move the scheduled jobs that are due to the intake. Returns when the next one is due, or None."""
+        moved, next_due = self.store.promote()
+        if moved:
             self._wake.set()
+        return next_due
+
+    def _reap(self, reason="deadline"):
         if self.pending and self.durable:  # still ours, waiting for room: keep the reaper off them
             self.store.extend([job.id for job in self.pending], time.time() + CLAIM_GRACE)
         requeued, dead = self.store.reap(self.config.max_attempts)
@@ -508,6 +542,7 @@ class Master:
         if dead:
             log.warning("master: %d jobs ran out of attempts, dead-lettered", len(dead))
         self.store.trim_dead()
+        self.store.trim_done()
         self.scheduler.fire_due()
 
     def _expire(self):
