@@ -411,10 +411,8 @@ def _read_master(master):
     if "queued" in state:  # absent when Redis did not answer: no sample rather than a made-up one
         values["geventsched_master_jobs_queued"] = state["queued"]
         values["geventsched_master_dead_letters"] = state["dead"]
-    schedules = master.scheduler.gauges()  # empty when Redis did not answer
-    if schedules:
-        values["geventsched_master_jobs_scheduled"] = schedules["scheduled"]
-        values["geventsched_master_schedule_overdue_seconds"] = schedules["overdue"]
+        values["geventsched_master_jobs_scheduled"] = state["scheduled"]
+    values["geventsched_master_schedule_overdue_seconds"] = master.scheduler.overdue()  # None: no sample
     return values
 
 

@@ -235,7 +235,8 @@ class Scheduler:
 
         outcome = self.client.transaction(change, key, value_from_callable=True)
         if outcome != "unchanged":
-            self.store.announce(self.keys.wakeup_channel, b"1")  # a master waiting for a due time looks again
+            # The master's timer, asleep until the earliest due time it knew, looks again.
+            self.store.announce(self.keys.wakeup_channel, b"scheduled")
         return outcome
 
     def register(self, schedules):
@@ -325,22 +326,19 @@ class Scheduler:
 
     # -- state for metrics -------------------------------------------------------------------------
 
-    def gauges(self, now=None):
-        """``{"scheduled": jobs in the scheduled zset, "overdue": seconds the most overdue schedule is
-        past its next fire time (0 when none is)}``, or ``{}`` when Redis does not answer. Any master,
-        active or standing by, reports the same: the schedules' state is in Redis."""
+    def overdue(self, now=None):
+        """Seconds the most overdue schedule is past its next fire time (0 when none is), or None when
+        Redis does not answer. Any master, active or standing by, reads the same: the schedules'
+        state is in Redis, so a standby shows schedules that stopped firing as well."""
         now = time.time() if now is None else now
-        pipe = self.client.pipeline(transaction=False)
-        pipe.zcard(self.keys.scheduled)
-        pipe.hgetall(self.keys.schedules)
         try:
-            scheduled, records = pipe.execute()
+            records = self.client.hgetall(self.keys.schedules)
         except transport.RedisError as exc:
             log.warning("scheduler: cannot read the schedules from Redis: %s", transport.describe(exc))
-            return {}
+            return None
         states = [self._readable(name.decode(errors="replace"), data) for name, data in records.items()]
         nexts = [s.next for s in states if s is not None]
-        return {"scheduled": scheduled, "overdue": max(0.0, now - min(nexts)) if nexts else 0.0}
+        return max(0.0, now - min(nexts)) if nexts else 0.0
 
     # -- helpers -----------------------------------------------------------------------------------
 

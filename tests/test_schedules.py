@@ -23,6 +23,7 @@ from geventsched.config import MasterConfig, WorkerConfig
 from geventsched.errors import ConfigError
 from geventsched.hooks import MasterHooks
 from geventsched.keys import Keys
+from geventsched.lookup import job_info
 from geventsched.master import Master
 from geventsched.registry import App, Registry
 from geventsched.schedules import Schedule, ScheduleError, Scheduler, ScheduleState
@@ -308,6 +309,9 @@ def test_an_in_process_master_fires_a_schedule_and_the_worker_runs_its_jobs(step
             if stored is not None:
                 results.append((state.job, json.loads(stored)["value"]))
     assert [value for _, value in results] == ["t", "t"]
+    info = job_info(Store.for_namespace(r, namespace), results[-1][0])  # what `geventsched job ID` shows
+    assert (info["state"], info["schedule"], info["result"]) == ("finished", "tick", "t")
+    assert info["fire_time"] == scheduler.get("tick").last
     assert registry.get_sample_value("geventsched_master_schedule_fires_total", {"task_registered": "true"}) >= 2
     assert registry.get_sample_value("geventsched_master_schedule_missed_total") >= 8
     assert registry.get_sample_value("geventsched_master_jobs_scheduled") == 0
@@ -510,7 +514,7 @@ def test_schedules_fire_on_a_redis_cluster(redis_cluster):
         assert scheduler.add(every(5), now=1000) == "added"
         scheduler.fire_due(now=1012)  # one script: the schedule, the claim, the job and the intake share a slot
         assert [(fire, name) for fire, name, _ in fired_jobs(store)] == [(1010, "e")]
-        assert scheduler.gauges(now=1012) == {"scheduled": 0, "overdue": 0.0}
+        assert scheduler.overdue(now=1012) == 0.0 and scheduler.overdue(now=1017) == 2.0
     finally:
         store.delete_namespace()
         client.close()
