@@ -17,7 +17,8 @@ Greenlets:
               job's wake-up makes it look again.
 * reaper      once a second: in-flight jobs past their deadline go back to the intake, or to the
               dead-letter list after the last attempt (without durability: dispatches past their
-              deadline are forgotten, and their slots come back).
+              deadline are forgotten, and their slots come back). With durability, periodic schedules
+              that are due fire there too (``schedules.py``).
 
 Every loop is watched (``loops.py``): one that dies stops the master with exit 1, lease released.
 A master that loses its lease to another goes back to standing by. The master keeps only soft state
@@ -44,6 +45,7 @@ from geventsched.lease import Lease
 from geventsched.ledger import Ledger, new_token
 from geventsched.loops import Loops
 from geventsched.protocol import RETRY, Job, JsonCodec, error_result, make_codec
+from geventsched.schedules import Scheduler
 from geventsched.store import Outcome, Store
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,7 @@ class Master:
         self._timer = Event()  # a job was scheduled: the timer looks for the earliest due time again
         self._wakeup = self.keys.wakeup_channel.encode()  # the intake's cue, among the results
         self.discovery = Discovery(self.store, self.table, config, self.hooks, self._lose_worker, self._wake.set)
+        self.scheduler = Scheduler(self.store, self.hooks)  # periodic schedules, fired while we hold the lease
         self._static = [self.keys.dispatch_channel(c) for c in config.channels]
         self._benched = {}  # static channel name -> (time it may come back, cap)
         self._local_prefix = f"m{os.urandom(3).hex()}-"  # ids of submit_local jobs
@@ -540,6 +543,7 @@ class Master:
             log.warning("master: %d jobs ran out of attempts, dead-lettered", len(dead))
         self.store.trim_dead()
         self.store.trim_done()
+        self.scheduler.fire_due()
 
     def _expire(self):
         """Without durability: forget dispatches past their deadline (their message was lost, refused,
