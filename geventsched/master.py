@@ -12,13 +12,13 @@ Greenlets:
               (unknown jobs, stale copies, a stranger's) are counted and ignored.
 * discovery   once a second (``discovery.py``): live workers and the channels they hold; a worker that
               stopped heartbeating loses its channels and its in-flight jobs go back to the intake.
-* timer       at the earliest due time of a scheduled job (a delayed job, a retry after its backoff),
-              or once a second: moves the due ones to the intake (``promote``); a new scheduled
-              job's wake-up makes it look again.
+* timer       at the earliest due time of a scheduled job (a delayed job, a retry after its backoff)
+              or of a periodic schedule, or once a second: moves the due jobs to the intake
+              (``promote``) and fires the due schedules (``schedules.py``); a new scheduled job's or
+              schedule's wake-up makes it look again.
 * reaper      once a second: in-flight jobs past their deadline go back to the intake, or to the
               dead-letter list after the last attempt (without durability: dispatches past their
-              deadline are forgotten, and their slots come back). With durability, periodic schedules
-              that are due fire there too (``schedules.py``).
+              deadline are forgotten, and their slots come back).
 
 Every loop is watched (``loops.py``): one that dies stops the master with exit 1, lease released.
 A master that loses its lease to another goes back to standing by. The master keeps only soft state
@@ -137,6 +137,7 @@ class Master:
             self.discovery.refresh()
         if self.durable:
             self._promote()
+            self.scheduler.fire_due()
         (self._reap if self.durable else self._expire)()
         self._claim()
         self._dispatch()
@@ -508,7 +509,7 @@ class Master:
         while not stop.is_set():
             timer.clear()
             try:
-                next_due = self._promote()
+                next_due = _earliest(self._promote(), self.scheduler.fire_due())
                 backoff.reset()
             except transport.RedisError as exc:
                 log.warning("master: promoting scheduled jobs failed: %s", transport.describe(exc))
@@ -543,7 +544,6 @@ class Master:
             log.warning("master: %d jobs ran out of attempts, dead-lettered", len(dead))
         self.store.trim_dead()
         self.store.trim_done()
-        self.scheduler.fire_due()
 
     def _expire(self):
         """Without durability: forget dispatches past their deadline (their message was lost, refused,
@@ -570,6 +570,11 @@ class Master:
         # workers ends in the dead letters.
         self.store.expire_now(sorted(set(lost).union(self.store.owned_by(worker_id))))
         self._reap(reason="worker_lost")
+
+
+def _earliest(*times):
+    """The earliest of unix times, None among them meaning "none"."""
+    return min((t for t in times if t is not None), default=None)
 
 
 class _Unreadable:
