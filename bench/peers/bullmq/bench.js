@@ -18,6 +18,10 @@
  *   then a fresh Worker process drains them; its clock runs from Worker.run() to its last
  *   'completed' event, connecting left out.
  *
+ * Both timed phases also report CPU per job (producer, worker, Redis: INFO's used_cpu_user + sys) and
+ * Redis calls per job (INFO commandstats, which counts the commands scripts run), as `geventsched
+ * bench` does; the Redis figures are the whole server's, so they mean most on a private one.
+ *
  * Keys: BullMQ's prefix is the run's tag (so is the queue name), in the peer's own db; at the end
  * every key carrying the tag is deleted. The events stream is sized to hold a whole run's events, so
  * that a QueueEvents reader that falls behind loses no 'completed' event to trimming.
@@ -102,6 +106,56 @@ function summarizeMs(seconds) {
   return { p50: r(at(50)), p90: r(at(90)), p99: r(at(99)), max: r(s[s.length - 1]) };
 }
 
+// ---- CPU and Redis commands per job ---------------------------------------------------------------
+
+/** Seconds of CPU a process used (Linux /proc; clock ticks of 10 ms), or null elsewhere. */
+function processCpu(pid) {
+  try {
+    const fields = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+    return (Number(fields[11]) + Number(fields[12])) / 100;
+  } catch (err) {
+    return null;
+  }
+}
+
+/** Redis's CPU seconds and its calls per command since it started. */
+async function serverStats(client) {
+  const cpu = await client.info('cpu');
+  const field = (name) => Number((cpu.match(new RegExp(`^${name}:([0-9.]+)`, 'm')) || [0, 0])[1]);
+  const calls = {};
+  for (const [, name, n] of (await client.info('commandstats')).matchAll(/^cmdstat_(\S+?):calls=(\d+)/gm)) {
+    if (name !== 'info') calls[name] = Number(n); // the meter's own calls are no job's work
+  }
+  return { cpu: field('used_cpu_user') + field('used_cpu_sys'), calls };
+}
+
+/** Starts counting; ``per_job(jobs)`` gives {cpu_us_per_job: {producer, worker, redis}, redis_ops_per_job,
+ * redis_commands_per_job}. ``workerPid``: the worker process, or null for none. */
+async function meter(client, workerPid) {
+  const start = { producer: process.cpuUsage(), worker: workerPid && processCpu(workerPid), server: await serverStats(client) };
+  return async (jobs, endWorkerCpu) => {
+    const producer = process.cpuUsage(start.producer);
+    const server = await serverStats(client);
+    const us = (seconds) => (seconds === null || seconds === undefined ? null : round((seconds * 1e6) / jobs, 2));
+    const worker = start.worker === null || endWorkerCpu === null ? null : endWorkerCpu - start.worker;
+    const commands = {};
+    let total = 0;
+    for (const [name, n] of Object.entries(server.calls)) {
+      const calls = n - (start.server.calls[name] || 0);
+      if (calls > 0) {
+        commands[name] = Number((calls / jobs).toPrecision(4));
+        total += calls;
+      }
+    }
+    return {
+      cpu_us_per_job: { producer: us((producer.user + producer.system) / 1e6), worker: us(worker),
+        redis: us(server.cpu - start.server.cpu) },
+      redis_ops_per_job: round(total / jobs, 3),
+      redis_commands_per_job: Object.fromEntries(Object.entries(commands).sort((a, b) => b[1] - a[1])),
+    };
+  };
+}
+
 function noops(count) {
   return Array.from({ length: count }, () => ({ name: 'noop', data: {} }));
 }
@@ -127,7 +181,7 @@ async function runWorker(args) {
     let started = 0;
     const count = () => {
       done += 1;
-      if (done === args.jobs) process.send({ drained: done, failed, seconds: now() - started });
+      if (done === args.jobs) process.send({ drained: done, failed, seconds: now() - started, cpu: processCpu(process.pid) });
     };
     worker.on('completed', count);
     worker.on('failed', () => { failed += 1; count(); });
@@ -191,8 +245,8 @@ async function roundTrips(queue, events, count, timeout) {
   return samples;
 }
 
-/** addBulk every job, take every 'completed' event: [seconds, per-job latencies, failed]. */
-async function throughput(queue, events, jobs, worker, timeout) {
+/** addBulk every job, take every 'completed' event: [seconds, per-job latencies, failed, per-job costs]. */
+async function throughput(queue, events, jobs, worker, timeout, client) {
   const submitted = new Map(); // job id -> when its chunk was added
   const early = new Map(); // job id -> when it finished, heard before its addBulk returned
   const latencies = [];
@@ -219,6 +273,7 @@ async function throughput(queue, events, jobs, worker, timeout) {
   events.on('completed', onCompleted);
   events.on('failed', onFailed);
   try {
+    const costs = await meter(client, worker.child.pid);
     const start = now();
     for (let i = 0; i < jobs; i += CHUNK) {
       const t = now();
@@ -235,7 +290,8 @@ async function throughput(queue, events, jobs, worker, timeout) {
     }
     await within(Promise.race([allDone, worker.exited]),
       Math.max(timeout, 60 + jobs / 100), `throughput (${latencies.length} of ${jobs} results)`);
-    return [now() - start, latencies, failed];
+    const seconds = now() - start;
+    return [seconds, latencies, failed, await costs(jobs, processCpu(worker.child.pid))];
   } finally {
     events.off('completed', onCompleted);
     events.off('failed', onFailed);
@@ -243,16 +299,20 @@ async function throughput(queue, events, jobs, worker, timeout) {
 }
 
 /** The worker-only figure: jobs queued first, then a fresh worker process drains them. */
-async function workerOnly(args, conn) {
+async function workerOnly(args, conn, client) {
   const name = `${args.tag}drain`;
   const queue = new Queue(name, { connection: conn, prefix: args.tag });
   try {
     for (let i = 0; i < args.jobs; i += CHUNK) await queue.addBulk(noops(Math.min(CHUNK, args.jobs - i)));
     const worker = startWorker(args, 'drain', name, 'drained');
     try {
+      // Counted from before the worker starts: its connecting and start-up are in its CPU here.
+      const costs = await meter(client, worker.child.pid);
       const got = await within(worker.message, Math.max(args.timeout, 60 + args.jobs / 100), 'worker-only drain');
+      const { cpu_us_per_job: cpu, ...ops } = await costs(args.jobs, got.cpu);
+      delete cpu.producer;
       return { jobs: args.jobs, seconds: round(got.seconds, 4), jobs_per_s: round(args.jobs / got.seconds, 1),
-        failed: got.failed };
+        failed: got.failed, cpu_us_per_job: cpu, ...ops };
     } finally {
       await stopWorker(worker);
     }
@@ -288,6 +348,7 @@ async function produce(args) {
   const maxLen = Math.max(10000, EVENTS_PER_JOB * (args.jobs + args.warmup + args.roundTrips));
   const queue = new Queue(args.queue, { connection: conn, prefix: args.tag, streams: { events: { maxLen } } });
   const events = new QueueEvents(args.queue, { connection: conn, prefix: args.tag });
+  const client = new IORedis(conn); // the meters' connection
   let worker = null;
   try {
     await queue.waitUntilReady();
@@ -295,11 +356,11 @@ async function produce(args) {
     worker = startWorker(args, 'worker', args.queue, 'ready');
     await within(worker.message, 60, 'worker start');
     await roundTrips(queue, events, args.warmup, Math.max(args.resultTimeout, 60));
-    const [seconds, burst, failed] = await throughput(queue, events, args.jobs, worker, args.timeout);
+    const [seconds, burst, failed, costs] = await throughput(queue, events, args.jobs, worker, args.timeout, client);
     const samples = await roundTrips(queue, events, args.roundTrips, args.resultTimeout);
     await stopWorker(worker);
     worker = null;
-    const drain = await workerOnly(args, conn);
+    const drain = await workerOnly(args, conn, client);
     return {
       system: 'bullmq',
       version: bullmqVersion(),
@@ -313,6 +374,7 @@ async function produce(args) {
       concurrency: args.concurrency,
       burst_latency_ms: summarizeMs(burst),
       results: 'every job added with addBulk, every result taken from a QueueEvents completed event',
+      ...costs,
       worker_only: drain,
     };
   } finally {
@@ -324,6 +386,7 @@ async function produce(args) {
       process.stderr.write(`cleanup failed: ${err.message}\n`);
     }
     await queue.close();
+    client.disconnect();
   }
 }
 
