@@ -297,8 +297,9 @@ class CommandMeter:
     And whether a subscriber was cut off: Redis closes a subscriber whose output buffer outgrows its
     limit (one too slow for what is published to it), and every message meant for it meanwhile is
     lost. ``subscribers_gone`` counts the subscriber connections seen at the start (or at the last
-    ``see_subscribers`` call) that are gone at the end (one server only); where the server counts
-    such disconnections itself (Redis 8, Valkey 8) that count is there too.
+    ``see_subscribers`` call) that are gone at the end (one server only): a lower bound, since one
+    made again and cut off again counts once (Redis's log names each). Where the server counts such
+    disconnections itself (Redis 8, Valkey 8) that count is there too.
     """
 
     DISCONNECTIONS = "client_output_buffer_limit_disconnections"
