@@ -93,6 +93,8 @@ class Worker:
         self._loops = Loops(f"worker {self.id}", self._on_loop_death)
         self.registration = Registration(self.store, self.id, self.channels, config.heartbeat_ttl, self._heartbeat)
         self._seen = None  # ids received since a reconnect, while a resync is under way
+        self._refs = []  # (id, token) of jobs sent by reference, to read from Redis (the fetcher)
+        self._refs_ready = Event()
         self._failures = _RateLimit(FAILURE_LOG_RATE)
         self.started_at = time.time()
 
@@ -121,6 +123,7 @@ class Worker:
         self.registration.register_tasks(self.registry)
         self._loops.spawn("reader", self._read_loop)
         self._loops.spawn("writer", self._write_loop)
+        self._loops.spawn("fetcher", self._fetch_loop)
         self._loops.spawn("heartbeat", self._heartbeat_loop)
         log.info("worker %s: %d channels subscribed%s, concurrency %d, codec %s", self.id, len(self.channels),
                  " (sharded, Redis Cluster)" if self.keys.cluster else "", self.config.concurrency, self.codec.name)
@@ -144,6 +147,7 @@ class Worker:
         messages = self._subscriber.read(timeout)
         for channel, data in messages:
             self._accept(channel, data)
+        self._fetch()
         self.runners.wake()
         self.runners.join()
         self._write_pending()
@@ -274,7 +278,8 @@ class Worker:
         if refs:
             if seen is not None:
                 seen.update(job_id for job_id, _ in refs)
-            gevent.spawn(self._fetch, channel, refs)
+            self._refs += refs
+            self._refs_ready.set()
         for job in jobs:
             if seen is not None:
                 seen.add(job.id)
@@ -285,27 +290,39 @@ class Worker:
         self.hooks.on_rejected(exc.reason)
         log.warning("rejected a message on %s: %s", channel.decode(errors="replace"), exc)
 
-    def _fetch(self, channel, refs):
-        """Jobs sent by reference: their records, read from Redis in one round trip, then queued. A
-        record that is gone (the job finished, or was cancelled, meanwhile) is skipped; one that cannot
-        be read now comes back at its deadline."""
-        try:
-            records = self.client.hmget(self.keys.jobs, [job_id for job_id, _ in refs])
-        except transport.RedisError as exc:
-            log.warning("worker %s: could not read %d jobs sent by reference (%s); they come back at their "
-                        "deadline", self.id, len(refs), transport.describe(exc))
-            return
-        for (job_id, token), record in zip(refs, records):
-            if record is None:
-                continue
+    def _fetch_loop(self):
+        backoff = Backoff(first=0.1, cap=5.0)
+        while True:
+            self._refs_ready.wait()
+            self._refs_ready.clear()
             try:
-                job = self.codec.job_of_record(record, token)
-            except DecodeError as exc:
-                self._reject(channel, exc)
-                continue
-            self.hooks.on_received(job)
-            self.runners.put(job)
-        self.runners.wake()
+                self._fetch()
+                backoff.reset()
+            except transport.RedisError as exc:
+                log.warning("worker %s: reading %d jobs sent by reference failed (%s), retrying in %.1fs",
+                            self.id, len(self._refs), transport.describe(exc), backoff.delay)
+                self._refs_ready.set()
+                gevent.sleep(backoff.next())
+
+    def _fetch(self):
+        """Jobs sent by reference: their records, read from Redis (one HMGET per thousand), then queued.
+        A record that is gone (the job finished, or was cancelled, meanwhile) is skipped. Raises
+        RedisError with the refs still waiting."""
+        while self._refs:
+            refs = self._refs[:1000]
+            records = self.client.hmget(self.keys.jobs, [job_id for job_id, _ in refs])
+            del self._refs[:len(refs)]
+            for (job_id, token), record in zip(refs, records):
+                if record is None:
+                    continue
+                try:
+                    job = self.codec.job_of_record(record, token)
+                except DecodeError as exc:
+                    self._reject(b"(a job sent by reference)", exc)
+                    continue
+                self.hooks.on_received(job)
+                self.runners.put(job)
+            self.runners.wake()
 
     def _reconnect(self, exc):
         log.warning("worker %s: lost the subscriber connection (%s); reconnecting", self.id,
@@ -476,9 +493,8 @@ class Worker:
                 else:
                     messages.append((outcome.reply.encode(), outcome.payload))
         encode = self.codec.encode_results
-        if framed:
-            messages.append((channel, encode(framed)))
-        messages += [(reply, encode(payloads)) for reply, payloads in replies.items()]
+        messages += [(channel, frame) for frame in encode(framed)]
+        messages += [(reply, frame) for reply, payloads in replies.items() for frame in encode(payloads)]
         refused = [reply for reply in self._publisher.send(messages) if type(reply) is not int]  # PUBLISH: a count
         if refused:
             log.error("worker %s: Redis refused %d of %d result messages: %s", self.id, len(refused),

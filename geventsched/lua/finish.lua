@@ -32,26 +32,36 @@ local prefix, ttl, channel, finals = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]
 local trusted = ARGV[5] == '1'
 local publish = ARGV[6]
 local recorded, counts, uniques = {}, {}, {}
-local result_frame, reply_frames = {}, {}
+-- Frames being filled, per channel: {payloads, bytes}. A frame goes out before it passes FRAME_BYTES
+-- (a single large result goes alone), so no frame outgrows what a reader takes in one message.
+local FRAME_BYTES = 262144  -- protocol.FRAME_BYTES
+local frames_of = {}
+local function flush(to)
+  local frame = frames_of[to]
+  if frame and #frame[1] > 0 then
+    redis.call(publish, to, '{"v":2,"results":[' .. table.concat(frame[1], ',') .. ']}')
+    frames_of[to] = nil
+  end
+end
+local function add(to, payload)
+  local frame = frames_of[to]
+  if frame and frame[2] + #payload > FRAME_BYTES then
+    flush(to)
+    frame = nil
+  end
+  if not frame then
+    frame = {{}, 0}
+    frames_of[to] = frame
+  end
+  frame[1][#frame[1] + 1] = payload
+  frame[2] = frame[2] + #payload + 1
+end
 local function announce(reply, payload, frames)
   if reply ~= '' then
-    if string.find(frames, 'C', 1, true) then
-      local frame = reply_frames[reply]
-      if not frame then
-        frame = {}
-        reply_frames[reply] = frame
-      end
-      frame[#frame + 1] = payload
-    else
-      redis.call(publish, reply, payload)
-    end
+    if string.find(frames, 'C', 1, true) then add(reply, payload) else redis.call(publish, reply, payload) end
   end
   if channel ~= '' then
-    if string.find(frames, 'R', 1, true) then
-      result_frame[#result_frame + 1] = payload
-    else
-      redis.call(publish, channel, payload)
-    end
+    if string.find(frames, 'R', 1, true) then add(channel, payload) else redis.call(publish, channel, payload) end
   end
 end
 local function stored(payload, body, dispatch)
@@ -131,10 +141,5 @@ for _, body in ipairs(uniques) do
   end
 end
 for status, n in pairs(counts) do redis.call('HINCRBY', KEYS[1], status, n) end
-if #result_frame > 0 then
-  redis.call(publish, channel, '{"v":2,"results":[' .. table.concat(result_frame, ',') .. ']}')
-end
-for reply, frame in pairs(reply_frames) do
-  redis.call(publish, reply, '{"v":2,"results":[' .. table.concat(frame, ',') .. ']}')
-end
+for to in pairs(frames_of) do flush(to) end
 return #recorded
