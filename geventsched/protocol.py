@@ -29,7 +29,9 @@ from geventsched.config import DEFAULT_MAX_PAYLOAD
 from geventsched.errors import DecodeError
 
 VERSION = 1
-STATUSES = ("ok", "error", "timeout", "dead")
+#: A cancelled job's result: recorded by the cancel itself (``lua/cancel.lua``), never by a worker.
+CANCELLED = "cancelled"
+STATUSES = ("ok", "error", "timeout", CANCELLED, "dead")
 #: Announced to the master when a failed job is scheduled to run again; never a job's result.
 RETRY = "retry"
 #: What a dispatch adds to a job's record (its token): a worker takes messages this much larger.

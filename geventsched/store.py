@@ -13,6 +13,7 @@ A job's life::
     promote  scheduled retries that are due -> intake                 (Master, once a second)
     reap     in flight past its deadline -> back to the intake, or dead after the last attempt
                                                                       (Master, once a second)
+    cancel   a job not finished: result 'cancelled' recorded, record gone, then announced (Client)
 
 ``SET result NX`` makes the first result the only one recorded, so a job that ran twice (its worker
 was thought dead, or its deadline passed while it still ran) is counted once.
@@ -27,6 +28,7 @@ from importlib import resources
 from geventsched import transport
 from geventsched.config import CLAIM_GRACE, DEFAULT_RESULT_TTL
 from geventsched.keys import Keys
+from geventsched.protocol import STATUSES
 
 
 # Scripts batch their writes: one ZADD/HDEL/ZREM for the whole batch, never one per job where a
@@ -90,6 +92,7 @@ class Store:
         self._trim_dead = register("trim_dead")
         self._claim_channels = register("claim_channels")
         self._release_worker = register("release_worker")
+        self._cancel = register("cancel")
 
     # -- client side ---------------------------------------------------------------------------
 
@@ -133,6 +136,23 @@ class Store:
         missing = [job_id for job_id, result in zip(ids, results) if result is None]
         recorded = dict(zip(missing, self.client.hmget(self.keys.jobs, missing))) if missing else {}
         return [(result, result is not None or recorded[job_id] is not None) for job_id, result in zip(ids, results)]
+
+    def cancel(self, ids, batch=1000):
+        """Cancel jobs (``lua/cancel.lua``): ``{id: "cancelled" | "finished" | "unknown"}``, "finished"
+        for a job that already has its result or is dead (nothing changes then). A cancelled job never
+        runs again; the one running it is told to stop (see the script's header). ``batch`` ids per
+        script call."""
+        k = self.keys
+        ids = list(dict.fromkeys(ids))
+        words = {}
+        for i in range(0, len(ids), batch):
+            chunk = ids[i:i + batch]
+            replies = self._cancel(
+                keys=[k.jobs, k.scheduled, k.inflight, k.dispatched, k.attempts, k.retries, k.finished, k.intake],
+                args=[k.result_prefix, self.result_ttl, k.result_channel, k.cancel_channel, self._publish_command,
+                      *chunk])
+            words.update(zip(chunk, (word.decode() for word in replies)))
+        return words
 
     # -- master side ---------------------------------------------------------------------------
 
@@ -321,7 +341,7 @@ class Store:
         pipe.hgetall(k.finished)
         pipe.zcard(k.scheduled)
         queued, in_flight, dead, finished, scheduled = pipe.execute()
-        totals = {status: 0 for status in ("ok", "error", "timeout", "dead")}
+        totals = dict.fromkeys(STATUSES, 0)
         totals.update({s.decode(): int(n) for s, n in finished.items()})
         return {"queued": queued, "in_flight": in_flight, "retrying": scheduled, "dead": dead,
                 "finished": totals}

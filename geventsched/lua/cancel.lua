@@ -1,0 +1,101 @@
+-- cancel.lua: cancel jobs that have not finished; their result is status 'cancelled' (Store.cancel).
+--
+-- KEYS[1] jobs        hash id -> job body
+-- KEYS[2] scheduled   zset id -> when a delayed job or a retry is due
+-- KEYS[3] inflight    zset id -> deadline
+-- KEYS[4] dispatched  hash id -> "<token> <worker>" of the dispatch in flight
+-- KEYS[5] attempts    hash id -> dispatches without a result (a dead letter has some)
+-- KEYS[6] retries     hash id -> retries so far
+-- KEYS[7] finished    hash status -> count
+-- KEYS[8..] the intake lists
+-- ARGV[1] result_prefix   result:<id> keys
+-- ARGV[2] ttl             seconds a result is kept
+-- ARGV[3] result_channel  CHANNEL_RESULT, read by the master
+-- ARGV[4] cancel_channel  read by every worker
+-- ARGV[5] publish         'PUBLISH', or 'SPUBLISH' on a cluster (our channels share our keys' slot)
+-- then the ids
+--
+-- The cancel is the job's result, written here like any other (SET NX: a result already there wins,
+-- and a worker's result that comes later is dropped, its dispatch no longer being in flight). The
+-- job's record goes, so nothing can run it again: a copy left on an intake is dropped by claim.
+-- What the job was doing decides who else is told, after the change is durable:
+--   scheduled or queued   only its waiting client (its reply channel): nobody else holds it
+--   claimed by the master (in flight, no dispatch yet)   also the master, by a result without a token
+--                         (it drops the job unsent, or frees the slot if it sent it meanwhile), and
+--                         the workers, which drop a dispatch of it that still comes
+--   running (dispatched)  also the master, by a result with the dispatch's token (it frees the slot),
+--                         and the workers: the one running it interrupts it
+-- The workers get one notice per call, {"v":1,"ids":[...]}: a cue, checked against the stored results.
+--
+-- Returns one word per id: 'cancelled', 'finished' (it has a result, or it is dead) or 'unknown'.
+local prefix, ttl, result_channel, cancel_channel, publish = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local words, gone, notice = {}, {}, {}
+
+-- Where a job with a record and no result is, taking it out of there (only commands the README's
+-- ACL line allows: ZREM and LREM say whether the id was there).
+local function where(id)
+  local dispatch = redis.call('HGET', KEYS[4], id)
+  if dispatch then return 'running', string.match(dispatch, '^(%S*)') end
+  if redis.call('ZREM', KEYS[3], id) == 1 then return 'claimed' end
+  if redis.call('ZREM', KEYS[2], id) == 1 then return 'scheduled' end
+  local removed = 0
+  for k = 8, #KEYS do removed = removed + redis.call('LREM', KEYS[k], 0, id) end
+  if removed > 0 then return 'queued' end
+  -- On no list but with attempts counted: a dead letter whose result has expired, not trimmed yet.
+  if redis.call('HGET', KEYS[5], id) then return 'dead' end
+  return 'queued'  -- a record on no list: nothing runs it, but it goes all the same
+end
+
+local function result_of(id, body, state, token)
+  local ok, job = pcall(cjson.decode, body)
+  if not ok or type(job) ~= 'table' then job = {} end
+  local message = state == 'running' and 'cancelled while running' or 'cancelled before it ran'
+  local result = {v = 1, id = id, task = type(job.task) == 'string' and job.task or '', status = 'cancelled',
+                  error = {type = 'Cancelled', message = message, traceback = ''}}
+  if token and token ~= '' then result.tok = token end
+  local payload = cjson.encode(result)
+  if ok and type(job) == 'table' and string.sub(body, 1, 1) == '{' then
+    -- The job's record goes with its result, as for a finished job, so it can still be looked up.
+    payload = string.sub(payload, 1, -2) .. ',"job":' .. body .. '}'
+  end
+  return payload, job.reply
+end
+
+for i = 6, #ARGV do
+  local id = ARGV[i]
+  local word = 'unknown'
+  if redis.call('EXISTS', prefix .. id) == 1 then
+    word = 'finished'
+  else
+    local body = redis.call('HGET', KEYS[1], id)
+    if body then
+      local state, token = where(id)
+      if state == 'dead' then
+        word = 'finished'
+      else
+        word = 'cancelled'
+        local payload, reply = result_of(id, body, state, token)
+        redis.call('SET', prefix .. id, payload, 'EX', ttl)
+        gone[#gone + 1] = id
+        if type(reply) == 'string' and reply ~= '' then redis.call(publish, reply, payload) end
+        if state == 'running' or state == 'claimed' then
+          redis.call(publish, result_channel, payload)
+          notice[#notice + 1] = id
+        end
+      end
+    end
+  end
+  words[#words + 1] = word
+end
+if #gone > 0 then
+  redis.call('HDEL', KEYS[1], unpack(gone))
+  redis.call('ZREM', KEYS[3], unpack(gone))
+  redis.call('HDEL', KEYS[4], unpack(gone))
+  redis.call('HDEL', KEYS[5], unpack(gone))
+  redis.call('HDEL', KEYS[6], unpack(gone))
+  redis.call('HINCRBY', KEYS[7], 'cancelled', #gone)
+end
+if #notice > 0 then
+  redis.call(publish, cancel_channel, cjson.encode({v = 1, ids = notice}))
+end
+return words
