@@ -137,11 +137,13 @@ class Store:
         recorded = dict(zip(missing, self.client.hmget(self.keys.jobs, missing))) if missing else {}
         return [(result, result is not None or recorded[job_id] is not None) for job_id, result in zip(ids, results)]
 
-    def cancel(self, ids, batch=1000):
+    def cancel(self, ids, batch=200):
         """Cancel jobs (``lua/cancel.lua``): ``{id: "cancelled" | "finished" | "unknown"}``, "finished"
         for a job that already has its result or is dead (nothing changes then). A cancelled job never
         runs again; the one running it is told to stop (see the script's header). ``batch`` ids per
-        script call."""
+        script call: a queued job is looked for on the intake from its head, so a call that cancels
+        jobs at the far end of a long backlog holds Redis for a while (10,000 jobs newest first, in a
+        backlog of 10,000: about 30 ms per call of 200; oldest first, under 1 ms)."""
         k = self.keys
         ids = list(dict.fromkeys(ids))
         words = {}

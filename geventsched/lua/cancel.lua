@@ -38,9 +38,12 @@ local function where(id)
   if dispatch then return 'running', string.match(dispatch, '^(%S*)') end
   if redis.call('ZREM', KEYS[3], id) == 1 then return 'claimed' end
   if redis.call('ZREM', KEYS[2], id) == 1 then return 'scheduled' end
-  local removed = 0
-  for k = 8, #KEYS do removed = removed + redis.call('LREM', KEYS[k], 0, id) end
-  if removed > 0 then return 'queued' end
+  -- LREM from the head, stopping at the first match: a backlog cancelled in the order it was submitted
+  -- costs one step per job, not one pass over the list. (A second copy of the id, which only a race
+  -- leaves, stays behind: with the record gone, claim drops it.)
+  for k = 8, #KEYS do
+    if redis.call('LREM', KEYS[k], 1, id) > 0 then return 'queued' end
+  end
   -- On no list but with attempts counted: a dead letter whose result has expired, not trimmed yet.
   if redis.call('HGET', KEYS[5], id) then return 'dead' end
   return 'queued'  -- a record on no list: nothing runs it, but it goes all the same
