@@ -15,6 +15,10 @@ Greenlets:
               sent to as the cancel ran.
 * discovery   once a second (``discovery.py``): live workers and the channels they hold; a worker that
               stopped heartbeating loses its channels and its in-flight jobs go back to the intake.
+* timer       at the earliest due time of a scheduled job (a delayed job, a retry after its backoff)
+              or of a periodic schedule, or once a second: moves the due jobs to the intake
+              (``promote``) and fires the due schedules (``schedules.py``); a new scheduled job's or
+              schedule's wake-up makes it look again.
 * reaper      once a second: in-flight jobs past their deadline go back to the intake, or to the
               dead-letter list after the last attempt (without durability: dispatches past their
               deadline are forgotten, and their slots come back).
@@ -43,7 +47,9 @@ from geventsched.hooks import MasterHooks, guarded
 from geventsched.lease import Lease
 from geventsched.ledger import Ledger, new_token
 from geventsched.loops import Loops
+from geventsched.outbox import Outbox
 from geventsched.protocol import CANCELLED, RETRY, Job, JsonCodec, error_result, make_codec
+from geventsched.schedules import Scheduler
 from geventsched.store import Outcome, Store
 
 log = logging.getLogger(__name__)
@@ -68,8 +74,10 @@ class Master:
         self.pending = deque()  # claimed jobs waiting for a channel
         self.ledger = Ledger(self.table)
         self._wake = Event()
+        self._timer = Event()  # a job was scheduled: the timer looks for the earliest due time again
         self._wakeup = self.keys.wakeup_channel.encode()  # the intake's cue, among the results
         self.discovery = Discovery(self.store, self.table, config, self.hooks, self._lose_worker, self._wake.set)
+        self.scheduler = Scheduler(self.store, self.hooks)  # periodic schedules, fired while we hold the lease
         self._static = [self.keys.dispatch_channel(c) for c in config.channels]
         self._benched = {}  # static channel name -> (time it may come back, cap)
         self._local_prefix = f"m{os.urandom(3).hex()}-"  # ids of submit_local jobs
@@ -94,6 +102,8 @@ class Master:
         self._open()
         self._loops.spawn("collector", self._collect_loop)
         self._loops.spawn("dispatcher", self._dispatch_loop)
+        if self.durable:
+            self._loops.spawn("timer", self._timer_loop)
         self._loops.spawn("reaper", self._every, self.config.reap_interval,
                           self._reap if self.durable else self._expire)
         if not self._static:
@@ -129,6 +139,9 @@ class Master:
             raise GeventschedError("another master holds the lease now")
         if not self._static:
             self.discovery.refresh()
+        if self.durable:
+            self._promote()
+            self.scheduler.fire_due()
         (self._reap if self.durable else self._expire)()
         self._claim()
         self._dispatch()
@@ -197,11 +210,11 @@ class Master:
         state = {"in_flight": len(self.ledger), "workers": len(self.discovery.workers), "channels": len(self.table)}
         pending = len(self.pending)  # read before the round trip, which lets the loops run
         try:
-            intake, dead = self.store.depths()
+            intake, dead, scheduled = self.store.depths()
         except transport.RedisError as exc:
             log.warning("master: cannot read the queue depth from Redis: %s", transport.describe(exc))
             return state
-        state.update(queued=pending + intake, dead=dead)
+        state.update(queued=pending + intake, dead=dead, scheduled=scheduled)
         return state
 
     def _close_connections(self):
@@ -328,22 +341,23 @@ class Master:
         return (now or time.time()) + limit + self.config.deadline_slack
 
     def _dispatch(self):
-        """Publish pending jobs to channels with room. Returns True if any job was sent."""
+        """Publish pending jobs to channels with room, in one write (``outbox.py``: a message per job,
+        or batch frames for workers that read them). Returns True if any job was sent."""
         pending, table, choose, ledger = self.pending, self.table, self.strategy, self.ledger
-        encode, budget = self.codec.encode_dispatch, self.config.max_inflight_bytes
-        sent, messages, full = [], [], {}  # full: channels of subscribers whose window is full -> cap
+        budget = self.config.max_inflight_bytes
+        sent, full = [], {}  # full: channels of subscribers whose window is full -> cap
         token = new_token()  # one per batch: each job's dispatch record binds it to the job
-        tail = self.codec.dispatch_tail(token)
+        outbox = Outbox(self.codec, token, self.config.max_payload, self.durable)
         now, deadline_for = time.time(), self.deadline_for
         while pending:
             job = pending[0]
             channel = choose(table, job)
             if channel is None:
                 break
-            payload = encode(job, tail)
+            piece = outbox.piece(job, channel)
             subscriber = channel.worker or channel.name
             held = ledger.bytes(subscriber)
-            if held and held + len(payload) > budget:
+            if held and held + len(piece) > budget:
                 # That subscriber's output buffer is full enough: its channels sit out this round
                 # (cap 0), the others go on.
                 full[channel] = channel.cap
@@ -351,8 +365,9 @@ class Master:
                 channel.cap = 0
                 continue
             pending.popleft()
-            sent.append(ledger.add(job, channel, len(payload), token, deadline_for(job, now)))
-            messages.append((channel.name, payload))
+            entry = ledger.add(job, channel, len(piece), token, deadline_for(job, now))
+            sent.append(entry)
+            outbox.put(entry, piece)
         for channel, cap in full.items():
             channel.cap = cap
             table.total_cap += cap
@@ -361,9 +376,10 @@ class Master:
         commands = []
         if self.durable:  # in the same write: published jobs get their full deadline and their dispatch record
             commands.append(self.store.deadline_command([(int(e.deadline), e.job.id) for e in sent]))
-            commands.append(self.store.dispatch_command([(e.job.id, e.channel.worker) for e in sent], token))
+            commands.append(self.store.dispatch_command([(e.job.id, e.channel) for e in sent], token, now))
+        messages = outbox.messages()
         try:
-            replies = self._publisher.send(messages, commands)
+            replies = self._publisher.send([(name, payload) for name, payload, _ in messages], commands)
         except transport.ConnectionLost:
             # Nothing is known to have gone out: the whole batch waits for the next connection.
             for entry in sent:
@@ -374,16 +390,17 @@ class Master:
             self._publisher_broken = False
             self.hooks.on_reconnect("dispatch")
         missed = []
-        for entry, receivers in zip(sent, replies):
-            job = entry.job
+        for (_, _, entries), receivers in zip(messages, replies):
             if receivers and not transport.is_error(receivers):
-                self.hooks.on_dispatched(job, now - job.submitted_at, receivers)
+                for entry in entries:
+                    self.hooks.on_dispatched(entry.job, now - entry.job.submitted_at, receivers)
                 continue
             reason = "redis_error" if transport.is_error(receivers) else "no_subscriber"
-            self.hooks.on_dispatch_failed(reason)
-            ledger.pop(job.id)
-            missed.append(job)
-            self._bench(entry.channel, reason, receivers)
+            for entry in entries:
+                self.hooks.on_dispatch_failed(reason)
+                ledger.pop(entry.job.id)
+                missed.append(entry.job)
+            self._bench(entries[0].channel, reason, receivers)
         pending.extendleft(reversed(missed))
         return len(missed) < len(sent)
 
@@ -426,22 +443,27 @@ class Master:
         for channel, data in messages:
             if channel != wakeup:
                 self._collect(data, raw_results, cancels)
+            elif data == b"scheduled":
+                self._timer.set()
         if raw_results:
             self._record_raw(raw_results)
         if cancels:
             self._take_cancels(cancels)
 
     def _collect(self, data, raw_results, cancels):
+        """The results of one message: a result, or a result frame."""
         try:
-            result = self.codec.decode_result(data)
+            results, errors = self.codec.decode_results(data)
         except DecodeError as exc:
+            results, errors = (), [exc]
+        for exc in errors:
             log.warning("master: ignored an unreadable result: %s", exc)
             self.hooks.on_unknown_result()
-            return
-        if result.token is None and result.status == CANCELLED:
-            cancels.append(result.id)  # no token to check it by: checked against Redis
-            return
-        self._take_result(result, raw_results)
+        for result in results:
+            if result.token is None and result.status == CANCELLED:
+                cancels.append(result.id)  # no token to check it by: checked against Redis
+                continue
+            self._take_result(result, raw_results)
 
     def _take_cancels(self, ids):
         """Jobs cancelled while this master held them claimed and unsent (``lua/cancel.lua``). Their
@@ -453,7 +475,7 @@ class Master:
             return
         for job_id, data in zip(ids, stored):
             try:
-                cancelled = data is not None and self.stored.decode_result(data).status == CANCELLED
+                cancelled = data is not None and self.stored.decode_result(data, None).status == CANCELLED
             except DecodeError:
                 cancelled = False
             if cancelled:
@@ -522,7 +544,7 @@ class Master:
         stored = [data for data in self.store.get_results(ids) if data is not None]
         for data in stored:
             try:
-                result = self.stored.decode_result(data)
+                result = self.stored.decode_result(data, max_payload=None)
             except DecodeError as exc:
                 log.warning("master: ignored an unreadable stored result: %s", exc)
                 continue
@@ -536,9 +558,33 @@ class Master:
 
     # -- housekeeping ----------------------------------------------------------------------------
 
-    def _reap(self, reason="deadline"):
-        if self.store.promote():
+    def _timer_loop(self):
+        """Promote scheduled jobs as they come due: sleep until the earliest due time (at most a second,
+        so a job scheduled by a process whose wake-up was lost still runs on time), or until a new
+        scheduled job's wake-up."""
+        stop, timer = self._stop, self._timer
+        backoff = Backoff(first=0.1, cap=5.0)
+        while not stop.is_set():
+            timer.clear()
+            try:
+                next_due = _earliest(self._promote(), self.scheduler.fire_due())
+                backoff.reset()
+            except transport.RedisError as exc:
+                log.warning("master: promoting scheduled jobs failed: %s", transport.describe(exc))
+                stop.wait(backoff.next())
+                continue
+            delay = 1.0 if next_due is None else min(1.0, next_due - time.time())
+            if delay > 0:
+                timer.wait(delay)
+
+    def _promote(self):
+        """Move the scheduled jobs that are due to the intake. Returns when the next one is due, or None."""
+        moved, next_due = self.store.promote()
+        if moved:
             self._wake.set()
+        return next_due
+
+    def _reap(self, reason="deadline"):
         if self.pending and self.durable:  # still ours, waiting for room: keep the reaper off them
             self.store.extend([job.id for job in self.pending], time.time() + CLAIM_GRACE)
         requeued, dead = self.store.reap(self.config.max_attempts)
@@ -555,6 +601,7 @@ class Master:
         if dead:
             log.warning("master: %d jobs ran out of attempts, dead-lettered", len(dead))
         self.store.trim_dead()
+        self.store.trim_done()
 
     def _expire(self):
         """Without durability: forget dispatches past their deadline (their message was lost, refused,
@@ -581,6 +628,11 @@ class Master:
         # workers ends in the dead letters.
         self.store.expire_now(sorted(set(lost).union(self.store.owned_by(worker_id))))
         self._reap(reason="worker_lost")
+
+
+def _earliest(*times):
+    """The earliest of unix times, None among them meaning "none"."""
+    return min((t for t in times if t is not None), default=None)
 
 
 class _Unreadable:

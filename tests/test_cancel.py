@@ -19,6 +19,7 @@ from geventsched import cli, metrics, transport
 from geventsched.config import WorkerConfig
 from geventsched.errors import Cancelled, JobFailed
 from geventsched.hooks import MasterHooks, WorkerHooks
+from geventsched.lookup import job_info
 from geventsched.store import Store
 from geventsched.worker import Worker
 from test_hardening import _registry, app, stored_result, system  # noqa: F401 (system: a fixture)
@@ -113,17 +114,30 @@ def test_a_queued_job_never_runs_and_its_waiting_client_is_told(system):
 
 def test_a_scheduled_job_never_runs(system):
     client = system.client()
-    handle = client.submit("hard.nap", "scheduled")
-    # Where a delayed job or a retry waiting for its backoff is: in ``scheduled``, due already.
-    system.redis.lrem(system.keys.intake, 0, handle.id)
-    system.redis.zadd(system.keys.scheduled, {handle.id: time.time() - 1})
+    handle = client.submit("hard.nap", "scheduled", _delay=0.5)
+    assert system.redis.zscore(system.keys.scheduled, handle.id) is not None
     assert handle.cancel() == "cancelled"
     assert system.redis.zcard(system.keys.scheduled) == 0
     system.worker()
-    system.master()  # its promote would move a due job to the intake at once
+    system.master()
+    gevent.sleep(0.7)  # its time comes and goes: the master's timer finds nothing to promote
     assert client.submit("hard.nap", "after").result(10) == "after"
     assert not did("start", "scheduled")
     assert handle.wait(1).status == "cancelled"
+
+
+def test_a_queued_job_of_a_priority_and_a_unique_key_is_cancelled_whole(system):
+    client = system.client()
+    handle = client.submit("hard.nap", "keyed", _priority=5, _unique_key="nightly")
+    assert handle.cancel() == "cancelled"
+    assert system.redis.llen(system.keys.intake_for(5)) == 0
+    assert not system.redis.hexists(system.keys.priority, handle.id)
+    assert client.submit("hard.nap", "again", _unique_key="nightly").id != handle.id  # the key is free
+    assert system.redis.lrange(system.keys.done, 0, -1) == [handle.id.encode()]  # listed among the finished
+    info = job_info(Store.for_namespace(system.redis, system.namespace), handle.id)
+    assert (info["state"], info["status"], info["task"], info["args"], info["priority"], info["unique_key"]) == (
+        "finished", "cancelled", "hard.nap", ["keyed"], 5, "nightly")
+    assert info["error"]["type"] == "Cancelled" and info["finished"] >= info["submitted"]
 
 
 def test_a_job_the_master_claimed_is_dropped_unsent(system):
@@ -195,7 +209,8 @@ def test_a_running_job_stops_within_a_second_and_its_slot_comes_back(system):
     # The worker's only slot serves the next job.
     assert client.submit("hard.nap", "next").result(5) == "next"
     assert not did("end", "long")
-    assert stored_result(system, handle.id)["status"] == "cancelled"
+    stored = stored_result(system, handle.id)
+    assert stored["status"] == "cancelled" and stored["worker"] == worker.id and stored["t0"] <= stored["t1"]
     assert finished_counts(system) == {"cancelled": 1, "ok": 1}
     for key in (system.keys.inflight, system.keys.dispatched, system.keys.jobs):
         assert not system.redis.exists(key), key
