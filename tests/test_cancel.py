@@ -160,6 +160,19 @@ def test_a_job_the_master_claimed_is_dropped_unsent(system):
     assert not did("start", "claimed")
 
 
+def test_a_job_claimed_by_a_master_that_died_never_runs(system):
+    client = system.client()
+    handle = client.submit("hard.nap", "orphan")
+    store = Store.for_namespace(system.redis, system.namespace)
+    assert [job_id for job_id, _, _ in store.claim(1)] == [handle.id]  # then the master was killed -9
+    assert handle.cancel() == "cancelled"
+    system.worker()
+    system.master()  # its reaper would bring the claim back within seconds: nothing is left to bring
+    assert store.reap(5, now=time.time() + 3600) == ([], [])
+    assert client.submit("hard.nap", "after").result(10) == "after"
+    assert not did("start", "orphan")
+
+
 def test_a_job_sent_as_its_cancel_ran_is_dropped_by_the_worker(system):
     seen = _WorkerSeen()
     system.worker(hooks=seen)
