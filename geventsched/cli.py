@@ -1,4 +1,4 @@
-"""Command line: ``geventsched worker|master|submit|status|requeue-dead|schedule|bench``.
+"""Command line: ``geventsched worker|master|submit|cancel|status|requeue-dead|schedule|bench``.
 
 Parses arguments, builds the config, wires the parts and maps failures to exit codes. No scheduling
 logic lives here.
@@ -24,7 +24,7 @@ from geventsched.config import DURABILITY, MasterConfig, WorkerConfig, redis_url
 from geventsched.dispatch import STRATEGIES  # noqa: E402
 from geventsched.errors import ConfigError, GeventschedError  # noqa: E402
 from geventsched.keys import MAX_PRIORITY  # noqa: E402
-from geventsched.protocol import CODECS, Job, JsonCodec  # noqa: E402
+from geventsched.protocol import CANCELLED, CODECS, Job, JsonCodec  # noqa: E402
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 DEFAULT_WAIT = 60.0
@@ -273,6 +273,12 @@ def build_parser():
     j.add_argument("id", help="job id")
     j.add_argument("--json", action="store_true", help="machine-readable output")
 
+    c = sub.add_parser("cancel", parents=[common], help="cancel jobs",
+                       description="Cancel jobs: a scheduled or queued job never runs, a running one is "
+                                   "interrupted. Prints 'ID cancelled', 'ID finished' (too late: nothing "
+                                   "changed) or 'ID unknown' per id; exit 1 if an id was unknown.")
+    c.add_argument("ids", nargs="+", metavar="ID", help="job ids, as submit printed them")
+
     st = sub.add_parser("status", parents=[common], help="show workers, channels and job counts")
     st.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -511,6 +517,10 @@ def cmd_submit(args):
             missing.add(handle.task)
         elif result.ok:
             print(result.value if result.raw else json.dumps(result.value))
+        elif result.status == CANCELLED:
+            how = (result.error or {}).get("message") or "cancelled"
+            print(f"job {handle.id} ({handle.task}) {how}", file=sys.stderr)
+            failed = True
         else:
             error = result.error or {}
             print(f"job {handle.id} ({handle.task}) {result.status}: {error.get('type')}: {error.get('message')}",
@@ -595,6 +605,15 @@ def cmd_job(args):
     return EXIT_OK
 
 
+def cmd_cancel(args):
+    from geventsched.store import Store
+
+    words = Store.for_namespace(_connect(args), args.namespace).cancel(args.ids)
+    for job_id in args.ids:
+        print(f"{job_id} {words[job_id]}")
+    return EXIT_FAILURE if "unknown" in words.values() else EXIT_OK
+
+
 def cmd_status(args):
     from geventsched.status import render, snapshot
 
@@ -653,6 +672,7 @@ COMMANDS = {
     "worker": cmd_worker,
     "master": cmd_master,
     "submit": cmd_submit,
+    "cancel": cmd_cancel,
     "status": cmd_status,
     "job": cmd_job,
     "requeue-dead": cmd_requeue_dead,

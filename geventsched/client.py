@@ -4,6 +4,7 @@
     client = Client.from_url("redis://127.0.0.1:6379/0")
     handle = client.submit("echo", 42)
     handle.result(timeout=10)        # -> 42, or raises JobFailed / TimeoutError
+    handle.cancel()                  # -> "cancelled", "finished" (too late) or "unknown"
 
 A job is in Redis (hash + intake list) before ``submit`` returns; the master need not run in this
 process, or at all yet. Results are stored with a TTL and also announced on this client's reply
@@ -54,13 +55,18 @@ class JobHandle:
         return self._client.wait([self], timeout).get(self.id)
 
     def result(self, timeout: float | None = None) -> Any:
-        """The job's return value. Raises JobFailed (error, timeout, dead) or TimeoutError."""
+        """The job's return value. Raises JobFailed (error, timeout, cancelled, dead) or TimeoutError."""
         result = self.wait(timeout)
         if result is None:
             raise TimeoutError(f"job {self.id}: no result within {timeout}s")
         if not result.ok:
             raise JobFailed(result)
         return result.value
+
+    def cancel(self) -> str:
+        """Cancel the job (see ``Client.cancel``): "cancelled", "finished" (it has its result already:
+        nothing changed) or "unknown"."""
+        return self._client.cancel([self.id])[self.id]
 
     def __repr__(self) -> str:
         return f"JobHandle({self.id!r}, {self.task!r})"
@@ -146,6 +152,17 @@ class Client:
         given = self.store.submit_with_options(
             [(job_id, body, opts.priority, opts.due, opts.unique_key) for job_id, body in encoded])
         return [h if h.id == job_id else JobHandle(self, job_id, h.task) for h, job_id in zip(handles, given)]
+
+    def cancel(self, jobs: Iterable[str | JobHandle]) -> dict[str, str]:
+        """Cancel jobs, given by id or handle: ``{id: "cancelled" | "finished" | "unknown"}``.
+
+        A scheduled or queued job never runs. A running one is interrupted (``errors.Cancelled`` at its
+        next yield; a task in the thread pool runs on, and its result is dropped). Either way its result
+        is status ``cancelled``, which a waiting ``result()`` raises as JobFailed. A job that has its
+        result already, or is dead, is "finished" and stays as it was; a job Redis has no record of
+        (never submitted, or its result expired; without durability, once the master took it) is "unknown".
+        """
+        return self.store.cancel([getattr(job, "id", job) for job in jobs])
 
     def _new_ids(self, count):
         """``count`` job ids, from ids this client reserved earlier where it has enough: a submit is

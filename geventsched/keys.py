@@ -8,6 +8,8 @@ Channels (pub/sub; names from the original design, so its scripts keep working):
     CHANNEL_RESULT                results, read by the master
     geventsched:reply:<client>    results for one waiting client
     geventsched:wakeup            "the intake has new jobs", read by the master
+    geventsched:cancel            ids of jobs just cancelled that a worker may hold, read by every worker
+                                  (a cue: a worker believes the stored result, see worker.py)
 
 Keys:
 
@@ -38,7 +40,7 @@ Keys:
 
 On a Redis Cluster (``cluster=True``) our own prefix is a hash tag, ``{geventsched}:`` (or
 ``{NS:geventsched}:``), and the result channel is ``{geventsched}:CHANNEL_RESULT``: every key, the
-result, reply and wake-up channels then live in one slot, so each Lua script stays on one shard
+result, reply, wake-up and cancel channels then live in one slot, so each Lua script stays on one shard
 and may publish (SPUBLISH) from inside. The dispatch channels keep their names and spread over
 every shard's slots: that is the traffic that grows with the fleet.
 """
@@ -59,6 +61,7 @@ class Keys:
         self.own = own
         self.result_channel = f"{own}CHANNEL_RESULT" if cluster else f"{self.prefix}CHANNEL_RESULT"
         self.wakeup_channel = own + "wakeup"
+        self.cancel_channel = own + "cancel"
         self.seq = own + "seq"
         self.jobs = own + "jobs"
         self.intake = own + "intake"

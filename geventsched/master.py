@@ -9,7 +9,10 @@ Greenlets:
               out until discovery (or, for static channels, a short cool-down) brings it back.
 * collector   reads CHANNEL_RESULT (and the intake's wake-up channel) through hiredis; each result
               that carries its dispatch's token frees its channel's slot (``ledger.py``). Others
-              (unknown jobs, stale copies, a stranger's) are counted and ignored.
+              (unknown jobs, stale copies, a stranger's) are counted and ignored. A job cancelled
+              while this master held it unsent has a result without a token (``lua/cancel.lua``),
+              believed only as stored: the job leaves the line unsent, or frees the slot it was
+              sent to as the cancel ran.
 * discovery   once a second (``discovery.py``): live workers and the channels they hold; a worker that
               stopped heartbeating loses its channels and its in-flight jobs go back to the intake.
 * timer       at the earliest due time of a scheduled job (a delayed job, a retry after its backoff)
@@ -45,7 +48,7 @@ from geventsched.lease import Lease
 from geventsched.ledger import Ledger, new_token
 from geventsched.loops import Loops
 from geventsched.outbox import Outbox
-from geventsched.protocol import RETRY, Job, JsonCodec, error_result, make_codec
+from geventsched.protocol import CANCELLED, RETRY, Job, JsonCodec, error_result, make_codec
 from geventsched.schedules import Scheduler
 from geventsched.store import Outcome, Store
 
@@ -436,16 +439,18 @@ class Master:
     def _take(self, messages):
         """Results read from CHANNEL_RESULT (wake-ups are only cues)."""
         wakeup = self._wakeup
-        raw_results = []
+        raw_results, cancels = [], []
         for channel, data in messages:
             if channel != wakeup:
-                self._collect(data, raw_results)
+                self._collect(data, raw_results, cancels)
             elif data == b"scheduled":
                 self._timer.set()
         if raw_results:
             self._record_raw(raw_results)
+        if cancels:
+            self._take_cancels(cancels)
 
-    def _collect(self, data, raw_results):
+    def _collect(self, data, raw_results, cancels):
         """The results of one message: a result, or a result frame."""
         try:
             results, errors = self.codec.decode_results(data)
@@ -455,7 +460,46 @@ class Master:
             log.warning("master: ignored an unreadable result: %s", exc)
             self.hooks.on_unknown_result()
         for result in results:
+            if result.token is None and result.status == CANCELLED:
+                cancels.append(result.id)  # no token to check it by: checked against Redis
+                continue
             self._take_result(result, raw_results)
+
+    def _take_cancels(self, ids):
+        """Jobs cancelled while this master held them claimed and unsent (``lua/cancel.lua``). Their
+        announcement carries no dispatch token, so the stored result is the one believed."""
+        try:
+            stored = self.store.get_results(ids)
+        except transport.RedisError as exc:  # the workers drop the jobs if they are sent: no harm done
+            log.warning("master: could not check %d cancelled jobs: %s", len(ids), transport.describe(exc))
+            return
+        for job_id, data in zip(ids, stored):
+            try:
+                cancelled = data is not None and self.stored.decode_result(data, None).status == CANCELLED
+            except DecodeError:
+                cancelled = False
+            if cancelled:
+                self._forget_cancelled(job_id)
+            else:
+                self.hooks.on_unknown_result()
+
+    def _forget_cancelled(self, job_id):
+        """A job cancelled before it was dispatched: out of the line if still there, or its slot freed
+        if it was sent as the cancel ran (the worker drops it unrun)."""
+        entry = self.ledger.pop(job_id)
+        job = entry.job if entry is not None else self._unqueue(job_id)
+        if job is None:  # claimed by a master before this one, or heard of twice
+            self.hooks.on_unknown_result()
+            return
+        self.hooks.on_finished(job, CANCELLED, time.time() - job.submitted_at)
+
+    def _unqueue(self, job_id):
+        """Take a claimed job off the line of jobs waiting for a channel. Returns it, or None."""
+        for job in self.pending:
+            if job.id == job_id:
+                self.pending.remove(job)
+                return job
+        return None
 
     def _take_result(self, result, raw_results, trusted=False):
         """A result frees its slot only if it answers the dispatch in flight: the same token (the raw
@@ -492,16 +536,22 @@ class Master:
 
     def _reconcile(self):
         """Results announced while we were not listening are lost to us, not to Redis: read the
-        stored results of every job we think in flight, and finish those that have one."""
-        if not self.durable or not len(self.ledger):
+        stored results of every job we think in flight, and finish those that have one; and of the jobs
+        claimed and waiting for a channel, of which only a cancel can have one."""
+        if not self.durable or not (len(self.ledger) or self.pending):
             return
-        ids = self.ledger.ids()
+        ids = self.ledger.ids() + [job.id for job in self.pending]
         stored = [data for data in self.store.get_results(ids) if data is not None]
         for data in stored:
             try:
-                self._take_result(self.stored.decode_result(data, max_payload=None), [], trusted=True)
+                result = self.stored.decode_result(data, max_payload=None)
             except DecodeError as exc:
                 log.warning("master: ignored an unreadable stored result: %s", exc)
+                continue
+            if self.ledger.get(result.id) is not None:
+                self._take_result(result, [], trusted=True)
+            elif result.status == CANCELLED:
+                self._forget_cancelled(result.id)
         if stored:
             log.info("master: %d results came in while the result connection was down", len(stored))
             self._wake.set()

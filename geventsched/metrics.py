@@ -46,8 +46,11 @@ BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
 UNKNOWN = "unknown"  # a task name that is not registered
 OTHER = "other"  # a status or reason outside its fixed set
 
-WORKER_STATUSES = ("ok", "error", "timeout")
-MASTER_STATUSES = ("ok", "error", "timeout", "dead")
+#: ``cancelled``: on a worker, a job interrupted by a cancel; on the master, a job it had claimed or
+#: dispatched that was cancelled (cancels of jobs still queued or scheduled are counted in Redis only:
+#: ``status --json``).
+WORKER_STATUSES = ("ok", "error", "timeout", "cancelled")
+MASTER_STATUSES = ("ok", "error", "timeout", "cancelled", "dead")
 #: ``DecodeError.reason`` values of ``protocol.py``, plus the worker's own ``unknown_task``.
 REJECT_REASONS = ("empty", "too_large", "not_utf8", "invalid_json", "not_an_object", "bad_version",
                   "missing_field", "bad_field", "unknown_task")
@@ -240,7 +243,8 @@ class WorkerMetrics(WorkerHooks):
         tasks, statuses = [sorted(set(task_names))], [WORKER_STATUSES]
         self._received = Family(registry, "geventsched_worker_jobs_received_total",
                                 "Jobs received and queued for a runner.", ["task"], tasks, [UNKNOWN], eager=True)
-        self._finished = Family(registry, "geventsched_worker_jobs_finished_total", "Jobs run to the end, by outcome.",
+        self._finished = Family(registry, "geventsched_worker_jobs_finished_total",
+                                "Jobs run to the end, by outcome (cancelled: interrupted by a cancel).",
                                 ["task", "status"], tasks + statuses, [UNKNOWN, OTHER], eager=True)
         self._duration = Family(registry, "geventsched_worker_job_duration_seconds", "Time a job's function ran.",
                                 ["task"], tasks, [UNKNOWN], buckets=LATENCY_BUCKETS)

@@ -52,7 +52,9 @@ REF_THRESHOLD = 64 * 1024
 #: A result frame goes out before it grows past this (a single larger result goes alone); the finish
 #: script has the same figure.
 FRAME_BYTES = 256 * 1024
-STATUSES = ("ok", "error", "timeout", "dead")
+#: A cancelled job's result: recorded by the cancel itself (``lua/cancel.lua``), never by a worker.
+CANCELLED = "cancelled"
+STATUSES = ("ok", "error", "timeout", CANCELLED, "dead")
 #: Announced to the master when a failed job is scheduled to run again; never a job's result.
 RETRY = "retry"
 #: What a dispatch adds to a job's record (its token): a worker takes messages this much larger.

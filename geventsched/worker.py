@@ -16,6 +16,15 @@ Greenlets, each with one job (watched by ``loops.Loops``: one that dies stops th
 Every result carries its dispatch's token (``protocol.py``), and only the dispatch in flight is
 recorded: a job a stranger published, or a copy the master already sent elsewhere, runs to no effect.
 
+Cancels (``lua/cancel.lua``) are recorded in Redis before any worker hears of them. The reader also
+listens on the cancel channel; a notice there is only a cue: the ids it names whose stored result
+says ``cancelled`` are stopped (``runners.stop``: dropped unrun, or interrupted with
+``errors.Cancelled``) and remembered for a while, so that a dispatch of one that comes later (the
+master sent it as the cancel was under way) is dropped unrun; a dispatch that comes while a notice
+naming its job is being checked waits for the answer. A worker never writes a result for a cancelled
+job. A notice lost with a connection is made up for after the reconnect (``_resync``): a job the
+worker holds whose dispatch is no longer in flight (cancelled, or sent elsewhere) is stopped.
+
 Shutdown is two-step (warm, then cold): the first SIGTERM/SIGINT unsubscribes, gives the channels up for
 a successor, hands queued jobs back, and lets running ones finish for ``grace`` seconds while the worker
 goes on heartbeating (``draining``), so the master never takes it for dead; a second signal or the end
@@ -27,19 +36,21 @@ import random
 import signal
 import time
 import traceback
+from collections import OrderedDict
 
 import gevent
+import orjson
 from gevent import getcurrent
 from gevent.event import Event
 
 from geventsched import transport
 from geventsched.backoff import Backoff
 from geventsched.deadlines import DeadlineExceeded, Deadlines
-from geventsched.errors import DecodeError
+from geventsched.errors import Cancelled, DecodeError
 from geventsched.hooks import WorkerHooks, guarded
 from geventsched.loops import Loops
 from geventsched.registration import LOST, MOVED, Registration, describe_host
-from geventsched.protocol import DISPATCH_ROOM, FRAMES, Result, error_result, make_codec
+from geventsched.protocol import CANCELLED, DISPATCH_ROOM, FRAMES, Result, error_result, make_codec
 from geventsched.runner import Runners
 from geventsched.store import Outcome, Store
 
@@ -56,6 +67,9 @@ PREFETCH_MULTIPLIER = 4
 RESYNC_SETTLE = 1.0
 #: A failed job is logged, at most this many lines a second (the rest are counted in the next line).
 FAILURE_LOG_RATE = 10
+#: Ids of cancelled jobs remembered (the oldest forgotten first), to drop a dispatch of one that comes
+#: after its cancel: that happens within milliseconds of the cancel, or not at all.
+CANCELLED_MEMORY = 10_000
 
 
 class Worker:
@@ -95,6 +109,10 @@ class Worker:
         self._seen = None  # ids received since a reconnect, while a resync is under way
         self._refs = []  # (id, token) of jobs sent by reference, to read from Redis (the fetcher)
         self._refs_ready = Event()
+        # Cancel notices are read only where there are records to check them against.
+        self._cancel_channel = self.keys.cancel_channel.encode() if self.recording else None
+        self._cancelled = OrderedDict()  # ids of jobs found cancelled (CANCELLED_MEMORY at most) -> None
+        self._checking = {}  # id named by a notice being checked -> jobs of that id that arrived meanwhile
         self._failures = _RateLimit(FAILURE_LOG_RATE)
         self.started_at = time.time()
 
@@ -240,7 +258,10 @@ class Worker:
 
     def _subscribe(self):
         channels = self.registration.owned()
-        subscriber = transport.subscribe(self.client, channels) if channels else _Idle()
+        # With jobs coming, their cancels too (a worker left without a channel gets no new job, and its
+        # running ones lost their dispatch with the channels: see ``_registration_lost``).
+        listen = [*channels, self.keys.cancel_channel] if channels and self.recording else channels
+        subscriber = transport.subscribe(self.client, listen) if channels else _Idle()
         self.hooks.on_subscribed(len(channels))
         return subscriber
 
@@ -268,7 +289,10 @@ class Worker:
             gevent.sleep(0)
 
     def _accept(self, channel, data, seen=None):
-        """Queue the jobs of one dispatch message (one job, or a batch frame)."""
+        """Queue the jobs of one dispatch message (one job, or a batch frame), or act on a cancel notice."""
+        if channel == self._cancel_channel:
+            self._cancel_notice(data)
+            return
         try:
             jobs, refs, errors = self.codec.decode_dispatch(data)
         except DecodeError as exc:
@@ -280,10 +304,13 @@ class Worker:
                 seen.update(job_id for job_id, _ in refs)
             self._refs += refs
             self._refs_ready.set()
+        held_back = self._cancelled or self._checking
         for job in jobs:
             if seen is not None:
                 seen.add(job.id)
             self.hooks.on_received(job)
+            if held_back and self._held_back(job):
+                continue
             self.runners.put(job)
 
     def _reject(self, channel, exc):
@@ -321,6 +348,8 @@ class Worker:
                     self._reject(b"(a job sent by reference)", exc)
                     continue
                 self.hooks.on_received(job)
+                if (self._cancelled or self._checking) and self._held_back(job):
+                    continue
                 self.runners.put(job)
             self.runners.wake()
 
@@ -344,6 +373,9 @@ class Worker:
         their deadline, the jobs the master sent us that never arrived. We read its records of them
         after resubscribing; whatever it published before that has reached us within RESYNC_SETTLE."""
         try:
+            if transport.keep_trying(self._stop_stale, self._stop, f"worker {self.id}",
+                                     what="checking its jobs' dispatches") is None:
+                return
             sent = transport.keep_trying(lambda: self.store.owned_by(self.id), self._stop, f"worker {self.id}")
             if sent is None or self._stop.wait(RESYNC_SETTLE):
                 return
@@ -359,6 +391,106 @@ class Worker:
                         self.id, transport.describe(exc))
         finally:
             self._seen = None
+
+    # -- cancelling ------------------------------------------------------------------------------
+
+    def _cancel_notice(self, data):
+        """A cancel notice (``{"v": 1, "ids": [...]}``, published by ``lua/cancel.lua``): check the ids it
+        names against their stored results, in a greenlet of its own; the reader goes on meanwhile."""
+        try:
+            ids = orjson.loads(data)["ids"]
+            if type(ids) is not list:
+                raise TypeError("ids must be a list")
+        except (ValueError, TypeError, KeyError) as exc:
+            self.hooks.on_rejected("bad_field")
+            log.warning("worker %s: ignored an unreadable cancel notice: %s", self.id, exc)
+            return
+        ids = [job_id for job_id in ids[:CANCELLED_MEMORY] if type(job_id) is str and job_id not in self._cancelled]
+        fresh = [job_id for job_id in dict.fromkeys(ids) if job_id not in self._checking]
+        for job_id in fresh:
+            self._checking[job_id] = []
+        if fresh:
+            gevent.spawn(self._check_cancels, fresh)
+
+    def _held_back(self, job):
+        """Keep a dispatch of a cancelled job from running: dropped if its cancel is known, set aside
+        while a notice naming it is checked. True if it was."""
+        if job.id in self._cancelled:
+            self._release([job])
+            return True
+        waiting = self._checking.get(job.id)
+        if waiting is None:
+            return False
+        waiting.append(job)
+        return True
+
+    def _check_cancels(self, ids):
+        """Stop the jobs of ``ids`` whose stored result says they were cancelled; let the others run."""
+        try:
+            stored = self.store.get_results(ids)
+        except transport.RedisError as exc:
+            log.warning("worker %s: could not check a cancel notice (%s); its jobs run, and their results "
+                        "count only if they were not cancelled", self.id, transport.describe(exc))
+            stored = [None] * len(ids)
+        cancelled = {job_id for job_id, data in zip(ids, stored) if data is not None and self._says_cancelled(data)}
+        for job_id in cancelled:
+            self._cancelled[job_id] = None
+        while len(self._cancelled) > CANCELLED_MEMORY:
+            self._cancelled.popitem(last=False)
+        dropped, resumed = [], []
+        for job_id in ids:
+            (dropped if job_id in cancelled else resumed).extend(self._checking.pop(job_id, ()))
+        if resumed:
+            if self._stopping:
+                self._hand_back(resumed)
+            else:
+                for job in resumed:
+                    self.runners.put(job)
+                self.runners.wake()
+        if cancelled:
+            queued, interrupted = self.runners.stop(lambda job: job.id in cancelled)
+            dropped += queued
+            self._release(dropped + interrupted)
+            log.info("worker %s: cancelled: %d jobs interrupted, %d dropped unrun", self.id, len(interrupted),
+                     len(dropped))
+
+    def _says_cancelled(self, data):
+        try:
+            return self.codec.decode_result(data, None).status == CANCELLED
+        except DecodeError:
+            return False
+
+    def _release(self, jobs):
+        """Give up the dispatch records of cancelled jobs dropped or interrupted here. The cancel removed
+        those it found; a record the master wrote as the cancel ran would stay behind. The job is not
+        queued again: it has its result."""
+        if not jobs:
+            return
+
+        def release():
+            try:
+                self.store.requeue([(job.id, job.token) for job in jobs])
+            except transport.RedisError as exc:
+                log.warning("worker %s: could not clear the dispatch records of %d cancelled jobs: %s", self.id,
+                            len(jobs), transport.describe(exc))
+
+        gevent.spawn(release)
+
+    def _stop_stale(self):
+        """After a reconnect: stop the jobs held here whose dispatch is no longer in flight (cancelled,
+        or re-queued and maybe sent elsewhere), as a cancel notice lost with the connection would have.
+        Their records are read after the jobs were listed, so a job that arrives meanwhile is not taken
+        for one of them. Returns how many were stopped."""
+        held = self.runners.jobs()
+        current = self.store.current([(job.id, job.token) for job in held])
+        stale = {id(job) for job, mine in zip(held, current) if not mine}
+        if not stale:
+            return 0
+        dropped, interrupted = self.runners.stop(lambda job: id(job) in stale)
+        log.warning("worker %s: %d jobs it held lost their dispatch while its connection was down (cancelled, "
+                    "or sent elsewhere): %d interrupted, %d dropped unrun", self.id, len(stale), len(interrupted),
+                    len(dropped))
+        return len(stale)
 
     # -- running ---------------------------------------------------------------------------------
 
@@ -390,6 +522,9 @@ class Worker:
         except DeadlineExceeded:
             armed = None  # it fired: nothing left to disarm
             result = error_result(job, "timeout", "JobTimeout", f"job exceeded its {seconds:g}s time limit")
+        except Cancelled:  # its result, 'cancelled', is recorded already: there is nothing to write
+            self.hooks.on_finished(job, CANCELLED, time.perf_counter() - started)
+            return
         except Exception as exc:
             result = error_result(job, "error", type(exc).__name__, str(exc), traceback.format_exc())
         finally:
