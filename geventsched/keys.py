@@ -33,8 +33,9 @@ Keys:
     geventsched:held              set   names of tasks that have a held list (``limits.py``)
     geventsched:held:<task>       list  ids of the task's jobs held back by its rate limit or max_running,
                                   in the order they go (no attempt counted; state ``queued``)
-    geventsched:rate:<task>       list  start times of the task's last N dispatches, newest first (its
-                                  rate limit is N per period); expires a period after the last one
+    geventsched:rate:<task>       list  "<time> <count>" per dispatched batch of the task, newest first: its
+                                  last N starts or more (its rate limit is N per period); expires a
+                                  period after the last one
     geventsched:running:<task>    set   ids of the task's jobs dispatched (its max_running), for the next
                                   master; holds finished ones until a master sees them finish
     geventsched:workers           set   ids of registered workers

@@ -13,9 +13,9 @@ there (``discovery.py``) and never imports user code.
 seconds, with no burst beyond N: a sliding window, not a bucket refilled at fixed times. The master
 keeps the start times of the task's last N dispatches; one more may start at ``t`` only when fewer
 than N of them are later than ``t - period``. Those times are also written to Redis, the list
-``rate:<task>`` (newest first, trimmed to N, expiring a period after the last start), in the same
-pipelined write as the dispatch records, so a master that takes over loads them and goes on from the
-same window. The times are the masters' clocks: a failover between masters whose clocks disagree
+``rate:<task>`` (one entry "<time> <count>" per dispatched batch, newest first, trimmed to N entries,
+expiring a period after the last start), in the same pipelined write as the dispatch records, so a
+master that takes over loads them and goes on from the same window. The times are the masters' clocks: a failover between masters whose clocks disagree
 shifts the window by that much.
 
 **Concurrency** ``max_running=N``: at most N jobs of the task are in flight (dispatched, no result

@@ -283,14 +283,14 @@ class Store:
     def limit_commands(self, now, starts=(), running=(), gone=()):
         """Commands for the write that dispatches a batch (``transport.Publisher``), packed: the start
         times of rate-limited tasks (``starts``: ``[(task, how many started at now, N, period), ...]``:
-        LPUSH, trimmed to the newest N, expiring a period after the last) and the ids of jobs of
+        one entry "<time> <how many>" per batch, LPUSHed and trimmed to the newest N entries, which
+        hold N starts or more; the key expires a period after the last) and the ids of jobs of
         max_running tasks dispatched (``running``: ``[(task, [id, ...]), ...]``) or seen finished
         (``gone``, same shape)."""
         k, out = self.keys, []
-        stamp = b"%.6f" % now
         for task, count, keep, period in starts:
             key = k.rate_for(task)
-            out.append(transport.pack("LPUSH", key, *[stamp] * count))
+            out.append(transport.pack("LPUSH", key, b"%.6f %d" % (now, count)))
             out.append(transport.pack("LTRIM", key, 0, keep - 1))
             out.append(transport.pack("PEXPIRE", key, int(period * 1000) + 1000))
         for task, ids in running:
@@ -314,9 +314,7 @@ class Store:
         for task in counted:
             pipe.smembers(k.running_for(task))
         replies = pipe.execute()
-        starts = {}
-        for task, stamps in zip(rated, replies):
-            starts[task] = sorted(float(s) for s in stamps if _is_number(s))
+        starts = {task: _start_times(entries, rated[task]) for task, entries in zip(rated, replies)}
         members = {task: sorted(m.decode() for m in ids) for task, ids in zip(counted, replies[len(rated):])}
         everyone = [job_id for ids in members.values() for job_id in ids]
         records = dict(zip(everyone, self.client.hmget(k.dispatched, everyone))) if everyone else {}
@@ -509,12 +507,21 @@ def _round_up(deadline):
     return deadline + 1
 
 
-def _is_number(data):
-    """Is ``data`` (read from Redis) a finite number?"""
-    try:
-        return math.isfinite(float(data))
-    except ValueError:
-        return False
+def _start_times(entries, most):
+    """The newest ``most`` start times in a rate list's entries ("<time> <how many>", newest first),
+    oldest first. An entry that does not parse is skipped."""
+    times = []
+    for entry in entries:
+        stamp, _, count = entry.partition(b" ")
+        try:
+            at, count = float(stamp), int(count or 1)
+        except ValueError:
+            continue
+        if math.isfinite(at) and count > 0:
+            times.extend([at] * min(count, most - len(times)))
+        if len(times) >= most:
+            break
+    return sorted(times)
 
 
 def _load_json(data):

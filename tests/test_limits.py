@@ -16,6 +16,7 @@ from geventsched import metrics, transport
 from geventsched.builtin import default_registry
 from geventsched.config import WorkerConfig
 from geventsched.errors import ConfigError
+from geventsched.keys import Keys
 from geventsched.limits import Limit, Limiter, limit_of, limits_from, parse_rate
 from geventsched.lookup import job_info
 from geventsched.registry import App, load_apps
@@ -255,6 +256,42 @@ def test_a_changed_limit_keeps_the_window_and_a_removed_one_forgets_it():
     assert limiter.new_tasks({"t": Limit(2, 1.0, max_running=3), "u": Limit(1, 60.0)}) == ["t", "u"]
     limiter.configure({})
     assert limiter.limits == {} and limiter.allowance("t", 0.5) > 10**6
+
+
+# -- the state in Redis -------------------------------------------------------------------------------
+
+def test_the_window_and_the_running_jobs_a_master_writes_are_what_the_next_one_reads(r, namespace):
+    store = Store(r, Keys(namespace))
+    k = store.keys
+    publisher = transport.Publisher(r, k.inflight)
+    try:
+        publisher.send([], store.limit_commands(100.0, [("t", 3, 5, 1.0)], [("u", ["1", "2"])]))
+        publisher.send([], store.limit_commands(101.5, [("t", 4, 5, 1.0)], [("u", ["3"])], [("u", ["2"])]))
+    finally:
+        publisher.close()
+    r.lpush(k.rate_for("t"), b"junk")
+    assert 0 < r.pttl(k.rate_for("t")) <= 2000  # gone a period after the last start
+    r.hset(k.dispatched, mapping={"1": "tok1 100.0 CHANNEL_DISPATCH_1 w", "3": "tok3 101.5 CHANNEL_DISPATCH_2 w"})
+    r.sadd(k.running_for("u"), "9")  # finished while no master was there to see it
+    starts, inherited = store.limit_state({"t": 5}, ["u"])
+    assert starts == {"t": [100.0, 101.5, 101.5, 101.5, 101.5]}  # the newest 5 of 7 starts
+    assert inherited == {"u": {"1": "tok1", "3": "tok3"}}
+    assert r.smembers(k.running_for("u")) == {b"1", b"3"}
+
+
+def test_held_jobs_keep_their_order_and_cost_no_attempt(r, namespace):
+    store = Store(r, Keys(namespace))
+    k = store.keys
+    r.hset(k.jobs, mapping={str(i): f'{{"id": "{i}"}}' for i in range(5)})
+    r.zadd(k.inflight, {str(i): 10**10 for i in range(4)})  # claimed; job 4 was taken back by the reaper
+    assert store.hold([("t", False, [("2", None), ("3", None), ("4", None)]), ("t", True, [("0", None), ("1", None)])]) \
+        == [2, 4]
+    assert r.lrange(k.held_for("t"), 0, -1) == [b"0", b"1", b"2", b"3"] and r.zcard(k.inflight) == 0
+    assert store.held_counts() == {"t": 4}
+    assert [(job_id, attempt) for job_id, _, attempt in store.claim_held("t", 3)] == [("0", 1), ("1", 1), ("2", 1)]
+    assert r.zcard(k.inflight) == 3 and not r.hlen(k.attempts)
+    store.claim_held("t", 5)
+    assert store.held_counts() == {} and not r.sismember(k.held, "t")
 
 
 # -- on Redis, master and workers in this process -------------------------------------------------------
