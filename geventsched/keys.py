@@ -29,7 +29,7 @@ Keys:
     geventsched:dead              list  ids of dead-lettered jobs
     geventsched:result:<id>       string, encoded result, with a TTL
     geventsched:finished          hash  status -> count of jobs finished (each job once)
-    geventsched:done              zset  id -> when it finished: the index of finished jobs (results kept)
+    geventsched:done              list  ids of finished jobs, oldest first, while their results are kept
     geventsched:held              set   names of tasks that have a held list (``limits.py``)
     geventsched:held:<task>       list  ids of the task's jobs held back by its rate limit or max_running,
                                   in the order they go (no attempt counted; state ``queued``)
@@ -42,6 +42,7 @@ Keys:
     geventsched:worker:<id>       string, the worker's heartbeat (JSON), expires when it stops beating
     geventsched:channels          hash  channel -> id of the worker holding it (the channel lease)
     geventsched:master            string, id of the active master (lease with a TTL)
+    geventsched:schedules         hash  name -> periodic schedule (JSON); fire:<name>:<time> claims a fire time
 
 On a Redis Cluster (``cluster=True``) our own prefix is a hash tag, ``{geventsched}:`` (or
 ``{NS:geventsched}:``), and the result channel is ``{geventsched}:CHANNEL_RESULT``: every key, the
@@ -87,6 +88,7 @@ class Keys:
         self.worker_prefix = own + "worker:"
         self.channels = own + "channels"
         self.master = own + "master"
+        self.schedules, self.fire_prefix = own + "schedules", own + "fire:"
         self.held = own + "held"
         self.held_prefix = own + "held:"
 
