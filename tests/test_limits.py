@@ -5,6 +5,7 @@ back, and holding a job back costs it no attempt."""
 
 import textwrap
 import time
+import uuid
 
 import gevent
 import pytest
@@ -22,7 +23,7 @@ from geventsched.lookup import job_info
 from geventsched.registry import App, load_apps
 from geventsched.store import Store
 from geventsched.worker import Worker
-from test_hardening import system  # noqa: F401  (the fixture)
+from test_hardening import _System, system  # noqa: F401  (the fixture)
 
 app = App(prefix="lim")
 started = []  # (task, time) of every run in this process
@@ -374,3 +375,29 @@ def test_without_durability_the_limits_hold_for_one_master(system):
     assert sorted(r.value for r in results.values()) == list(range(25))
     assert time.time() - begin >= 2.0
     assert most_in_a_window(starts_of("ten"), 0.95) <= 10
+
+
+@pytest.fixture
+def cluster_system(redis_cluster):
+    """The ``system`` fixture on a 3-primary Redis Cluster (scripts, held lists and the limits' state
+    must stay on our keys' one slot)."""
+    made = _System(redis_cluster, f"gs-test-{uuid.uuid4().hex[:12]}")
+    yield made
+    made.close()
+    Store.for_namespace(made.redis, made.namespace).delete_namespace()
+    made.redis.close()
+
+
+def test_limits_hold_on_a_redis_cluster(cluster_system):
+    system = cluster_system
+    limited_worker(system, ("1",))
+    limited_worker(system, ("2",))
+    system.master()
+    client = system.client()
+    begin = time.time()
+    handles = client.submit_many([("lim.ten", [i], {}) for i in range(25)])
+    pairs = client.submit_many([("lim.pair", [0.1], {}) for _ in range(6)])
+    assert [h.result(20) for h in handles] == list(range(25)) and [h.result(20) for h in pairs] == [0.1] * 6
+    assert time.time() - begin >= 2.0
+    assert most_in_a_window(starts_of("ten"), 0.95) <= 10 and running["most"] == 2
+    assert system.redis.exists(system.keys.rate_for("lim.ten"))
