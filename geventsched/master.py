@@ -382,10 +382,12 @@ class Master:
             else:
                 del limits.held[task]
             taken += len(claimed)
+            limited = task in limits.limits  # else held by a limit since removed: they all go
             for job_id, body, _ in claimed:
                 job = self._readable(job_id, body)
                 if job is not None:
-                    limits.released.add(job_id)
+                    if limited:
+                        limits.released.add(job_id)
                     self.pending.append(job)
             if taken >= room:
                 break

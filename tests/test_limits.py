@@ -364,6 +364,19 @@ def test_the_limits_hold_across_a_master_stop_and_a_new_master(system):
     assert time.time() - taken_over >= 1.0
 
 
+def test_jobs_held_for_a_limit_that_is_gone_are_all_sent_by_the_next_master(system):
+    client = system.client()
+    handles = client.submit_many([("echo", [i], {}) for i in range(30)])
+    keys = system.keys
+    while system.redis.lmove(keys.intake, keys.held_for("echo"), "LEFT", "RIGHT"):  # as a master left them
+        pass
+    system.redis.sadd(keys.held, "echo")
+    limited_worker(system, ("1",))
+    system.master()
+    assert [h.result(10) for h in handles] == list(range(30))
+    assert not system.redis.exists(keys.held_for("echo"))
+
+
 def test_without_durability_the_limits_hold_for_one_master(system):
     limited_worker(system, ("1",), durability="none")
     limited_worker(system, ("2",), durability="none")
