@@ -12,7 +12,9 @@ there (``discovery.py``) and never imports user code.
 **Rate** ``N/period``: at most N jobs of the task start (are dispatched) in any window of ``period``
 seconds, with no burst beyond N: a sliding window, not a bucket refilled at fixed times. The master
 keeps the start times of the task's last N dispatches; one more may start at ``t`` only when fewer
-than N of them are later than ``t - period``. Those times are also written to Redis, the list
+than N of them are later than ``t - period - SLACK``: the spacing has 20 ms to spare, so that the
+delivery to the workers (pub/sub, a millisecond or two, more under load) does not squeeze N + 1
+starts, as the workers see them, into one period (20/s then runs at 20 per 1.02 s). Those times are also written to Redis, the list
 ``rate:<task>`` (one entry "<time> <count>" per dispatched batch, newest first, trimmed to N entries,
 expiring a period after the last start), in the same pipelined write as the dispatch records, so a
 master that takes over loads them and goes on from the same window. The times are the masters' clocks: a failover between masters whose clocks disagree
@@ -63,6 +65,8 @@ MAX_RATE = 100_000
 MAX_RUNNING = 1_000_000
 #: ``Limiter.allowance`` of a task without a limit.
 UNLIMITED = 1 << 30
+#: Seconds a rate limit's window is longer than its period: a margin for the delivery of the jobs.
+SLACK = 0.02
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,15 +245,16 @@ class Limiter:
                 continue
             window = self._window(task, limit, now)
             if len(window) >= limit.rate:
-                opening = window[len(window) - limit.rate] + limit.period
+                opening = window[len(window) - limit.rate] + limit.period + SLACK
                 if soonest is None or opening < soonest:
                     soonest = opening
         return soonest
 
     def _window(self, task, limit, now):
-        """The task's start times later than ``now - period`` (older ones can never matter again)."""
+        """The task's start times later than ``now - period - SLACK`` (older ones can never matter
+        again)."""
         window = self._starts[task]
-        edge = now - limit.period
+        edge = now - limit.period - SLACK
         while window and window[0] <= edge:
             window.popleft()
         return window
