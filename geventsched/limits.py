@@ -237,16 +237,19 @@ class Limiter:
 
     def next_opening(self, now):
         """The earliest time after ``now`` when a task with held jobs may start one again by its rate
-        limit, or None (nothing held, or only a running limit holds: a result wakes the master)."""
+        limit, or None: nothing held, or nothing that time alone will free (a task at its max_running
+        waits for a result, one the rate lets go now for room on a channel: both wake the master)."""
         soonest = None
         for task, count in self.held.items():
             limit = self.limits.get(task)
             if not count or limit is None or limit.rate is None:
                 continue
+            if limit.max_running is not None and self._running(task, limit.max_running) >= limit.max_running:
+                continue
             window = self._window(task, limit, now)
             if len(window) >= limit.rate:
                 opening = window[len(window) - limit.rate] + limit.period + SLACK
-                if soonest is None or opening < soonest:
+                if opening > now and (soonest is None or opening < soonest):
                     soonest = opening
         return soonest
 

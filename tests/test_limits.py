@@ -236,6 +236,20 @@ def test_the_next_opening_is_when_the_oldest_start_leaves_the_window():
     assert limiter.next_opening(5.5) is None  # nothing held: nothing to wake for
     limiter.held = {"t": 3, "u": 1}
     assert limiter.next_opening(5.5) == 5.0 + 1.0 + SLACK  # u waits for a result, not for a time
+    assert limiter.next_opening(6.0) == 5.0 + 1.0 + SLACK
+    assert limiter.next_opening(6.1) is None  # t may start one now: only room on a channel will help
+
+
+def test_a_task_at_its_max_running_is_not_waited_for_by_time():
+    in_flight = set()
+    limiter = Limiter(in_flight.__contains__)
+    limiter.configure({"t": Limit(1, 1.0, max_running=1)})
+    go(limiter, "t", "1", 5.0)
+    in_flight.add("1")
+    limiter.held = {"t": 1}
+    assert limiter.next_opening(5.5) is None  # when its window opens it is still running: no busy wake-ups
+    in_flight.clear()
+    assert limiter.next_opening(5.5) == 5.0 + 1.0 + SLACK
 
 
 def test_jobs_an_earlier_master_left_running_count_until_they_finish():
