@@ -12,25 +12,28 @@ there (``discovery.py``) and never imports user code.
 **Rate** ``N/period``: at most N jobs of the task start (are dispatched) in any window of ``period``
 seconds, with no burst beyond N: a sliding window, not a bucket refilled at fixed times. The master
 keeps the start times of the task's last N dispatches; one more may start at ``t`` only when fewer
-than N of them are later than ``t - period - SLACK``: the spacing has 20 ms to spare, so that the
-delivery to the workers (pub/sub, a millisecond or two, more under load) does not squeeze N + 1
-starts, as the workers see them, into one period (20/s then runs at 20 per 1.02 s). Those times are also written to Redis, the list
-``rate:<task>`` (one entry "<time> <count>" per dispatched batch, newest first, trimmed to N entries,
-expiring a period after the last start), in the same pipelined write as the dispatch records, so a
-master that takes over loads them and goes on from the same window. The times are the masters' clocks: a failover between masters whose clocks disagree
-shifts the window by that much.
+than N of them are later than ``t - period - SLACK``. The 20 ms to spare keep the delivery to the
+workers (pub/sub, a millisecond or two, more under load) from squeezing N + 1 starts, as the workers
+see them, into one period; 20/s then runs at 20 per 1.02 s. The times are also written to Redis, the
+list ``rate:<task>`` (one entry "<time> <count>" per dispatched batch, newest first, trimmed to N
+entries, expiring a period after the last start), in the same pipelined write as the dispatch
+records, so a master that takes over loads them and goes on from the same window. They are the
+masters' clocks: a failover between masters whose clocks disagree shifts the window by that much.
 
 **Concurrency** ``max_running=N``: at most N jobs of the task are in flight (dispatched, no result
-yet). A master counts its own from its in-flight ledger: the ids it started are kept per task and
+yet). A master counts its own from its in-flight ledger: the ids it started are kept per task, and
 those the ledger no longer holds (a result came, a retry was scheduled, the job was re-queued) stop
-counting; that is read only when the count reaches N, so it costs nothing per result. For a master
-that takes over, the ids are also written to Redis, the set ``running:<task>`` (SADD in the dispatch
-write, SREM once the master saw them finish): the new master reads that set (at most about N ids,
-not the whole ``dispatched`` hash) and keeps the ids that ``dispatched`` still holds, with their
-tokens; each stops counting when its result arrives with that token, or when the reaper's once-a-
-second look finds its dispatch gone. A job counts as running until the master hears its result, so
-a slot frees slightly after the job really ends, never before; a job re-queued because its worker
-was thought dead stops counting at once (like any re-queued job).
+counting; the ledger is looked at only when the count reaches N, so a result costs nothing here.
+A master that takes over must also count what the one before left running. Reading the whole
+``dispatched`` hash and every job record for their tasks would cost a take-over O(jobs in flight);
+instead the ids are written to Redis as they go, the set ``running:<task>`` (SADD in the dispatch
+write, SREM once a master saw them finish), and the new master reads that set (about N ids) and
+keeps those ``dispatched`` still holds, with their tokens: each stops counting when its result
+arrives with that token, or when the reaper's once-a-second look finds its dispatch gone. A job
+counts until the master hears its result, so a slot frees slightly after the job really ends, never
+before; but a job re-queued because its deadline passed or its worker was thought dead stops
+counting at once, so a worker that was only slow may briefly run one more than N (at least once
+delivery allows no better).
 
 **Held jobs**: a claimed job that its limit holds back goes to its task's list ``held:<task>`` (one
 script, ``hold.lua``: off the in-flight set, no attempt counted, no retry used), and the task's name

@@ -300,8 +300,8 @@ def test_held_jobs_keep_their_order_and_cost_no_attempt(r, namespace):
     k = store.keys
     r.hset(k.jobs, mapping={str(i): f'{{"id": "{i}"}}' for i in range(5)})
     r.zadd(k.inflight, {str(i): 10**10 for i in range(4)})  # claimed; job 4 was taken back by the reaper
-    assert store.hold([("t", False, [("2", None), ("3", None), ("4", None)]), ("t", True, [("0", None), ("1", None)])]) \
-        == [2, 4]
+    back, front = [("2", None), ("3", None), ("4", None)], [("0", None), ("1", None)]
+    assert store.hold([("t", False, back), ("t", True, front)]) == [2, 4]
     assert r.lrange(k.held_for("t"), 0, -1) == [b"0", b"1", b"2", b"3"] and r.zcard(k.inflight) == 0
     assert store.held_counts() == {"t": 4}
     assert [(job_id, attempt) for job_id, _, attempt in store.claim_held("t", 3)] == [("0", 1), ("1", 1), ("2", 1)]
