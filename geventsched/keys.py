@@ -32,6 +32,14 @@ Keys:
     geventsched:result:<id>       string, encoded result, with a TTL
     geventsched:finished          hash  status -> count of jobs finished (each job once)
     geventsched:done              list  ids of finished jobs, oldest first, while their results are kept
+    geventsched:held              set   names of tasks that have a held list (``limits.py``)
+    geventsched:held:<task>       list  ids of the task's jobs held back by its rate limit or max_running,
+                                  in the order they go (no attempt counted; state ``queued``)
+    geventsched:rate:<task>       list  "<time> <count>" per dispatched batch of the task, newest first: its
+                                  last N starts or more (its rate limit is N per period); expires a
+                                  period after the last one
+    geventsched:running:<task>    set   ids of the task's jobs dispatched (its max_running), for the next
+                                  master; holds finished ones until a master sees them finish
     geventsched:workers           set   ids of registered workers
     geventsched:worker:<id>       string, the worker's heartbeat (JSON), expires when it stops beating
     geventsched:channels          hash  channel -> id of the worker holding it (the channel lease)
@@ -84,6 +92,20 @@ class Keys:
         self.channels = own + "channels"
         self.master = own + "master"
         self.schedules, self.fire_prefix = own + "schedules", own + "fire:"
+        self.held = own + "held"
+        self.held_prefix = own + "held:"
+
+    def held_for(self, task):
+        """The list of jobs of ``task`` held back by its limit."""
+        return self.held_prefix + task
+
+    def rate_for(self, task):
+        """The start times of ``task``'s recent dispatches (its rate limit's window)."""
+        return f"{self.own}rate:{task}"
+
+    def running_for(self, task):
+        """The ids of ``task``'s jobs dispatched and maybe still running (its max_running)."""
+        return f"{self.own}running:{task}"
 
     def intake_for(self, priority):
         """The intake list of jobs of ``priority`` (0..9); priority 0 keeps the original list."""

@@ -229,6 +229,46 @@ class ScrapeGauges:
             yield family
 
 
+class TaskGauge:
+    """A gauge with a ``task`` label, computed when Prometheus scrapes by calling ``read()`` ->
+    ``{task: value}``. Its series are bounded like the per-task counters': one per known task name
+    (0 when ``read`` has no value for it), anything else summed under ``unknown``. Nothing is
+    exported while unbound, or when ``read`` fails (logged)."""
+
+    def __init__(self, registry, name, doc, task_names):
+        self.name, self.doc = name, doc
+        self._known = set(task_names)
+        self._read = None
+        registry.register(self)
+
+    def bind(self, read):
+        self._read = read
+
+    def allow(self, names):
+        """Admit more task names (learnt at run time)."""
+        self._known.update(names)
+
+    def describe(self):
+        return [GaugeMetricFamily(self.name, self.doc, labels=["task"])]
+
+    def collect(self):
+        family = GaugeMetricFamily(self.name, self.doc, labels=["task"])
+        values = None
+        if self._read is not None:
+            try:
+                values = self._read()
+            except Exception:  # a scrape must never fail because of the object it looks at
+                log.exception("metrics: reading %s failed", self.name)
+        if values is not None:
+            series = dict.fromkeys(self._known, 0)
+            for task, value in values.items():
+                key = task if task in series else UNKNOWN
+                series[key] = series.get(key, 0) + value
+            for task, value in sorted(series.items()):
+                family.add_metric([task], value)
+        yield family
+
+
 class WorkerMetrics(WorkerHooks):
     """The worker's metrics (SPEC: ``geventsched_worker_*``), fed by ``WorkerHooks`` calls.
 
@@ -349,8 +389,12 @@ class MasterMetrics(MasterHooks):
         self._schedule_missed = Family(registry, "geventsched_master_schedule_missed_total",
                                        "Fire times that passed unfired (master away): each schedule fires "
                                        "once for its latest.").get()
+        self._held = TaskGauge(registry, "geventsched_master_jobs_held",
+                               "Jobs held back by their task's rate limit or max_running (part of the queued jobs).",
+                               tasks[0])
         self._gauges = ScrapeGauges(registry, {
-            "geventsched_master_jobs_queued": "Jobs waiting for dispatch (intake plus claimed, unsent).",
+            "geventsched_master_jobs_queued": "Jobs waiting for dispatch (intake, held back by a limit, claimed "
+                                              "and unsent).",
             "geventsched_master_jobs_in_flight": "Jobs dispatched and not finished.",
             "geventsched_master_workers": "Live registered workers.",
             "geventsched_master_channels": "Dispatch channels the master can send to.",
@@ -363,6 +407,7 @@ class MasterMetrics(MasterHooks):
     def bind(self, master):
         """Read ``master``'s state at each scrape. Returns self."""
         self._gauges.bind(lambda: _read_master(master))
+        self._held.bind(lambda: dict(master.limits.held))
         return self
 
     # -- hooks (hot path) ------------------------------------------------------------------------
@@ -396,6 +441,7 @@ class MasterMetrics(MasterHooks):
         names = [name for name in names if isinstance(name, str)][:MAX_LEARNT_TASKS]
         for family in self._by_task:
             family.allow(0, names)
+        self._held.allow(names)
 
     def on_reconnect(self, what):
         self._reconnects.get(what).inc()

@@ -24,6 +24,7 @@ was thought dead, or its deadline passed while it still ran) is counted once.
 
 import functools
 import json
+import math
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -102,6 +103,8 @@ class Store:
         self._claim_channels = register("claim_channels")
         self._release_worker = register("release_worker")
         self._cancel = register("cancel")
+        self._hold = register("hold")
+        self._held_counts = register("held_counts")
 
     # -- client side ---------------------------------------------------------------------------
 
@@ -271,6 +274,93 @@ class Store:
         if total:
             self._wake_up(k.wakeup_channel, b"1")
         return total
+
+    # -- limits (limits.py) ------------------------------------------------------------------------
+
+    def hold(self, groups, durable=True):
+        """Park claimed jobs that their task's limit holds back on the task's held list: ``groups`` is
+        ``[(task, front, [(id, body), ...]), ...]`` (``front``: back to the head of the list; the
+        bodies are written back only without durability, whose take removed them). Returns the length
+        of each group's list afterwards."""
+        k = self.keys
+        keys, args = [k.inflight, k.jobs, k.held], ["1" if durable else "0"]
+        for task, front, jobs in groups:
+            keys.append(k.held_for(task))
+            args += (task, "1" if front else "0", len(jobs))
+            for job_id, body in jobs:
+                args.append(job_id)
+                if not durable:
+                    args.append(body)
+        return self._hold(keys=keys, args=args)
+
+    def claim_held(self, task, count, grace=CLAIM_GRACE, now=None, durable=True):
+        """``claim`` (or, without durability, ``take``) from the head of ``task``'s held list."""
+        k = self.keys
+        if not durable:
+            flat = self._take(keys=[k.jobs, k.priority, k.held_for(task)], args=[count])
+            return [(flat[i].decode(), flat[i + 1], 1) for i in range(0, len(flat), 2)]
+        flat = self._claim(keys=[k.jobs, k.inflight, k.attempts, k.held_for(task)],
+                           args=[count, (now or time.time()) + grace])
+        return [(flat[i].decode(), flat[i + 1], int(flat[i + 2])) for i in range(0, len(flat), 3)]
+
+    def held_counts(self):
+        """``{task: jobs in its held list}`` of the tasks that have held jobs."""
+        flat = self._held_counts(keys=[self.keys.held], args=[self.keys.held_prefix])
+        return {flat[i].decode(errors="replace"): int(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+    def limit_commands(self, now, starts=(), running=(), gone=()):
+        """Commands for the write that dispatches a batch (``transport.Publisher``), packed: the start
+        times of rate-limited tasks (``starts``: ``[(task, how many started at now, N, period), ...]``:
+        one entry "<time> <how many>" per batch, LPUSHed and trimmed to the newest N entries, which
+        hold N starts or more; the key expires a period after the last) and the ids of jobs of
+        max_running tasks dispatched (``running``: ``[(task, [id, ...]), ...]``) or seen finished
+        (``gone``, same shape)."""
+        k, out = self.keys, []
+        for task, count, keep, period in starts:
+            key = k.rate_for(task)
+            out.append(transport.pack("LPUSH", key, b"%.6f %d" % (now, count)))
+            out.append(transport.pack("LTRIM", key, 0, keep - 1))
+            out.append(transport.pack("PEXPIRE", key, int(period * 1000) + 1000))
+        for task, ids in running:
+            out.append(transport.pack("SADD", k.running_for(task), *ids))
+        for task, ids in gone:
+            out.append(transport.pack("SREM", k.running_for(task), *ids))
+        return out
+
+    def limit_state(self, rated, counted):
+        """What a master needs to apply limits it did not apply before: ``{task: [start time, ...]}``
+        for the rate-limited tasks ``rated`` (``{task: N}``: the newest N of its recorded starts), and
+        ``{task: {id: token}}`` for the max_running tasks ``counted``: the jobs of its ``running`` set
+        that ``dispatched`` still holds, with their dispatch tokens (the others leave the set)."""
+        k = self.keys
+        rated, counted = dict(rated), list(counted)
+        if not rated and not counted:
+            return {}, {}
+        pipe = self.client.pipeline(transaction=False)
+        for task, keep in rated.items():
+            pipe.lrange(k.rate_for(task), 0, keep - 1)
+        for task in counted:
+            pipe.smembers(k.running_for(task))
+        replies = pipe.execute()
+        starts = {task: _start_times(entries, rated[task]) for task, entries in zip(rated, replies)}
+        members = {task: sorted(m.decode() for m in ids) for task, ids in zip(counted, replies[len(rated):])}
+        everyone = [job_id for ids in members.values() for job_id in ids]
+        records = dict(zip(everyone, self.client.hmget(k.dispatched, everyone))) if everyone else {}
+        inherited, stale = {}, []
+        for task, ids in members.items():
+            inherited[task] = {}
+            for job_id in ids:
+                record = records.get(job_id)
+                if record:
+                    inherited[task][job_id] = record.split(b" ", 1)[0].decode()
+                else:
+                    stale.append((task, job_id))
+        if stale:
+            pipe = self.client.pipeline(transaction=False)
+            for task, job_id in stale:
+                pipe.srem(k.running_for(task), job_id)
+            pipe.execute()
+        return starts, inherited
 
     # -- worker side ---------------------------------------------------------------------------
 
@@ -451,6 +541,23 @@ def _round_up(deadline):
     """A deadline in whole seconds as stored: one second on, so Redis never reaps a job before the
     master's own deadline for it (the caller cut the fraction off)."""
     return deadline + 1
+
+
+def _start_times(entries, most):
+    """The newest ``most`` start times in a rate list's entries ("<time> <how many>", newest first),
+    oldest first. An entry that does not parse is skipped."""
+    times = []
+    for entry in entries:
+        stamp, _, count = entry.partition(b" ")
+        try:
+            at, count = float(stamp), int(count or 1)
+        except ValueError:
+            continue
+        if math.isfinite(at) and count > 0:
+            times.extend([at] * min(count, most - len(times)))
+        if len(times) >= most:
+            break
+    return sorted(times)
 
 
 def _load_json(data):

@@ -127,6 +127,9 @@ class Worker:
         Redis does not answer, keeps trying (a service rides out an outage). Returns False if
         ``request_stop`` came first.
         """
+        # The tasks first: a master that sees this worker's channels finds their limits already there
+        # (again below, in case Redis did not answer yet).
+        self.registration.register_tasks(self.registry)
         if transport.keep_trying(lambda: self.registration.claim(self._stop), self._stop, f"worker {self.id}",
                                  retry_on=transport.ConnectionLost, what="registering") is None:
             return False
@@ -152,10 +155,10 @@ class Worker:
     def open(self):
         """Claim the channels and subscribe without starting a loop, to be driven by ``run_once``.
         Returns False if ``request_stop`` came while waiting for a channel."""
+        self.registration.register_tasks(self.registry)  # before the channels: see start()
         if not self.registration.claim(self._stop):
             return False
         self._subscriber = self._subscribe()
-        self.registration.register_tasks(self.registry)
         return True
 
     def run_once(self, timeout=0.0):
