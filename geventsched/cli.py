@@ -1,4 +1,4 @@
-"""Command line: ``geventsched worker|master|submit|status|requeue-dead|bench``.
+"""Command line: ``geventsched worker|master|submit|status|requeue-dead|dashboard|bench``.
 
 Parses arguments, builds the config, wires the parts and maps failures to exit codes. No scheduling
 logic lives here.
@@ -235,6 +235,15 @@ def build_parser():
 
     r = sub.add_parser("requeue-dead", parents=[common], help="move dead-lettered jobs back to the queue")
     r.add_argument("--task", help="only jobs of this task")
+
+    d = sub.add_parser("dashboard", parents=[common], help="serve the live web dashboard",
+                       description="A live web page on this Redis: workers, job counts, rates and latency, job "
+                                   "lists and pages, dead letters, schedules; requeue, delete and cancel.")
+    d.add_argument("--addr", default="127.0.0.1",
+                   help="address to listen on (default %(default)s; any other than loopback needs --token)")
+    d.add_argument("--port", type=port, default=9180, help="port to listen on (default %(default)s)")
+    d.add_argument("--token", help="every request must carry it (Authorization: Bearer TOKEN, or ?token=TOKEN "
+                                   "once in a browser)")
 
     b = sub.add_parser("bench", parents=[common], help="benchmark master and worker on this machine",
                        description="Run N no-op jobs through a master and a worker process against the Redis "
@@ -518,6 +527,18 @@ def cmd_requeue_dead(args):
     return EXIT_OK
 
 
+def cmd_dashboard(args):
+    from geventsched import dashboard
+    from geventsched.store import Store
+
+    refusal = dashboard.refusal(args.addr, args.token)
+    if refusal:  # one line, before anything connects: serving every job's data to the network is no default
+        print(f"geventsched dashboard: error: {refusal}", file=sys.stderr)
+        return EXIT_USAGE
+    store = Store.for_namespace(_connect(args), args.namespace)
+    return dashboard.serve(store, args.addr, args.port, args.token, args.redis_url)
+
+
 def cmd_bench(args):
     from geventsched.rig import command
 
@@ -530,5 +551,6 @@ COMMANDS = {
     "submit": cmd_submit,
     "status": cmd_status,
     "requeue-dead": cmd_requeue_dead,
+    "dashboard": cmd_dashboard,
     "bench": cmd_bench,
 }
