@@ -266,11 +266,11 @@ def test_the_schedules_page_lists_and_removes_schedules(system):
     assert "No schedule." in site.get("/schedules")[2]
     schedules = key(system.keys, "schedules")
     system.redis.hset(schedules, "nightly", json.dumps({"task": "echo", "cron": "0 3 * * *", "tz": "Europe/Paris",
-                                                        "next": 1767236400, "last": 1767150000, "last_id": "17"}))
+                                                        "next": 1767236400, "last": 1767150000, "job": "17"}))
     system.redis.hset(schedules, "often", json.dumps({"task": "noop", "every": 30}))
     page = site.get("/schedules")[2]
     assert "cron 0 3 * * *" in page and "Europe/Paris" in page and "every 30 s" in page
-    assert "2026-01-01 03:00:00" in page and 'href="/job?id=17"' in page
+    assert "2026-01-01T03:00:00.000Z" in page and 'href="/job?id=17"' in page
     status, headers, _ = site.post("/remove-schedule", {"csrf": csrf_of(site), "name": "nightly",
                                                         "next": "/schedules"})
     assert status == 303 and headers["Location"] == "/schedules?msg=removed&n=1"
@@ -449,17 +449,21 @@ def test_a_million_finished_jobs_and_100k_dead_letters_page_quickly(system):
     site = system.dashboard()
 
     def timed(path):
-        started = time.perf_counter()
-        status, _, page = site.get(path)
-        assert status == 200, path
-        return time.perf_counter() - started, page
+        """The median time of three requests (the first also compiles the page's templates), and the page."""
+        times = []
+        for _ in range(3):
+            started = time.perf_counter()
+            status, _, page = site.get(path)
+            times.append(time.perf_counter() - started)
+            assert status == 200, path
+        return statistics.median(times), page
 
-    took, page = timed("/jobs?state=finished&offset=999950")
+    finished, page = timed("/jobs?state=finished&offset=999950")
     assert "finished jobs 999951–1000000 of 1000000" in page and 'href="/job?id=f0"' in page
-    assert took < 0.5, f"a page of a million finished jobs took {took:.3f}s"
-    took, page = timed("/jobs?state=dead&offset=50000")
+    dead, page = timed("/jobs?state=dead&offset=50000")
     assert "dead jobs 50001–50050 of 100000" in page and 'href="/job?id=d49999"' in page
-    assert took < 0.5, f"a page of 100,000 dead letters took {took:.3f}s"
-    overview = statistics.median(timed("/")[0] for _ in range(5))
-    assert overview < 0.25, f"the overview took {overview * 1000:.0f} ms"
-    print(f"\noverview with 1M finished: {overview * 1000:.1f} ms")
+    overview, _ = timed("/")
+    print(f"\nlast page of 1M finished: {finished * 1000:.1f} ms, a page of 100k dead: {dead * 1000:.1f} ms, "
+          f"overview: {overview * 1000:.1f} ms")
+    # Bounds against a regression to loading whole lists (seconds), with room for a busy machine.
+    assert finished < 0.5 and dead < 0.5 and overview < 0.25

@@ -9,6 +9,7 @@ Actions (POST, see ``security``): ``/requeue``, ``/delete``, ``/requeue-all``, `
 ``<script>`` is shown as text.
 """
 
+import datetime
 import json
 import time
 from dataclasses import dataclass
@@ -344,9 +345,14 @@ def _url(path, **params):
 
 
 def _when(ts):
+    """A Unix time as ``geventsched job`` writes it: ISO 8601 in UTC, to the millisecond."""
     if not isinstance(ts, (int, float)) or isinstance(ts, bool):
         return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}"
+    try:
+        moment = datetime.datetime.fromtimestamp(ts, datetime.timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return str(ts)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _ago(ts, now=None):
@@ -372,5 +378,8 @@ def _pretty(value):
 
 
 def _brief(value, limit=80):
+    """Arguments in a list's cell: compact JSON, cut short (None: the record was not kept)."""
+    if value is None:
+        return "(not kept)"
     text = json.dumps(value, ensure_ascii=False, default=str, separators=(",", ":"))
     return text if len(text) <= limit else text[:limit - 1] + "…"

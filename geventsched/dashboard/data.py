@@ -145,7 +145,8 @@ def overview(store, now=None):
 
 def schedules(store):
     """The periodic schedules (the ``schedules`` hash, name -> JSON), sorted by name: ``[{name, task,
-    rule, tz, next, last, last_id, raw}, ...]``; an empty list where there are none (or no such key yet).
+    rule, tz, next, last, last_id, raw}, ...]`` (``geventsched.schedules`` writes them; ``last_id`` is the
+    last fired job's id, its ``job``); an empty list where there are none.
     Fields a record lacks are None; one that is not JSON shows as ``raw`` text."""
     found = store.client.hgetall(key(store.keys, "schedules"))
     out = []
@@ -160,7 +161,7 @@ def schedules(store):
             continue
         out.append({"name": name, "task": doc.get("task"), "args": doc.get("args"), "rule": _rule(doc),
                     "tz": doc.get("tz"), "next": doc.get("next"), "last": doc.get("last"),
-                    "last_id": doc.get("last_id") or doc.get("last_job"), "raw": None})
+                    "last_id": doc.get("job"), "raw": None})
     return out
 
 
