@@ -390,6 +390,26 @@ def test_security_headers_and_no_redis_password_on_any_page(system):
     assert " on" + "click=" not in page and "style=" not in page  # nothing inline for the CSP to block
 
 
+@pytest.mark.parametrize("private_redis", [("--requirepass", "hunter2")], indirect=True)
+def test_a_redis_that_goes_away_is_said_on_the_page_and_its_password_never(private_redis):
+    url = private_redis.url.replace("redis://", "redis://:hunter2@")
+    client = transport.connect(url)
+    server = make_server(Store.for_namespace(client, "gone"), "127.0.0.1", 0, None, url)
+    server.start()
+    site = Site(server.server_port)
+    try:
+        status, _, page = site.get("/")
+        assert status == 200 and "redis://:***@127.0.0.1" in page
+        private_redis.stop()
+        status, _, page = site.get("/")
+        assert status == 503 and "Redis: " in page and "hunter2" not in page
+        private_redis.start()
+        wait_until(lambda: site.get("/")[0] == 200, timeout=10, message="the dashboard to see Redis again")
+    finally:
+        server.stop(timeout=1)
+        client.close()
+
+
 # -- live updates -------------------------------------------------------------------------------------------
 
 def first_event(site, view, skip=0):

@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_ADDR = "127.0.0.1"
 DEFAULT_PORT = 9180
+#: Connections served at once (each open page holds one for its live stream); more wait their turn.
+MAX_CONNECTIONS = 1000
 
 
 def refusal(addr, token):
@@ -38,8 +40,7 @@ def make_server(store, addr=DEFAULT_ADDR, port=DEFAULT_PORT, token=None, redis_u
     from geventsched.dashboard.app import Dashboard
 
     application = Dashboard(store, redis_url, token, port)
-    server = WSGIServer((addr, port), application, log=None, error_log=_ErrorLog())
-    return server
+    return WSGIServer((addr, port), application, log=None, error_log=_ErrorLog(), spawn=MAX_CONNECTIONS)
 
 
 def serve(store, addr=DEFAULT_ADDR, port=DEFAULT_PORT, token=None, redis_url=""):
