@@ -61,4 +61,3 @@ class Actions:
         lists = [k.intake_for(p) for p in range(top + 1)] if top else [k.intake]
         return self._dead_letter(keys=[k.dead, k.jobs, k.attempts, k.retries, k.finished, key(k, "priority"), *lists],
                                  args=[action, k.result_prefix, *ids])
-

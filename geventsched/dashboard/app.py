@@ -161,8 +161,8 @@ class Dashboard:
                 "now": time.time()}
 
     def error_page(self, status, reason, headers=()):
-        html = self.env.get_template("error.html").render(status=status, reason=reason, redis_url=self.redis_url,
-                                                           path="", namespace=self.store.keys.namespace)
+        html = self.env.get_template("error.html").render(
+            status=status, reason=reason, redis_url=self.redis_url, path="", namespace=self.store.keys.namespace)
         return Response(status, [("Content-Type", "text/html; charset=utf-8"), ("Cache-Control", "no-store"),
                                  *headers], html.encode())
 
