@@ -9,8 +9,8 @@ Actions (POST, see ``security``): ``/requeue``, ``/delete``, ``/requeue-all``, `
 ``<script>`` is shown as text.
 """
 
-import datetime
 import json
+import logging
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -20,9 +20,11 @@ import gevent
 import jinja2
 
 from geventsched import __version__, lookup, transport
-from geventsched.dashboard import charts, data
+from geventsched.dashboard import charts, data, formats
 from geventsched.dashboard.actions import Actions
 from geventsched.dashboard.security import SECURITY_HEADERS, Denied, Guard, without_token
+
+log = logging.getLogger(__name__)
 
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
@@ -94,8 +96,8 @@ class Dashboard:
         self.redis_url = transport.redact(redis_url)
         self.env = jinja2.Environment(loader=jinja2.PackageLoader("geventsched.dashboard", "templates"),
                                       autoescape=True, trim_blocks=True, lstrip_blocks=True)
-        self.env.filters.update(when=_when, ago=_ago, span=_span, pretty=_pretty, brief=_brief)
-        self.env.globals.update(url=_url, version=__version__)
+        self.env.filters.update(when=formats.when, span=formats.span, pretty=formats.pretty, brief=formats.brief)
+        self.env.globals.update(url=formats.url, version=__version__)
         files = resources.files("geventsched.dashboard").joinpath("static")
         self.static = {name: files.joinpath(name).read_bytes() for name in STATIC}
         self.pages = {"/": self.overview, "/jobs": self.jobs, "/job": self.job, "/schedules": self.schedules}
@@ -115,6 +117,9 @@ class Dashboard:
             response = self.error_page("404 Not Found", str(exc) or "nothing here")
         except transport.RedisError as exc:
             response = self.error_page("503 Service Unavailable", f"Redis: {transport.describe(exc)}")
+        except Exception:  # a bug: said in the log, and a page that still carries the security headers
+            log.exception("dashboard: %s %s failed", request.method, request.path)
+            response = self.error_page("500 Internal Server Error", "the dashboard failed (its log says why)")
         start_response(response.status, response.headers + SECURITY_HEADERS + extra)
         body = response.body
         return [body] if isinstance(body, bytes) else body
@@ -185,7 +190,7 @@ class Dashboard:
             raise NotFound(f"no job state {state!r} (one of {', '.join(lookup.STATES)})")
         q, task = request.arg("q"), request.arg("task")
         if q and request.path == "/jobs" and lookup.job_info(self.store, q) is not None:
-            return _redirect(_url("/job", id=q))  # an id: that job's page, whatever its state
+            return _redirect(formats.url("/job", id=q))  # an id: that job's page, whatever its state
         limit = request.number("limit", PAGE_SIZE, 1, MAX_PAGE_SIZE)
         offset = request.number("offset", 0, 0, 10**12)
         total, rows = lookup.list_jobs(self.store, state, offset, limit, task=task or None, search=q or None)
@@ -205,9 +210,7 @@ class Dashboard:
         return View("schedules.html", "schedules_live.html", {"schedules": data.schedules(self.store)})
 
     def api_overview(self, request):
-        view = data.overview(self.store)
-        view["workers"] = [{k: v for k, v in w.items()} for w in view["workers"]]
-        return view
+        return data.overview(self.store)
 
     def api_job(self, request):
         info = lookup.job_info(self.store, request.arg("id"))
@@ -337,49 +340,3 @@ def _pages(offset, limit, total):
             "next": offset + limit if offset + limit < total else None,
             "last": last if offset < last else None,
             "from": offset + 1 if total else 0, "to": min(offset + limit, total)}
-
-
-def _url(path, **params):
-    kept = {k: v for k, v in params.items() if v not in (None, "")}
-    return path + (f"?{urlencode(kept)}" if kept else "")
-
-
-def _when(ts):
-    """A Unix time as ``geventsched job`` writes it: ISO 8601 in UTC, to the millisecond."""
-    if not isinstance(ts, (int, float)) or isinstance(ts, bool):
-        return "-"
-    try:
-        moment = datetime.datetime.fromtimestamp(ts, datetime.timezone.utc)
-    except (OverflowError, OSError, ValueError):
-        return str(ts)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _ago(ts, now=None):
-    if not isinstance(ts, (int, float)) or isinstance(ts, bool):
-        return "-"
-    return _span((now or time.time()) - ts) + " ago"
-
-
-def _span(seconds):
-    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
-        return "-"
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    if seconds < 120:
-        return f"{seconds:.1f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
-def _pretty(value):
-    return json.dumps(value, indent=2, ensure_ascii=False, default=str)
-
-
-def _brief(value, limit=80):
-    """Arguments in a list's cell: compact JSON, cut short (None: the record was not kept)."""
-    if value is None:
-        return "(not kept)"
-    text = json.dumps(value, ensure_ascii=False, default=str, separators=(",", ":"))
-    return text if len(text) <= limit else text[:limit - 1] + "…"
