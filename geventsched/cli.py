@@ -1,4 +1,4 @@
-"""Command line: ``geventsched worker|master|submit|status|requeue-dead|dashboard|bench``.
+"""Command line: ``geventsched worker|master|submit|status|requeue-dead|schedule|dashboard|bench``.
 
 Parses arguments, builds the config, wires the parts and maps failures to exit codes. No scheduling
 logic lives here.
@@ -23,6 +23,7 @@ from geventsched.channels import parse_channels  # noqa: E402
 from geventsched.config import DURABILITY, MasterConfig, WorkerConfig, redis_url_from_env  # noqa: E402
 from geventsched.dispatch import STRATEGIES  # noqa: E402
 from geventsched.errors import ConfigError, GeventschedError  # noqa: E402
+from geventsched.keys import MAX_PRIORITY  # noqa: E402
 from geventsched.protocol import CODECS, Job, JsonCodec  # noqa: E402
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -91,6 +92,32 @@ def positive_float(text):
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be positive")
     return value
+
+
+def non_negative_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a number >= 0")
+    return value
+
+
+def priority(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_PRIORITY:
+        raise argparse.ArgumentTypeError(f"priority must be a whole number from 0 to {MAX_PRIORITY}, not {text!r}")
+    return value
+
+
+def unique_key(text):
+    if not text:
+        raise argparse.ArgumentTypeError("a unique key must not be empty")
+    return text
 
 
 def channel_spec(text):
@@ -229,6 +256,22 @@ def build_parser():
                    help="seconds --wait waits (default %(default)s)")
     s.add_argument("--job-timeout", type=positive_float, help="time limit for each job (default: the task's)")
     s.add_argument("--max-retries", type=non_negative_int, help="retries after a failure (default: the task's)")
+    when = s.add_mutually_exclusive_group()
+    when.add_argument("--delay", type=non_negative_float, metavar="SECONDS",
+                      help="keep the job scheduled this long before it may start")
+    when.add_argument("--at", metavar="TIME", help="start no earlier than TIME: ISO 8601 with a UTC offset "
+                      "(2026-01-01T09:00:00+01:00) or unix seconds")
+    s.add_argument("--priority", type=priority, default=0, metavar="N",
+                   help="0..9, higher is dispatched first (default 0)")
+    s.add_argument("--unique-key", metavar="KEY", type=unique_key,
+                   help="while a job submitted with KEY is scheduled, queued or running, submit nothing "
+                        "and print that job's id")
+
+    j = sub.add_parser("job", parents=[common], help="show one job",
+                       description="Show one job: its state, task, arguments, attempts, timestamps, and its "
+                                   "result or error. Exit 1 for an unknown id.")
+    j.add_argument("id", help="job id")
+    j.add_argument("--json", action="store_true", help="machine-readable output")
 
     st = sub.add_parser("status", parents=[common], help="show workers, channels and job counts")
     st.add_argument("--json", action="store_true", help="machine-readable output")
@@ -244,6 +287,25 @@ def build_parser():
     d.add_argument("--port", type=port, default=9180, help="port to listen on (default %(default)s)")
     d.add_argument("--token", help="every request must carry it (Authorization: Bearer TOKEN, or ?token=TOKEN "
                                    "once in a browser)")
+
+    sc = sub.add_parser("schedule", help="add, list or remove periodic schedules",
+                        description="Periodic schedules, kept in Redis and fired by the active master.")
+    actions = sc.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = actions.add_parser("add", parents=[common], help="add or replace a schedule",
+                             description="Add schedule NAME, or replace the one of that name.")
+    add.add_argument("name", metavar="NAME")
+    add.add_argument("task", metavar="TASK", help="task name")
+    add.add_argument("args", nargs="*", type=json_value, metavar="ARG", help="JSON values")
+    rule = add.add_mutually_exclusive_group(required=True)
+    rule.add_argument("--every", type=positive_int, metavar="SECONDS",
+                      help="fire at every multiple of SECONDS since the Unix epoch")
+    rule.add_argument("--cron", metavar="EXPR", help='5-field cron expression, e.g. "0 3 * * *"')
+    add.add_argument("--tz", default="UTC", metavar="ZONE", help="IANA time zone of --cron (default UTC)")
+    add.add_argument("--kwargs", type=json_value, default={}, help="JSON object of keyword arguments")
+    ls = actions.add_parser("list", parents=[common], help="list schedules with their next and last fire")
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
+    rm = actions.add_parser("remove", parents=[common], help="remove a schedule")
+    rm.add_argument("name", metavar="NAME")
 
     b = sub.add_parser("bench", parents=[common], help="benchmark master and worker on this machine",
                        description="Run N no-op jobs through a master and a worker process against the Redis "
@@ -362,11 +424,13 @@ def cmd_worker(args):
                           max_payload=args.max_payload)
     if args.codec == "raw" and args.raw_task not in registry:
         raise UsageError(f"--raw-task {args.raw_task!r} is not a registered task")
+    client = _connect_role(args)
+    _register_schedules(client, args, registry)
     if not args.metrics_port:  # metrics off: nothing could read them, so do not count them either
-        return Worker(config, _connect_role(args), registry).run()
+        return Worker(config, client, registry).run()
     metrics_registry = metrics.new_registry()
     hooks = metrics.WorkerMetrics(metrics_registry, registry.names())
-    worker = Worker(config, _connect_role(args), registry, hooks=hooks)
+    worker = Worker(config, client, registry, hooks=hooks)
     hooks.bind(worker)
     with _metrics_endpoint(metrics_registry, args):
         lag = metrics.loop_lag_monitor(hooks.loop_lag)
@@ -385,12 +449,14 @@ def cmd_master(args):
                           strategy=args.strategy, prefetch=args.prefetch, max_attempts=args.max_attempts,
                           durability=args.durability, max_payload=args.max_payload,
                           max_inflight_bytes=args.max_inflight_bytes)
+    registry = default_registry(_app_modules(args))
+    client = _connect_role(args)
+    _register_schedules(client, args, registry)
     if not args.metrics_port:
-        return Master(config, _connect_role(args)).run()
-    task_names = default_registry(_app_modules(args)).names()
+        return Master(config, client).run()
     metrics_registry = metrics.new_registry()
-    hooks = metrics.MasterMetrics(metrics_registry, task_names)
-    master = Master(config, _connect_role(args), hooks=hooks)
+    hooks = metrics.MasterMetrics(metrics_registry, registry.names())
+    master = Master(config, client, hooks=hooks)
     hooks.bind(master)
     with _metrics_endpoint(metrics_registry, args):
         return master.run()
@@ -400,6 +466,19 @@ def _app_modules(args):
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # --app mymodule finds ./mymodule.py, as celery -A does
     return args.app
+
+
+def _register_schedules(client, args, registry):
+    """Add the schedules the loaded apps declare (``@app.periodic``) to Redis; unchanged ones keep
+    their state."""
+    if not registry.schedules:
+        return
+    from geventsched.schedules import Scheduler
+    from geventsched.store import Store
+
+    counts = Scheduler(Store.for_namespace(client, args.namespace)).register(registry.schedules.values())
+    logging.getLogger("geventsched.schedules").info(
+        "schedules of the apps: %s", ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items())))
 
 
 @contextlib.contextmanager
@@ -422,8 +501,10 @@ def cmd_submit(args):
     specs = _job_specs(args)
     client = Client(_connect(args), args.namespace)
     try:
-        handles = client.submit_many(specs, timeout=args.job_timeout, reply=args.wait, max_retries=args.max_retries)
-    except JobTooLarge as exc:
+        handles = client.submit_many(specs, timeout=args.job_timeout, reply=args.wait, max_retries=args.max_retries,
+                                     delay=args.delay, at=args.at, priority=args.priority,
+                                     unique_key=args.unique_key)
+    except (JobTooLarge, ValueError) as exc:
         raise UsageError(str(exc)) from None
     if not args.wait:
         for handle in handles:
@@ -511,6 +592,18 @@ def _job_line(line):
     return doc["task"], args, kwargs
 
 
+def cmd_job(args):
+    from geventsched.lookup import job_info, render_job
+    from geventsched.store import Store
+
+    info = job_info(Store.for_namespace(_connect(args), args.namespace), args.id)
+    if info is None:
+        print(f"error: no job {args.id!r} (unknown, or its result expired)", file=sys.stderr)
+        return EXIT_FAILURE
+    print(json.dumps(info, indent=2) if args.json else render_job(info))
+    return EXIT_OK
+
+
 def cmd_status(args):
     from geventsched.status import render, snapshot
 
@@ -539,6 +632,38 @@ def cmd_dashboard(args):
     return dashboard.serve(store, args.addr, args.port, args.token, args.redis_url)
 
 
+def cmd_schedule(args):
+    from geventsched.schedules import Schedule, ScheduleError, Scheduler, format_time
+    from geventsched.store import Store
+
+    if args.action == "add":  # checked in full before Redis is asked anything
+        if not isinstance(args.kwargs, dict):
+            raise UsageError("--kwargs must be a JSON object")
+        try:
+            schedule = Schedule(args.name, args.task, args.args, args.kwargs, args.every, args.cron, args.tz)
+        except ScheduleError as exc:
+            raise UsageError(str(exc)) from None
+    scheduler = Scheduler(Store.for_namespace(_connect(args), args.namespace))
+    if args.action == "add":
+        outcome = scheduler.add(schedule)
+        state = scheduler.get(schedule.name)
+        print(f"schedule {schedule.name} {outcome}; next fire {format_time(state.next, schedule.tz)}")
+    elif args.action == "remove":
+        if not scheduler.remove(args.name):
+            raise GeventschedError(f"no schedule named {args.name!r}")
+        print(f"schedule {args.name} removed")
+    elif args.json:
+        print(json.dumps([state.to_dict() for state in scheduler.list()], indent=2))
+    else:
+        rows = [(s.schedule.name, s.schedule.task, s.schedule.rule, s.schedule.tz, format_time(s.next, s.schedule.tz),
+                 format_time(s.last, s.schedule.tz), s.job or "-") for s in scheduler.list()]
+        header = ("NAME", "TASK", "RULE", "TZ", "NEXT FIRE", "LAST FIRE", "LAST JOB")
+        widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+        for row in [header, *rows]:
+            print("  ".join(str(value).ljust(width) for value, width in zip(row, widths)).rstrip())
+    return EXIT_OK
+
+
 def cmd_bench(args):
     from geventsched.rig import command
 
@@ -550,7 +675,9 @@ COMMANDS = {
     "master": cmd_master,
     "submit": cmd_submit,
     "status": cmd_status,
+    "job": cmd_job,
     "requeue-dead": cmd_requeue_dead,
+    "schedule": cmd_schedule,
     "dashboard": cmd_dashboard,
     "bench": cmd_bench,
 }

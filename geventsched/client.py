@@ -23,7 +23,7 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from geventsched import transport
+from geventsched import submission, transport
 from geventsched.backoff import Backoff
 from geventsched.config import DEFAULT_MAX_PAYLOAD
 from geventsched.errors import DecodeError, JobFailed, JobTooLarge, RedisUnavailable
@@ -88,34 +88,49 @@ class Client:
         """A client of the Redis at ``url`` (see ``transport.connect`` for the URL forms)."""
         return cls(transport.connect(url), namespace, **kwargs)
 
-    def submit(self, task: str, *args: Any, **kwargs: Any) -> JobHandle:
-        """Submit one job for ``task``; returns its JobHandle."""
-        return self.submit_many([(task, args, kwargs)])[0]
+    def submit(self, task: str, *args: Any, _delay: float | None = None, _at: Any = None, _priority: int = 0,
+               _unique_key: str | None = None, _timeout: float | None = None, _max_retries: int | None = None,
+               **kwargs: Any) -> JobHandle:
+        """Submit one job for ``task``; returns its JobHandle. Every other keyword goes to the task.
+
+        Options (underscored, so they never clash with a task's own keywords; see ``submission.py``):
+        ``_delay`` seconds or ``_at`` a time (unix seconds, aware datetime, ISO 8601 with an offset):
+        the job waits in Redis until then; ``_priority`` 0..9, higher first; ``_unique_key``: while a
+        job with that key is scheduled, queued or running, nothing is submitted and the handle is that
+        job's; ``_timeout`` and ``_max_retries`` override the task's.
+        """
+        return self.submit_many([(task, args, kwargs)], timeout=_timeout, max_retries=_max_retries, delay=_delay,
+                                at=_at, priority=_priority, unique_key=_unique_key)[0]
 
     def submit_many(self, specs: Iterable[Spec], timeout: float | None = None, key: str | None = None,
-                    reply: bool = True, max_retries: int | None = None) -> list[JobHandle]:
+                    reply: bool = True, max_retries: int | None = None, *, delay: float | None = None,
+                    at: Any = None, priority: int = 0, unique_key: str | None = None) -> list[JobHandle]:
         """Submit ``[(task, args, kwargs), ...]`` in one transaction; returns their handles in order.
 
         Arguments must be JSON values (a TypeError says which is not). ``timeout`` overrides the
         task's time limit; ``key`` is the affinity key for ``--strategy hash``; ``max_retries``
-        overrides the task's retries after a failure.
+        overrides the task's retries after a failure. ``delay``/``at``, ``priority`` and
+        ``unique_key`` apply to every job (see ``submit``); with a unique key, the jobs after the
+        first get the first one's handle. A bad option raises ValueError before anything is sent.
         """
         specs = list(specs)
         if not specs:
             return []
+        now = time.time()
+        opts = submission.options(now, delay, at, priority, unique_key)
         if reply:
             # Listen before the jobs exist: without durability a result is only announced, never stored.
             self._listen()
             self._drain()
         ids = self._new_ids(len(specs))
-        now = time.time()
         timeout = timeout if timeout is not None else self.timeout
         reply_to = self.reply_channel if reply else None
         encoded, handles = [], []
+        extra = opts.extra()
         for job_id, (task, args, kwargs) in zip(ids, specs):
             job = Job(job_id, task, list(args), dict(kwargs), timeout, reply_to, now, key, max_retries)
             try:
-                body = self.codec.encode_job(job)
+                body = self.codec.encode_job(job, extra)
             except (TypeError, ValueError) as exc:
                 raise TypeError(f"arguments of {task} are not JSON values: {exc}") from None
             if len(body) > self.max_payload:
@@ -124,8 +139,12 @@ class Client:
                                   f"data by reference (a key, a path, a URL)")
             encoded.append((job_id, body))
             handles.append(JobHandle(self, job_id, task))
-        self.store.submit(encoded)
-        return handles
+        if opts.plain:
+            self.store.submit(encoded)
+            return handles
+        given = self.store.submit_with_options(
+            [(job_id, body, opts.priority, opts.due, opts.unique_key) for job_id, body in encoded])
+        return [h if h.id == job_id else JobHandle(self, job_id, h.task) for h, job_id in zip(handles, given)]
 
     def _new_ids(self, count):
         """``count`` job ids, from ids this client reserved earlier where it has enough: a submit is
@@ -245,8 +264,9 @@ class Client:
                 want.discard(job_id)
 
     def _keep(self, data, want):
+        """A stored result (with its job's record: no size limit applies, it is ours)."""
         try:
-            result = self.codec.decode_result(data)
+            result = self.codec.decode_result(data, max_payload=None)
         except DecodeError:
             return
         if result.id in want:

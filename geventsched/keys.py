@@ -13,21 +13,28 @@ Keys:
 
     geventsched:seq               INCR counter for job ids
     geventsched:jobs              hash  id -> encoded job (queued or in flight)
-    geventsched:intake            list  ids waiting for the master, oldest first
+    geventsched:intake            list  ids of priority-0 jobs waiting for the master, oldest first
+    geventsched:intake:<p>        list  the same for priority p (1..9); the master takes the highest first
+    geventsched:priority          hash  id -> p, for jobs of priority p > 0 (back to their list on a requeue)
+    geventsched:unique            hash  unique key -> id of the job that holds it (while that job has a
+                                  record and no result)
     geventsched:inflight          zset  id -> deadline (unix seconds) of dispatched jobs
-    geventsched:dispatched        hash  id -> "<token> <worker>": the dispatch in flight, its token (results must
-                                  carry it) and the worker it went to (found again after a master restart)
+    geventsched:dispatched        hash  id -> "<token> <time> <channel> <worker>": the dispatch in flight, its
+                                  token (results must carry it), when it went, the channel and the worker
+                                  it went to (found again after a master restart)
     geventsched:tasks             hash  task name -> JSON of its options (time limit), written by workers
     geventsched:attempts          hash  id -> dispatches that ended without a result (requeued)
     geventsched:retries           hash  id -> retries after failures so far
-    geventsched:scheduled         zset  id -> when a failed job runs again (retry backoff)
+    geventsched:scheduled         zset  id -> when a delayed job is due, or a failed one runs again (backoff)
     geventsched:dead              list  ids of dead-lettered jobs
     geventsched:result:<id>       string, encoded result, with a TTL
     geventsched:finished          hash  status -> count of jobs finished (each job once)
+    geventsched:done              list  ids of finished jobs, oldest first, while their results are kept
     geventsched:workers           set   ids of registered workers
     geventsched:worker:<id>       string, the worker's heartbeat (JSON), expires when it stops beating
     geventsched:channels          hash  channel -> id of the worker holding it (the channel lease)
     geventsched:master            string, id of the active master (lease with a TTL)
+    geventsched:schedules         hash  name -> periodic schedule (JSON); fire:<name>:<time> claims a fire time
 
 On a Redis Cluster (``cluster=True``) our own prefix is a hash tag, ``{geventsched}:`` (or
 ``{NS:geventsched}:``), and the result channel is ``{geventsched}:CHANNEL_RESULT``: every key, the
@@ -37,6 +44,8 @@ every shard's slots: that is the traffic that grows with the fleet.
 """
 
 DISPATCH_PREFIX = "CHANNEL_DISPATCH_"
+#: Priorities run from 0 (the default) to this; higher is dispatched first.
+MAX_PRIORITY = 9
 
 
 class Keys:
@@ -53,6 +62,11 @@ class Keys:
         self.seq = own + "seq"
         self.jobs = own + "jobs"
         self.intake = own + "intake"
+        #: The intake lists, highest priority first: the order the master claims in.
+        self.intakes = [self.intake_for(p) for p in range(MAX_PRIORITY, -1, -1)]
+        self.priority = own + "priority"
+        self.unique = own + "unique"
+        self.done = own + "done"
         self.inflight = own + "inflight"
         self.attempts = own + "attempts"
         self.dispatched = own + "dispatched"
@@ -66,6 +80,11 @@ class Keys:
         self.worker_prefix = own + "worker:"
         self.channels = own + "channels"
         self.master = own + "master"
+        self.schedules, self.fire_prefix = own + "schedules", own + "fire:"
+
+    def intake_for(self, priority):
+        """The intake list of jobs of ``priority`` (0..9); priority 0 keeps the original list."""
+        return self.intake if not priority else f"{self.intake}:{priority}"
 
     def dispatch_channel(self, name):
         """``name`` is a channel number or a full channel name (from ``--channels``)."""

@@ -12,6 +12,10 @@ Greenlets:
               (unknown jobs, stale copies, a stranger's) are counted and ignored.
 * discovery   once a second (``discovery.py``): live workers and the channels they hold; a worker that
               stopped heartbeating loses its channels and its in-flight jobs go back to the intake.
+* timer       at the earliest due time of a scheduled job (a delayed job, a retry after its backoff)
+              or of a periodic schedule, or once a second: moves the due jobs to the intake
+              (``promote``) and fires the due schedules (``schedules.py``); a new scheduled job's or
+              schedule's wake-up makes it look again.
 * reaper      once a second: in-flight jobs past their deadline go back to the intake, or to the
               dead-letter list after the last attempt (without durability: dispatches past their
               deadline are forgotten, and their slots come back).
@@ -41,6 +45,7 @@ from geventsched.lease import Lease
 from geventsched.ledger import Ledger, new_token
 from geventsched.loops import Loops
 from geventsched.protocol import RETRY, Job, JsonCodec, error_result, make_codec
+from geventsched.schedules import Scheduler
 from geventsched.store import Outcome, Store
 
 log = logging.getLogger(__name__)
@@ -65,8 +70,10 @@ class Master:
         self.pending = deque()  # claimed jobs waiting for a channel
         self.ledger = Ledger(self.table)
         self._wake = Event()
+        self._timer = Event()  # a job was scheduled: the timer looks for the earliest due time again
         self._wakeup = self.keys.wakeup_channel.encode()  # the intake's cue, among the results
         self.discovery = Discovery(self.store, self.table, config, self.hooks, self._lose_worker, self._wake.set)
+        self.scheduler = Scheduler(self.store, self.hooks)  # periodic schedules, fired while we hold the lease
         self._static = [self.keys.dispatch_channel(c) for c in config.channels]
         self._benched = {}  # static channel name -> (time it may come back, cap)
         self._local_prefix = f"m{os.urandom(3).hex()}-"  # ids of submit_local jobs
@@ -91,6 +98,8 @@ class Master:
         self._open()
         self._loops.spawn("collector", self._collect_loop)
         self._loops.spawn("dispatcher", self._dispatch_loop)
+        if self.durable:
+            self._loops.spawn("timer", self._timer_loop)
         self._loops.spawn("reaper", self._every, self.config.reap_interval,
                           self._reap if self.durable else self._expire)
         if not self._static:
@@ -126,6 +135,9 @@ class Master:
             raise GeventschedError("another master holds the lease now")
         if not self._static:
             self.discovery.refresh()
+        if self.durable:
+            self._promote()
+            self.scheduler.fire_due()
         (self._reap if self.durable else self._expire)()
         self._claim()
         self._dispatch()
@@ -194,11 +206,11 @@ class Master:
         state = {"in_flight": len(self.ledger), "workers": len(self.discovery.workers), "channels": len(self.table)}
         pending = len(self.pending)  # read before the round trip, which lets the loops run
         try:
-            intake, dead = self.store.depths()
+            intake, dead, scheduled = self.store.depths()
         except transport.RedisError as exc:
             log.warning("master: cannot read the queue depth from Redis: %s", transport.describe(exc))
             return state
-        state.update(queued=pending + intake, dead=dead)
+        state.update(queued=pending + intake, dead=dead, scheduled=scheduled)
         return state
 
     def _close_connections(self):
@@ -358,7 +370,7 @@ class Master:
         commands = []
         if self.durable:  # in the same write: published jobs get their full deadline and their dispatch record
             commands.append(self.store.deadline_command([(int(e.deadline), e.job.id) for e in sent]))
-            commands.append(self.store.dispatch_command([(e.job.id, e.channel.worker) for e in sent], token))
+            commands.append(self.store.dispatch_command([(e.job.id, e.channel) for e in sent], token, now))
         try:
             replies = self._publisher.send(messages, commands)
         except transport.ConnectionLost:
@@ -423,6 +435,8 @@ class Master:
         for channel, data in messages:
             if channel != wakeup:
                 self._collect(data, raw_results)
+            elif data == b"scheduled":
+                self._timer.set()
         if raw_results:
             self._record_raw(raw_results)
 
@@ -477,7 +491,7 @@ class Master:
         stored = [data for data in self.store.get_results(ids) if data is not None]
         for data in stored:
             try:
-                self._take_result(self.stored.decode_result(data), [], trusted=True)
+                self._take_result(self.stored.decode_result(data, max_payload=None), [], trusted=True)
             except DecodeError as exc:
                 log.warning("master: ignored an unreadable stored result: %s", exc)
         if stored:
@@ -486,9 +500,33 @@ class Master:
 
     # -- housekeeping ----------------------------------------------------------------------------
 
-    def _reap(self, reason="deadline"):
-        if self.store.promote():
+    def _timer_loop(self):
+        """Promote scheduled jobs as they come due: sleep until the earliest due time (at most a second,
+        so a job scheduled by a process whose wake-up was lost still runs on time), or until a new
+        scheduled job's wake-up."""
+        stop, timer = self._stop, self._timer
+        backoff = Backoff(first=0.1, cap=5.0)
+        while not stop.is_set():
+            timer.clear()
+            try:
+                next_due = _earliest(self._promote(), self.scheduler.fire_due())
+                backoff.reset()
+            except transport.RedisError as exc:
+                log.warning("master: promoting scheduled jobs failed: %s", transport.describe(exc))
+                stop.wait(backoff.next())
+                continue
+            delay = 1.0 if next_due is None else min(1.0, next_due - time.time())
+            if delay > 0:
+                timer.wait(delay)
+
+    def _promote(self):
+        """Move the scheduled jobs that are due to the intake. Returns when the next one is due, or None."""
+        moved, next_due = self.store.promote()
+        if moved:
             self._wake.set()
+        return next_due
+
+    def _reap(self, reason="deadline"):
         if self.pending and self.durable:  # still ours, waiting for room: keep the reaper off them
             self.store.extend([job.id for job in self.pending], time.time() + CLAIM_GRACE)
         requeued, dead = self.store.reap(self.config.max_attempts)
@@ -505,6 +543,7 @@ class Master:
         if dead:
             log.warning("master: %d jobs ran out of attempts, dead-lettered", len(dead))
         self.store.trim_dead()
+        self.store.trim_done()
 
     def _expire(self):
         """Without durability: forget dispatches past their deadline (their message was lost, refused,
@@ -531,6 +570,11 @@ class Master:
         # workers ends in the dead letters.
         self.store.expire_now(sorted(set(lost).union(self.store.owned_by(worker_id))))
         self._reap(reason="worker_lost")
+
+
+def _earliest(*times):
+    """The earliest of unix times, None among them meaning "none"."""
+    return min((t for t in times if t is not None), default=None)
 
 
 class _Unreadable:

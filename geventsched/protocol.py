@@ -103,6 +103,9 @@ class Result:
     raw: bool = False
     #: The token of the dispatch this result answers.
     token: str | None = None
+    #: When the worker started and ended the run (unix seconds; 0 = not run by a worker).
+    started: float = 0.0
+    ended: float = 0.0
 
     @property
     def ok(self):
@@ -122,7 +125,9 @@ class JsonCodec:
     def __init__(self, max_payload=DEFAULT_MAX_PAYLOAD):
         self.max_payload = max_payload
 
-    def encode_job(self, job):
+    def encode_job(self, job, extra=None):
+        """``extra``: more fields for the stored record (priority, due time, unique key, schedule), read
+        by lookups and scripts, ignored by workers."""
         if job.payload is not None:
             return job.payload
         doc = {"v": VERSION, "id": job.id, "task": job.task, "args": job.args, "kwargs": job.kwargs}
@@ -136,6 +141,8 @@ class JsonCodec:
             doc["key"] = job.key
         if job.max_retries is not None:
             doc["max_retries"] = job.max_retries
+        if extra:
+            doc.update(extra)
         return _dumps(doc, (job.args, job.kwargs, job.timeout, job.submitted_at))
 
     def encode_dispatch(self, job, tail):
@@ -173,13 +180,18 @@ class JsonCodec:
             doc["raw"] = True
         if result.token:
             doc["tok"] = result.token
+        if result.started:
+            doc["t0"] = result.started
+            doc["t1"] = result.ended
         return _dumps(doc, result.value)
 
-    def decode_result(self, data):
-        doc = self._load(data)
+    def decode_result(self, data, max_payload=-1):
+        """``max_payload``: None = no size limit (a result read back from Redis), -1 = the codec's."""
+        doc = self._load(data, max_payload)
         try:
             result = Result(doc["id"], doc["status"], doc.get("value"), doc.get("error"),
-                            doc.get("task", ""), bool(doc.get("raw", False)), doc.get("tok"))
+                            doc.get("task", ""), bool(doc.get("raw", False)), doc.get("tok"),
+                            _seconds(doc.get("t0")), _seconds(doc.get("t1")))
         except KeyError as exc:
             raise DecodeError("missing_field", f"result has no {exc.args[0]!r}") from None
         if not isinstance(result.id, str) or (result.status not in STATUSES and result.status != RETRY):
@@ -201,6 +213,11 @@ class JsonCodec:
         if type(version) is not int or version != VERSION:  # true and 1.0 are not 1
             raise DecodeError("bad_version", f"version {version!r}, this side speaks {VERSION}")
         return doc
+
+
+def _seconds(value):
+    """A timestamp read from a result: a number, else 0."""
+    return value if type(value) is float or type(value) is int else 0.0
 
 
 def _check_size(data, max_payload):

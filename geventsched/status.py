@@ -11,7 +11,8 @@ NAME_WIDTH = 44
 
 
 def snapshot(client, namespace=""):
-    """A JSON-ready dict: ``workers``, ``nodes``, ``channels``, ``queued``, ``in_flight``, ``retrying``,
+    """A JSON-ready dict: ``workers``, ``nodes``, ``channels``, ``scheduled`` (delayed jobs and retries
+    waiting for their backoff; also under its older name ``retrying``), ``queued``, ``in_flight``,
     ``dead``, ``finished``."""
     store = Store.for_namespace(client, namespace)
     return assemble(store.workers(), store.channel_owners(), store.counts())
@@ -75,7 +76,7 @@ def nodes(workers):
 def render(snap):
     """The text form: totals, then per node a total line followed by its worker processes."""
     lines = [f"workers: {len(snap['workers'])}   nodes: {len(snap['nodes'])}   channels: {snap['channels']}   "
-             f"queued: {snap['queued']}   in flight: {snap['in_flight']}   retrying: {snap['retrying']}   "
+             f"scheduled: {snap['scheduled']}   queued: {snap['queued']}   in flight: {snap['in_flight']}   "
              f"dead: {snap['dead']}",
              "finished: " + "  ".join(f"{k} {v}" for k, v in snap["finished"].items())]
     if snap["workers"]:

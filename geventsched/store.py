@@ -6,11 +6,14 @@ and a crash can never leave half of a change behind. Key layout: see ``keys.py``
 A job's life::
 
     submit   HSET jobs id body; RPUSH intake id; PUBLISH wakeup       (Client)
-    claim    LPOP intake n; HMGET jobs; ZADD inflight deadline id ...     (Master, one script per batch)
+             (with a due time, a priority or a unique key: one script, ``submit.lua``; a delayed job
+             waits in ``scheduled``, a job of priority p in ``intake:p``)
+    claim    LPOP intake n (highest priority first); HMGET jobs; ZADD inflight deadline id ...
+                                                                      (Master, one script per batch)
     finish   SET result:id NX EX ttl -> if new: HINCRBY finished status; ZREM inflight; HDEL jobs;
-             PUBLISH reply; and PUBLISH CHANNEL_RESULT                (Worker, one script per batch)
+             RPUSH done; PUBLISH reply; and PUBLISH CHANNEL_RESULT     (Worker, one script per batch)
              (a failure with retries left goes to ``scheduled`` instead, due after its backoff)
-    promote  scheduled retries that are due -> intake                 (Master, once a second)
+    promote  scheduled jobs that are due -> intake                    (Master, at the due time)
     reap     in flight past its deadline -> back to the intake, or dead after the last attempt
                                                                       (Master, once a second)
 
@@ -80,6 +83,7 @@ class Store:
         def register(name):
             return client.register_script(lua_script(name))
 
+        self._submit = register("submit")
         self._claim = register("claim")
         self._take = register("take")
         self._finish = register("finish")
@@ -88,6 +92,7 @@ class Store:
         self._requeue = register("requeue")
         self._requeue_dead = register("requeue_dead")
         self._trim_dead = register("trim_dead")
+        self._trim_done = register("trim_done")
         self._claim_channels = register("claim_channels")
         self._release_worker = register("release_worker")
 
@@ -101,6 +106,8 @@ class Store:
     def submit(self, encoded, front=False):
         """Enqueue ``[(id, body), ...]`` atomically and wake the master (``front``: ahead of the rest)."""
         k = self.keys
+        if not encoded:
+            return
         pipe = self.client.pipeline(transaction=True)
         for i in range(0, len(encoded), 1000):
             chunk = encoded[i:i + 1000]
@@ -112,6 +119,21 @@ class Store:
                 pipe.rpush(k.intake, *ids)
         (pipe.spublish if k.cluster else pipe.publish)(k.wakeup_channel, b"1")
         pipe.execute()
+
+    def submit_with_options(self, entries, wake=True):
+        """Enqueue ``[(id, body, priority, due, unique_key), ...]`` (``due``: unix seconds or None for
+        now; ``unique_key`` or None) in one script call per thousand, and wake the master. Returns the
+        ids in order: each job's own, or the id of the job already holding its unique key (that job
+        was then not submitted)."""
+        k = self.keys
+        out = []
+        for i in range(0, len(entries), 1000):
+            args = [k.result_prefix, k.wakeup_channel if wake else "", self._publish_command]
+            for job_id, body, priority, due, unique in entries[i:i + 1000]:
+                args += (job_id, body, int(priority), "" if due is None else repr(float(due)), unique or "")
+            ids = self._submit(keys=[k.jobs, k.scheduled, k.priority, k.unique, k.intake], args=args)
+            out.extend(i.decode() for i in ids)
+        return out
 
     def get_results(self, ids):
         """Stored results for ``ids`` (None where there is none yet)."""
@@ -140,7 +162,7 @@ class Store:
         """Move up to ``count`` jobs from the intake to in-flight, with a deadline ``grace`` seconds
         away (see ``deadline_command``). Returns ``[(id, body, attempt), ...]``."""
         k = self.keys
-        flat = self._claim(keys=[k.intake, k.jobs, k.inflight, k.attempts],
+        flat = self._claim(keys=[k.jobs, k.inflight, k.attempts, *k.intakes],
                            args=[count, (now or time.time()) + grace])
         return [(flat[i].decode(), flat[i + 1], int(flat[i + 2])) for i in range(0, len(flat), 3)]
 
@@ -151,13 +173,16 @@ class Store:
         return transport.pack_pairs("ZADD", self.keys.inflight, deadlines, flags=("XX",),
                                     shared=0, shared_value=_round_up)
 
-    def dispatch_command(self, dispatches, token):
-        """``HSET dispatched id "token worker" ...`` packed for ``[(id, worker_id), ...]`` dispatched
-        under ``token``: the dispatch each job is in flight under (its token, checked by ``finish`` and
-        ``requeue``) and the worker it went to, so a master that starts after a crash finds a lost
-        worker's jobs. Runs once per dispatched batch."""
-        return transport.pack_pairs("HSET", self.keys.dispatched, dispatches, shared=1,
-                                    shared_value=lambda worker_id: f"{token} {worker_id or ''}")
+    def dispatch_command(self, dispatches, token, now):
+        """``HSET dispatched id "token time channel worker" ...`` packed for ``[(id, channel), ...]``
+        (``dispatch.Channel`` entries) dispatched under ``token`` at ``now``: the dispatch each job is in
+        flight under (its token, checked by ``finish`` and ``requeue``), when it went, the channel and
+        the worker it went to, so a master that starts after a crash finds a lost worker's jobs, and a
+        lookup shows where a job runs. Runs once per dispatched batch."""
+        return transport.pack_pairs(
+            "HSET", self.keys.dispatched, dispatches, shared=1,
+            shared_value=lambda channel: b"%s %.3f %s %s" % (token.encode(), now, channel.name,
+                                                           (channel.worker or "").encode()))
 
     def current(self, dispatches):
         """For each ``(id, token)``: is that dispatch the one in flight?"""
@@ -187,7 +212,8 @@ class Store:
     def take(self, count):
         """``--durability none``: remove up to ``count`` jobs from the intake, keeping no record.
         Returns ``[(id, body, 1), ...]``."""
-        flat = self._take(keys=[self.keys.intake, self.keys.jobs], args=[count])
+        k = self.keys
+        flat = self._take(keys=[k.jobs, k.priority, *k.intakes], args=[count])
         return [(flat[i].decode(), flat[i + 1], 1) for i in range(0, len(flat), 2)]
 
     def reap(self, max_attempts, limit=1000, now=None):
@@ -197,7 +223,7 @@ class Store:
         """
         k = self.keys
         requeued, dead = self._reap(
-            keys=[k.inflight, k.jobs, k.attempts, k.intake, k.dead, k.finished, k.dispatched],
+            keys=[k.inflight, k.jobs, k.attempts, k.intake, k.dead, k.finished, k.dispatched, k.priority],
             args=[now or time.time(), limit, max_attempts, k.result_prefix, self.result_ttl,
                   self._publish_command])
         return [i.decode() for i in requeued], [i.decode() for i in dead]
@@ -214,7 +240,7 @@ class Store:
             args = [k.result_prefix, "1" if trusted else "0"]
             for job_id, token in dispatches[i:i + 1000]:
                 args += (job_id, token or "")
-            total += self._requeue(keys=[k.inflight, k.intake, k.dispatched], args=args)
+            total += self._requeue(keys=[k.inflight, k.intake, k.dispatched, k.priority], args=args)
         if total:
             self._wake_up(k.wakeup_channel, b"1")
         return total
@@ -240,14 +266,21 @@ class Store:
         for o in retries:
             args += (o.id, o.status, o.payload, o.reply or "", o.token or "", o.task, o.max_retries, o.backoff)
         return self._finish(keys=[k.finished, k.inflight, k.jobs, k.attempts, k.retries, k.scheduled,
-                                  k.dispatched], args=args)
+                                  k.dispatched, k.done, k.priority, k.unique], args=args)
 
     def promote(self, limit=1000, now=None):
-        """Move retries that are due back to the intake. Returns how many."""
-        n = self._promote(keys=[self.keys.scheduled, self.keys.intake], args=[now or time.time(), limit])
+        """Move scheduled jobs that are due (delayed jobs, retries after their backoff) to their intake
+        list. Returns ``(how many, when the next one is due or None)``."""
+        k = self.keys
+        n, next_due = self._promote(keys=[k.scheduled, k.intake, k.priority], args=[now or time.time(), limit])
         if n:
-            self._wake_up(self.keys.wakeup_channel, b"1")
-        return n
+            self._wake_up(k.wakeup_channel, b"1")
+        return n, float(next_due) if next_due else None
+
+    def trim_done(self, limit=1000):
+        """Forget finished jobs whose results have expired from the index of finished jobs (oldest
+        first). Returns how many went."""
+        return self._trim_done(keys=[self.keys.done], args=[self.keys.result_prefix, limit])
 
     def register_worker(self, worker_id, heartbeat, ttl, channels, partial=False):
         """Claim ``channels`` for ``worker_id`` and register it. Returns ``{channel: holder}`` of the
@@ -306,25 +339,39 @@ class Store:
     # -- status ----------------------------------------------------------------------------------
 
     def depths(self):
-        """``(queued, dead)``: lengths of the intake and of the dead-letter list, in one round trip."""
+        """``(queued, dead, scheduled)``: jobs in the intake lists, dead letters and scheduled jobs, in
+        one round trip."""
+        k = self.keys
         pipe = self.client.pipeline(transaction=False)
-        pipe.llen(self.keys.intake)
-        pipe.llen(self.keys.dead)
-        return tuple(pipe.execute())
+        for intake in k.intakes:
+            pipe.llen(intake)
+        pipe.llen(k.dead)
+        pipe.zcard(k.scheduled)
+        *queued, dead, scheduled = pipe.execute()
+        return sum(queued), dead, scheduled
+
+    def queued_by_priority(self):
+        """``{priority: jobs in its intake list}`` for priorities 0..9."""
+        pipe = self.client.pipeline(transaction=False)
+        for intake in self.keys.intakes:
+            pipe.llen(intake)
+        return dict(zip(range(len(self.keys.intakes) - 1, -1, -1), pipe.execute()))
 
     def counts(self):
         k = self.keys
         pipe = self.client.pipeline(transaction=False)
-        pipe.llen(k.intake)
+        for intake in k.intakes:
+            pipe.llen(intake)
         pipe.zcard(k.inflight)
         pipe.llen(k.dead)
         pipe.hgetall(k.finished)
         pipe.zcard(k.scheduled)
-        queued, in_flight, dead, finished, scheduled = pipe.execute()
-        totals = {status: 0 for status in ("ok", "error", "timeout", "dead")}
+        *queued, in_flight, dead, finished, scheduled = pipe.execute()
+        totals = {status: 0 for status in ("ok", "error", "timeout", "cancelled", "dead")}
         totals.update({s.decode(): int(n) for s, n in finished.items()})
-        return {"queued": queued, "in_flight": in_flight, "retrying": scheduled, "dead": dead,
-                "finished": totals}
+        # "retrying" is the older name of "scheduled" (retries waiting for their backoff are scheduled).
+        return {"queued": sum(queued), "in_flight": in_flight, "scheduled": scheduled, "retrying": scheduled,
+                "dead": dead, "finished": totals}
 
     def delete_namespace(self):
         """Delete every key of this namespace (hash-tagged ones too): the clean-up of a benchmark run
@@ -344,7 +391,7 @@ class Store:
         total, start = 0, 0
         while True:
             moved, removed, scanned = self._requeue_dead(
-                keys=[k.dead, k.jobs, k.intake, k.attempts, k.finished, k.retries],
+                keys=[k.dead, k.jobs, k.intake, k.attempts, k.finished, k.retries, k.priority],
                 args=[k.result_prefix, task or "", start, batch])
             total += moved
             if scanned < batch:
@@ -357,7 +404,8 @@ class Store:
     def trim_dead(self, limit=1000):
         """Forget dead letters whose result has expired (oldest first). Returns how many went."""
         k = self.keys
-        return self._trim_dead(keys=[k.dead, k.jobs, k.attempts, k.retries], args=[k.result_prefix, limit])
+        return self._trim_dead(keys=[k.dead, k.jobs, k.attempts, k.retries, k.priority],
+                               args=[k.result_prefix, limit])
 
     @classmethod
     def for_namespace(cls, client, namespace, result_ttl=DEFAULT_RESULT_TTL):

@@ -331,7 +331,7 @@ class Worker:
         seconds = job.timeout if job.timeout is not None else task.timeout
         me = getcurrent()
         armed = self._deadlines.arm(me, seconds) if seconds else None
-        started = time.perf_counter()
+        started, began = time.perf_counter(), time.time()
         try:
             if task.blocking:
                 value = self._threads.apply(task.fn, job.args, job.kwargs)
@@ -346,7 +346,9 @@ class Worker:
         finally:
             if armed is not None:
                 self._deadlines.disarm(me, armed)
-        self.hooks.on_finished(job, result.status, time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        result.started, result.ended = began, began + elapsed
+        self.hooks.on_finished(job, result.status, elapsed)
         if result.status != "ok":
             self._log_failure(job, result.error["type"])
         self._emit(job, result, task)

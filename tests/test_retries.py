@@ -53,7 +53,7 @@ def test_job_that_fails_twice_succeeds_on_the_third_run(spawn, r, namespace, red
     client.close()
     assert (tmp_path / "a").read_text() == "xxx"
     snap = status(r, namespace)
-    assert snap["finished"] == {"ok": 1, "error": 0, "timeout": 0, "dead": 0}
+    assert snap["finished"] == {"ok": 1, "error": 0, "timeout": 0, "cancelled": 0, "dead": 0}
     assert snap["retrying"] == 0 and snap["in_flight"] == 0
 
 

@@ -38,7 +38,7 @@ ACL_SETUSER = (
     "+hset +hget +hmget +hgetall +hdel +hincrby +hscan "
     "+lpush +rpush +lpop +lrange +lrem +llen "
     "+sadd +srem +smembers "
-    "+zadd +zrem +zrangebyscore +zcard"
+    "+zadd +zrem +zrangebyscore +zcard +zrange +zscore +hexists"
 )
 
 HANG_GUARD = 60  # seconds: only to turn a hang into a failure
@@ -329,6 +329,13 @@ def run_every_path(url, namespace, launch):
         failed = client.submit_many([("fail", ("boom",), {})], max_retries=1)[0].wait(timeout=HANG_GUARD)
         assert failed is not None and failed.status == "error" and failed.error["message"] == "boom"
 
+        # Options: a delayed job of a higher priority with a unique key (the submit script).
+        special = client.submit("echo", "special", _delay=0.2, _priority=5, _unique_key="once")
+        assert client.submit("echo", "again", _unique_key="once").id == special.id
+        assert special.result(HANG_GUARD) == "special"
+        shown = run_cli("job", special.id, "--redis-url", url, "--namespace", namespace)
+        assert shown.returncode == 0 and "finished (ok)" in shown.stdout, shown.stderr
+
         # Jobs still running when the worker is told to stop go back to the queue (hand-back).
         sleepers = client.submit_many([("sleep", (60,), {}) for _ in range(2)])
         wait_until(running_on_the_worker(client, namespace, 2), timeout=HANG_GUARD,
@@ -352,7 +359,7 @@ def run_every_path(url, namespace, launch):
     assert requeued.stdout.strip() == "2 dead jobs re-queued"
     status = run_cli("status", "--redis-url", url, "--namespace", namespace)
     assert status.returncode == 0, status.stderr
-    assert "dead: 0" in status.stdout and "ok 200" in status.stdout
+    assert "dead: 0" in status.stdout and "ok 201" in status.stdout
     master.signal(signal.SIGTERM)
     assert master.wait(HANG_GUARD) == 0, master.output()
 

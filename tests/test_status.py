@@ -6,8 +6,8 @@ import json
 from conftest import run_cli, wait_until, workers_registered
 from geventsched.status import assemble, nodes, render
 
-COUNTS = {"queued": 4, "in_flight": 2, "retrying": 1, "dead": 0,
-          "finished": {"ok": 7, "error": 1, "timeout": 0, "dead": 0}}
+COUNTS = {"queued": 4, "in_flight": 2, "scheduled": 1, "retrying": 1, "dead": 0,
+          "finished": {"ok": 7, "error": 1, "timeout": 0, "cancelled": 0, "dead": 0}}
 
 
 def beat(host, pid, running=0, queued=0, free=1000):
@@ -56,9 +56,9 @@ def cells(line):
 
 def test_render_groups_workers_under_a_node_total_line():
     lines = render(example()).splitlines()
-    assert lines[0].split() == ["workers:", "3", "nodes:", "2", "channels:", "6", "queued:", "4", "in", "flight:",
-                                "2", "retrying:", "1", "dead:", "0"]
-    assert lines[1] == "finished: ok 7  error 1  timeout 0  dead 0"
+    assert lines[0].split() == ["workers:", "3", "nodes:", "2", "channels:", "6", "scheduled:", "1", "queued:",
+                                "4", "in", "flight:", "2", "dead:", "0"]
+    assert lines[1] == "finished: ok 7  error 1  timeout 0  cancelled 0  dead 0"
     table = lines[3:]
     assert cells(table[0])[-5:] == ["pid", "channels", "running", "queued", "free"]
     assert [cells(line) for line in table[1:]] == [

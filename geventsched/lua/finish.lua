@@ -6,7 +6,10 @@
 -- KEYS[4] attempts    hash id -> dispatches without a result
 -- KEYS[5] retries     hash id -> retries so far
 -- KEYS[6] scheduled   zset id -> when a failed job runs again
--- KEYS[7] dispatched  hash id -> "<token> <worker>" of the dispatch in flight
+-- KEYS[7] dispatched  hash id -> "<token> <time> <channel> <worker>" of the dispatch in flight
+-- KEYS[8] done        list of finished ids, oldest first (the index of finished jobs)
+-- KEYS[9] priority    hash id -> priority above 0
+-- KEYS[10] unique     hash unique key -> id of the job holding it
 -- ARGV[1] result_prefix   result:<id> keys
 -- ARGV[2] ttl             seconds a result is kept
 -- ARGV[3] result_channel  '' = do not announce to the master
@@ -18,54 +21,69 @@
 --
 -- A result counts only with the token of the job's dispatch in flight (``dispatched``): a stranger's
 -- message, or a late copy of a job dispatched again meanwhile, is dropped without a trace.
+-- The stored result keeps the job's record: the result's JSON object with ``"job": <record>`` (and
+-- ``"worker"``, the worker it was dispatched to) added, so a finished job can still be looked up
+-- whole (a record over 64 KiB is replaced by ``{"omitted": its size}``). Announcements carry the
+-- result alone.
 -- Returns how many results were new.
 local prefix, ttl, channel, finals = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local trusted = ARGV[5] == '1'
 local publish = ARGV[6]
-local recorded, counts = {}, {}
-local function current(id, token)
-  if trusted then return true end
-  local dispatch = redis.call('HGET', KEYS[7], id)
-  return dispatch and string.sub(dispatch, 1, #token + 1) == token .. ' '
+local recorded, counts, uniques = {}, {}, {}
+local function stored(payload, body, dispatch)
+  if not body or string.byte(payload, -1) ~= 125 then return payload end  -- 125: '}'
+  if #body > 65536 then body = cjson.encode({omitted = #body}) end  -- a large record is not kept twice
+  local extra = ',"job":' .. body
+  if dispatch then
+    local worker = string.match(dispatch, '^%S+ %S+ %S+ (.+)$')  -- token time channel worker
+    if worker then extra = extra .. ',"worker":' .. cjson.encode(worker) end
+  end
+  return string.sub(payload, 1, -2) .. extra .. '}'
 end
-local function record(id, status, payload, reply)
-  if redis.call('SET', prefix .. id, payload, 'NX', 'EX', ttl) then
+local function record(id, status, payload, reply, body, dispatch)
+  if redis.call('SET', prefix .. id, stored(payload, body, dispatch), 'NX', 'EX', ttl) then
     recorded[#recorded + 1] = id
     counts[status] = (counts[status] or 0) + 1
+    if body and string.find(body, '"uniq":', 1, true) then uniques[#uniques + 1] = body end
     if reply ~= '' then redis.call(publish, reply, payload) end
     if channel ~= '' then redis.call(publish, channel, payload) end
   end
 end
 local last = 6 + finals * 5
-local dispatches = {}
-if finals > 0 and not trusted then  -- one HMGET for every final result, not one HGET each
+local dispatches, bodies = {}, {}
+if finals > 0 then  -- one HMGET each for every final result, not one HGET per job
   local ids = {}
   for i = 7, last, 5 do ids[#ids + 1] = ARGV[i] end
   dispatches = redis.call('HMGET', KEYS[7], unpack(ids))
+  bodies = redis.call('HMGET', KEYS[3], unpack(ids))
 end
 local n = 0
 for i = 7, last, 5 do
   n = n + 1
   local token, dispatch = ARGV[i + 4], dispatches[n]
   if trusted or (dispatch and string.sub(dispatch, 1, #token + 1) == token .. ' ') then
-    record(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
+    record(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], bodies[n], dispatch)
   end
 end
 local now
+local function clock()
+  if not now then
+    local t = redis.call('TIME')
+    now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+  end
+  return now
+end
 for i = last + 1, #ARGV, 8 do
   local id, token, task = ARGV[i], ARGV[i + 4], ARGV[i + 5]
   local max_retries, backoff = tonumber(ARGV[i + 6]), tonumber(ARGV[i + 7])
-  if current(id, token) then
+  local dispatch = redis.call('HGET', KEYS[7], id)
+  if trusted or (dispatch and string.sub(dispatch, 1, #token + 1) == token .. ' ') then
     local retried = redis.call('HINCRBY', KEYS[5], id, 1)
     if retried > max_retries then
-      record(id, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
+      record(id, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], redis.call('HGET', KEYS[3], id), dispatch)
     else
-      if not now then
-        local t = redis.call('TIME')
-        now = tonumber(t[1]) + tonumber(t[2]) / 1e6
-      end
       -- Exponential backoff; the worker already scaled backoff by a random jitter factor.
-      redis.call('ZADD', KEYS[6], now + math.min(3600, backoff * 2 ^ (retried - 1)), id)
+      redis.call('ZADD', KEYS[6], clock() + math.min(3600, backoff * 2 ^ (retried - 1)), id)
       redis.call('ZREM', KEYS[2], id)
       redis.call('HDEL', KEYS[7], id)
       if channel ~= '' then
@@ -80,6 +98,16 @@ if #recorded > 0 then
   redis.call('HDEL', KEYS[4], unpack(recorded))
   redis.call('HDEL', KEYS[5], unpack(recorded))
   redis.call('HDEL', KEYS[7], unpack(recorded))
+  redis.call('HDEL', KEYS[9], unpack(recorded))
+  redis.call('RPUSH', KEYS[8], unpack(recorded))
+end
+-- A unique key is free again once its job has a result (only the job holding it frees it).
+for _, body in ipairs(uniques) do
+  local ok, job = pcall(cjson.decode, body)
+  if ok and type(job) == 'table' and type(job.uniq) == 'string' and type(job.id) == 'string'
+      and redis.call('HGET', KEYS[10], job.uniq) == job.id then
+    redis.call('HDEL', KEYS[10], job.uniq)
+  end
 end
 for status, n in pairs(counts) do redis.call('HINCRBY', KEYS[1], status, n) end
 return #recorded

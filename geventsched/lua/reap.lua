@@ -7,7 +7,8 @@
 -- KEYS[4] intake      list of queued job ids
 -- KEYS[5] dead        list of dead-lettered ids
 -- KEYS[6] finished    hash status -> count
--- KEYS[7] dispatched  hash id -> "<token> <worker>" of the dispatch in flight
+-- KEYS[7] dispatched  hash id -> "<token> <time> <channel> <worker>" of the dispatch in flight
+-- KEYS[8] priority    hash id -> priority above 0 (priority p's intake is KEYS[4] .. ':' .. p)
 -- ARGV[1] now            unix seconds
 -- ARGV[2] limit          at most this many per call
 -- ARGV[3] max_attempts   a job dies at this many attempts
@@ -26,7 +27,8 @@ for _, id in ipairs(ids) do
   if body and redis.call('EXISTS', ARGV[4] .. id) == 0 then
     local attempts = redis.call('HINCRBY', KEYS[3], id, 1)
     if attempts < max_attempts then
-      redis.call('LPUSH', KEYS[4], id)
+      local p = redis.call('HGET', KEYS[8], id)
+      redis.call('LPUSH', p and (KEYS[4] .. ':' .. p) or KEYS[4], id)
       requeued[#requeued + 1] = id
     else
       local ok, job = pcall(cjson.decode, body)

@@ -6,6 +6,7 @@
 -- KEYS[4] attempts  hash id -> dispatches without a result
 -- KEYS[5] finished  hash status -> count
 -- KEYS[6] retries   hash id -> retries so far
+-- KEYS[7] priority  hash id -> priority above 0 (priority p's intake is KEYS[3] .. ':' .. p)
 -- ARGV[1] result_prefix  result:<id> keys (the dead letter's result is deleted)
 -- ARGV[2] task           only this task's jobs; '' = any
 -- ARGV[3] start          index in the dead list where this slice starts
@@ -30,7 +31,8 @@ for _, id in ipairs(ids) do
       redis.call('HDEL', KEYS[4], id)
       redis.call('HDEL', KEYS[6], id)
       redis.call('HINCRBY', KEYS[5], 'dead', -1)
-      redis.call('RPUSH', KEYS[3], id)
+      local p = redis.call('HGET', KEYS[7], id)
+      redis.call('RPUSH', p and (KEYS[3] .. ':' .. p) or KEYS[3], id)
       n = n + 1
     end
   end

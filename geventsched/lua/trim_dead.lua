@@ -5,6 +5,7 @@
 -- KEYS[2] jobs      hash id -> job body
 -- KEYS[3] attempts  hash id -> dispatches without a result
 -- KEYS[4] retries   hash id -> retries so far
+-- KEYS[5] priority  hash id -> priority above 0
 -- ARGV[1] result_prefix  result:<id> keys
 -- ARGV[2] limit          look at most at this many
 --
@@ -17,6 +18,7 @@ for _, id in ipairs(ids) do
   redis.call('HDEL', KEYS[2], id)
   redis.call('HDEL', KEYS[3], id)
   redis.call('HDEL', KEYS[4], id)
+  redis.call('HDEL', KEYS[5], id)
   n = n + 1
 end
 return n
