@@ -6,8 +6,7 @@ races the master or a second click changes nothing twice.
 
 from importlib import resources
 
-from geventsched import keys as keys_module
-from geventsched.dashboard.data import key
+from geventsched.keys import MAX_PRIORITY
 
 
 def _script(name):
@@ -51,13 +50,12 @@ class Actions:
         remove = getattr(self.store, "remove_schedule", None)
         if callable(remove):
             return bool(remove(name))
-        return bool(self.store.client.hdel(key(self.store.keys, "schedules"), name))
+        return bool(self.store.client.hdel(self.store.keys.schedules, name))
 
     def _dead_letters(self, action, ids):
         if not ids:
             return 0
         k = self.store.keys
-        top = getattr(keys_module, "MAX_PRIORITY", 0)
-        lists = [k.intake_for(p) for p in range(top + 1)] if top else [k.intake]
-        return self._dead_letter(keys=[k.dead, k.jobs, k.attempts, k.retries, k.finished, key(k, "priority"), *lists],
+        lists = [k.intake_for(p) for p in range(MAX_PRIORITY + 1)]
+        return self._dead_letter(keys=[k.dead, k.jobs, k.attempts, k.retries, k.finished, k.priority, *lists],
                                  args=[action, k.result_prefix, *ids])

@@ -93,6 +93,7 @@ class Dashboard:
         self.store = store
         self.guard = Guard(token, port)
         self.actions = Actions(store)
+        self.history = data.History(store)
         self.redis_url = transport.redact(redis_url)
         self.env = jinja2.Environment(loader=jinja2.PackageLoader("geventsched.dashboard", "templates"),
                                       autoescape=True, trim_blocks=True, lstrip_blocks=True)
@@ -174,7 +175,7 @@ class Dashboard:
     # -- pages -------------------------------------------------------------------------------------
 
     def overview(self, request):
-        view = data.overview(self.store)
+        view = data.overview(self.store, self.history)
         throughput = view["throughput"]
         latency = view["latency"]
         recent = [row for row in latency if row[1] is not None]
@@ -194,6 +195,8 @@ class Dashboard:
         limit = request.number("limit", PAGE_SIZE, 1, MAX_PAGE_SIZE)
         offset = request.number("offset", 0, 0, 10**12)
         total, rows = lookup.list_jobs(self.store, state, offset, limit, task=task or None, search=q or None)
+        if state in ("finished", "dead"):
+            _fill_finish_times(self.store, rows)
         return View("jobs.html", "jobs_live.html", {
             "state": state, "rows": rows, "total": total, "offset": offset, "limit": limit, "q": q, "task": task,
             "counts": data.counts(self.store), "states": lookup.STATES,
@@ -204,13 +207,14 @@ class Dashboard:
         info = lookup.job_info(self.store, job_id) if job_id else None
         if info is None:
             raise NotFound(f"no job {job_id!r} (unknown, or its result has expired)")
+        _fill_finish_times(self.store, [info])
         return View("job.html", "job_live.html", {"job": info, "job_id": job_id})
 
     def schedules(self, request):
         return View("schedules.html", "schedules_live.html", {"schedules": data.schedules(self.store)})
 
     def api_overview(self, request):
-        return data.overview(self.store)
+        return data.overview(self.store, self.history)
 
     def api_job(self, request):
         info = lookup.job_info(self.store, request.arg("id"))
@@ -294,6 +298,15 @@ class Dashboard:
 
 
 # -- helpers -----------------------------------------------------------------------------------------
+
+def _fill_finish_times(store, jobs):
+    """A finished or dead job's finish time where its result does not say it (``data.finish_times``)."""
+    missing = [job["id"] for job in jobs if job.get("finished") is None and job.get("state") in ("finished", "dead")]
+    found = data.finish_times(store, missing)
+    for job in jobs:
+        if job["id"] in found:
+            job["finished"] = found[job["id"]]
+
 
 def _read_form(environ):
     try:

@@ -2,14 +2,15 @@
 history included, is read from the durable state each time, so a restarted dashboard shows what the
 one before it showed (Flower, which keeps its history in memory, starts blank: flower#542).
 
-Every read is bounded, whatever the size of the system: counts are LLEN/ZCARD/HLEN, the charts are
-one ZCOUNT per bar on the ``done`` index plus a small sample of results for latency, and lists are
-read a page at a time (``geventsched.lookup``).
+Every read is bounded, whatever the size of the system: counts are LLEN/ZCARD/HLEN, the charts a
+binary search of the ``done`` index (``History``) plus a small sample of results for latency, and
+lists are read a page at a time (``geventsched.lookup``).
 """
 
 import json
 import math
 import time
+from importlib import resources
 
 from geventsched import status as status_module
 
@@ -25,23 +26,11 @@ LATENCY_MAX_BYTES = 64 << 10
 FINISHED = ("ok", "error", "timeout", "cancelled")
 
 
-def key(keys, name):
-    """A key of the second round (``done``, ``schedules``, ...): from ``Keys`` once it names it, else
-    built the way it does (``<own prefix><name>``)."""
-    return getattr(keys, name, None) or keys.own + name
-
-
-def intakes(keys):
-    """The intake lists, highest priority first (one list before priorities existed)."""
-    return getattr(keys, "intakes", None) or [keys.intake]
-
-
 def counts(store):
     """Jobs by state, the master's id (or None), in one round trip: ``{scheduled, queued, running, dead,
     finished: {status: n}, finished_total, master}``. Queued includes jobs the master claimed and has
     not dispatched yet (in flight without a dispatch record)."""
     k = store.keys
-    lists = intakes(k)
     pipe = store.client.pipeline(transaction=False)
     pipe.zcard(k.scheduled)
     pipe.zcard(k.inflight)
@@ -49,7 +38,7 @@ def counts(store):
     pipe.llen(k.dead)
     pipe.hgetall(k.finished)
     pipe.get(k.master)
-    for name in lists:
+    for name in k.intakes:
         pipe.llen(name)
     scheduled, inflight, running, dead, finished, master, *queued = pipe.execute()
     by_status = dict.fromkeys(FINISHED, 0)
@@ -82,41 +71,111 @@ def buckets(now):
     return [(end - (n - i) * BUCKET, end - (n - i - 1) * BUCKET) for i in range(n)]
 
 
-def throughput(store, now):
-    """Jobs finished per second in each bar (``ZCOUNT`` of the ``done`` index): ``[(start, rate), ...]``.
-    The bar still filling is divided by the seconds it has had so far."""
-    done = key(store.keys, "done")
-    bars = buckets(now)
-    pipe = store.client.pipeline(transaction=False)
-    for start, end in bars:
-        pipe.zcount(done, f"({start}", end)
-    return [(start, n / max(min(end, now) - start, 1.0)) for (start, end), n in zip(bars, pipe.execute())]
+class History:
+    """Throughput and latency over the last ``WINDOW`` seconds, read from the index of finished jobs
+    (``done``, a list of ids, oldest first) and their results, never from memory.
 
+    A finished job's finish time is where its result's time to live stands (``lua/finish_times.lua``:
+    results are stored with the store's result TTL by the script that appends to the index), so the
+    times along the list never decrease, and how many jobs finished after a moment is found by a
+    binary search from the list's tail: about log2(finished jobs) round trips, the bars' searches in
+    step, one script call per step. Read at most once per ``REFRESH`` seconds (every open page asks
+    once a second)."""
 
-def latency(store, now):
-    """Submit-to-finish latency per bar, from a sample of the latest results finished in it: ``[(start,
-    p50, p95, samples), ...]`` (p50 and p95 None where nothing was sampled). A result's finish time is
-    its score in ``done``; its submit time is the ``ts`` of the job record the result carries."""
-    done = key(store.keys, "done")
-    bars = buckets(now)
-    client = store.client
-    pipe = client.pipeline(transaction=False)
-    for start, end in bars:
-        pipe.zrevrangebyscore(done, end, f"({start}", start=0, num=LATENCY_SAMPLE, withscores=True)
-    sampled = [(i, member.decode(), score) for i, found in enumerate(pipe.execute()) for member, score in found]
-    spans = [[] for _ in bars]
-    if sampled:
-        prefix = store.keys.result_prefix
-        pipe = client.pipeline(transaction=False)
-        for _, job_id, _ in sampled:
+    REFRESH = 2.0
+
+    def __init__(self, store):
+        self.store = store
+        self._finish_times = store.client.register_script(_lua("finish_times"))
+        self._cached = (None, None)
+
+    def read(self, now):
+        """``(throughput, latency)``: ``[(start, jobs per second), ...]`` and ``[(start, p50, p95,
+        samples), ...]`` for each bar (p50 and p95 None where nothing was sampled)."""
+        at, value = self._cached
+        if at is None or not 0 <= now - at < self.REFRESH:
+            value = self._read(now)
+            self._cached = (now, value)
+        return value
+
+    def _read(self, now):
+        bars = buckets(now)
+        total = self.store.client.llen(self.store.keys.done)
+        newer = self.newer_than([start for start, _ in bars] + [bars[-1][1]], total)
+        counts = [newer[i] - newer[i + 1] for i in range(len(bars))]
+        throughput = [(start, n / max(min(end, now) - start, 1.0)) for (start, end), n in zip(bars, counts)]
+        # Latency: the latest LATENCY_SAMPLE jobs of each bar, places newer[i + 1] on from the tail.
+        pipe = self.store.client.pipeline(transaction=False)
+        sampled = [i for i in range(len(bars)) if newer[i] > newer[i + 1]]  # (an empty range would be -1..-1)
+        for i in sampled:
+            first, last = newer[i + 1], min(newer[i + 1] + LATENCY_SAMPLE, newer[i]) - 1
+            pipe.lrange(self.store.keys.done, -last - 1, -first - 1)
+        samples = [[] for _ in bars]
+        for i, ids in zip(sampled, pipe.execute() if sampled else []):
+            samples[i] = [job_id.decode() for job_id in ids]
+        times = finish_times(self.store, [job_id for ids in samples for job_id in ids])
+        latency = [(start, *self._latency([(job_id, times[job_id]) for job_id in ids if job_id in times]))
+                   for (start, _), ids in zip(bars, samples)]
+        return throughput, latency
+
+    def newer_than(self, moments, total):
+        """For each of ``moments`` (Unix seconds): how many of the ``total`` ids in the index finished
+        after it. The searches go in step: each step is one script call for every moment's middle place."""
+        lo, hi = [0] * len(moments), [total] * len(moments)
+        while True:
+            active = [i for i in range(len(moments)) if lo[i] < hi[i]]
+            if not active:
+                return lo
+            middles = sorted({(lo[i] + hi[i]) // 2 for i in active})
+            times = {place: at for place, (_, at) in zip(middles, self.places(middles))}
+            for i in active:
+                middle = (lo[i] + hi[i]) // 2
+                if times[middle] <= moments[i]:
+                    hi[i] = middle  # that one is old enough: fewer are newer
+                else:
+                    lo[i] = middle + 1
+
+    def places(self, places):
+        """``[(id or None, finish time), ...]`` of the ids at ``places`` from the index's tail (0 = newest);
+        time 0 past its head or where the result is gone."""
+        if not places:
+            return []
+        k = self.store.keys
+        flat = self._finish_times(keys=[k.done], args=[k.result_prefix, self.store.result_ttl, *places])
+        return [(flat[i].decode() or None, float(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+    def _latency(self, sample):
+        """``(p50, p95, samples)`` of submit-to-finish over ``[(id, finish time), ...]``: the submit time is
+        the ``ts`` of the job record its result carries; results over ``LATENCY_MAX_BYTES`` are not read."""
+        if not sample:
+            return None, None, 0
+        prefix = self.store.keys.result_prefix
+        pipe = self.store.client.pipeline(transaction=False)
+        for job_id, _ in sample:
             pipe.strlen(prefix + job_id)
-        small = [s for s, size in zip(sampled, pipe.execute()) if 0 < size <= LATENCY_MAX_BYTES]
-        results = client.mget([prefix + job_id for _, job_id, _ in small]) if small else []
-        for (i, _, finished), data in zip(small, results):
-            submitted = _submitted(data)
-            if submitted is not None:
-                spans[i].append(max(finished - submitted, 0.0))
-    return [(start, _percentile(s, 0.5), _percentile(s, 0.95), len(s)) for (start, _), s in zip(bars, spans)]
+        small = [s for s, size in zip(sample, pipe.execute()) if 0 < size <= LATENCY_MAX_BYTES]
+        results = self.store.client.mget([prefix + job_id for job_id, _ in small]) if small else []
+        spans = sorted(max(at - submitted, 0.0) for (_, at), submitted in zip(small, map(_submitted, results))
+                       if submitted is not None)
+        return _percentile(spans, 0.5), _percentile(spans, 0.95), len(spans)
+
+
+def finish_times(store, ids):
+    """When the jobs ``ids`` finished (or died), from their results' time to live (see ``History``):
+    ``{id: Unix seconds}`` for those whose result is still there."""
+    if not ids:
+        return {}
+    pipe = store.client.pipeline(transaction=False)
+    pipe.time()
+    for job_id in ids:
+        pipe.pttl(store.keys.result(job_id))
+    (seconds, micros), *left = pipe.execute()
+    now = seconds + micros / 1e6
+    return {job_id: now - store.result_ttl + ms / 1000 for job_id, ms in zip(ids, left) if ms > 0}
+
+
+def _lua(name):
+    return resources.files("geventsched.dashboard").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
 
 
 def _submitted(data):
@@ -136,11 +195,11 @@ def _percentile(values, q):
     return values[min(int(q * len(values)), len(values) - 1)]
 
 
-def overview(store, now=None):
-    """Everything the overview shows, read afresh."""
+def overview(store, history, now=None):
+    """Everything the overview shows (``history``: the store's ``History``)."""
     now = time.time() if now is None else now
-    return {"counts": counts(store), **workers(store), "throughput": throughput(store, now),
-            "latency": latency(store, now), "now": now}
+    throughput, latency = history.read(now)
+    return {"counts": counts(store), **workers(store), "throughput": throughput, "latency": latency, "now": now}
 
 
 def schedules(store):
@@ -148,7 +207,7 @@ def schedules(store):
     rule, tz, next, last, last_id, raw}, ...]`` (``geventsched.schedules`` writes them; ``last_id`` is the
     last fired job's id, its ``job``); an empty list where there are none.
     Fields a record lacks are None; one that is not JSON shows as ``raw`` text."""
-    found = store.client.hgetall(key(store.keys, "schedules"))
+    found = store.client.hgetall(store.keys.schedules)
     out = []
     for name, data in sorted(found.items()):
         name = name.decode(errors="replace")
