@@ -233,8 +233,7 @@ def test_a_failed_job_page_shows_its_error_and_traceback(system):
     assert status == 200 and 'id="job-state" class="state finished"' in page
     assert "<strong>TaskFailure</strong>: the disk is full" in page
     assert 'id="traceback"' in page and "Traceback (most recent call last)" in page
-    if "job" in json.loads(system.redis.get(system.keys.result(handle.id))):  # TODO at merge: always
-        assert "&#34;the disk is full&#34;" in page  # its arguments, as JSON, from the record in its result
+    assert "&#34;the disk is full&#34;" in page  # its arguments, as JSON, from the record in its result
     ok = system.client.submit("echo", {"answer": 42})
     assert ok.result(10) == {"answer": 42}
     page = site.get(f"/job?id={ok.id}")[2]
@@ -306,6 +305,22 @@ def test_dead_letters_are_requeued_one_by_one_or_all_and_deleted(system):
     wait_until(lambda: all((lookup.job_info(system.store, i) or {}).get("status") == "ok" for i in (third, fourth)),
                timeout=10, message="every requeued job to finish")
     assert system.redis.llen(system.keys.dead) == 0 and data.counts(system.store)["dead"] == 0
+
+
+def test_a_requeued_dead_letter_keeps_its_priority_and_a_deleted_one_frees_its_unique_key(system):
+    handles = system.client.submit_many([("echo", [1], {})], priority=5) + \
+        system.client.submit_many([("echo", [2], {})], unique_key="nightly-report")
+    claimed = system.store.claim(2)
+    assert len(claimed) == 2
+    system.store.reap(1, now=time.time() + 3600)
+    urgent, unique = (h.id for h in handles)
+    site = system.dashboard()
+    csrf = csrf_of(site)
+    assert site.post("/requeue", {"csrf": csrf, "id": urgent})[0] == 303
+    assert system.redis.lrange(system.keys.intake_for(5), 0, -1) == [urgent.encode()]
+    assert site.post("/delete", {"csrf": csrf, "id": unique})[0] == 303
+    again = system.client.submit_many([("echo", [3], {})], unique_key="nightly-report")[0]
+    assert again.id != unique and lookup.job_info(system.store, again.id)["state"] == "queued"
 
 
 def test_cancel_is_offered_only_where_the_store_can_cancel(system):

@@ -57,5 +57,6 @@ class Actions:
             return 0
         k = self.store.keys
         lists = [k.intake_for(p) for p in range(MAX_PRIORITY + 1)]
-        return self._dead_letter(keys=[k.dead, k.jobs, k.attempts, k.retries, k.finished, k.priority, *lists],
+        return self._dead_letter(keys=[k.dead, k.jobs, k.attempts, k.retries, k.finished, k.priority, k.unique,
+                                       *lists],
                                  args=[action, k.result_prefix, *ids])
