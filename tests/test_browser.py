@@ -7,9 +7,12 @@ browser download is not used; the OS package's binary is (``CHROMIUM`` below).
 ``GEVENTSCHED_SCREENSHOTS=DIR`` saves the overview and a job page there (``docs/img`` for the README).
 """
 
+import math
 import os
 import shutil
+import time
 
+import gevent
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
@@ -75,15 +78,28 @@ def test_a_worker_appears_on_the_overview_once_it_starts(system, page):
     site = system.dashboard()
     open_live(page, f"http://127.0.0.1:{site.port}/")
     expect(page.locator("#nodes")).to_have_count(0)
-    worker = system.worker(channels=[str(n) for n in range(1, 9)])
+    worker = system.worker(channels=[str(n) for n in range(1, 9)], concurrency=500)
     expect(page.locator("#workers")).to_contain_text(worker.id, timeout=LIVE)
     expect(page.locator("#nodes")).to_contain_text("8")  # its channels
     assert not_reloaded(page)
     system.master()
+    if SCREENSHOTS:
+        traffic(system, seconds=90)  # for the picture: a few minutes' worth of bars and latencies
     handles = system.client.submit_many([("echo", [n], {}) for n in range(200)] + [("sleep", [30], {})] * 3)
     wait_until(lambda: all(h.wait(0.1) for h in handles[:200]), timeout=20, message="the jobs to finish")
     expect(page.locator("#count-running .n")).to_have_text("3", timeout=LIVE)
     shoot(page, "dashboard-overview.png")
+
+
+def traffic(system, seconds):
+    """Jobs at a rate that rises and falls, a few of them failing, for ``seconds``."""
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        phase = (time.monotonic() - started) / seconds
+        rate = int(40 + 160 * math.sin(math.pi * phase) ** 2)
+        specs = [("sleep", [0.05 + 0.5 * phase * (n % 3)], {}) for n in range(rate)] + [("fail", ["disk full"], {})]
+        system.client.submit_many(specs, reply=False)
+        gevent.sleep(1.0)
 
 
 def test_a_count_changes_without_a_reload(system, page):
