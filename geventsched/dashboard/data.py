@@ -18,7 +18,7 @@ from geventsched import status as status_module
 #: bar does not shift as time goes by).
 WINDOW = 600
 BUCKET = 20
-#: Latency: results read per bar at most (the latest of it), and only those under this many bytes
+#: Latency: results read per bar at most (spread over it), and only those under this many bytes
 #: (a result carrying a large value is not read for its timestamps).
 LATENCY_SAMPLE = 20
 LATENCY_MAX_BYTES = 64 << 10
@@ -104,18 +104,17 @@ class History:
         newer = self.newer_than([start for start, _ in bars] + [bars[-1][1]], total)
         counts = [newer[i] - newer[i + 1] for i in range(len(bars))]
         throughput = [(start, n / max(min(end, now) - start, 1.0)) for (start, end), n in zip(bars, counts)]
-        # Latency: the latest LATENCY_SAMPLE jobs of each bar, places newer[i + 1] on from the tail.
-        pipe = self.store.client.pipeline(transaction=False)
-        sampled = [i for i in range(len(bars)) if newer[i] > newer[i + 1]]  # (an empty range would be -1..-1)
-        for i in sampled:
-            first, last = newer[i + 1], min(newer[i + 1] + LATENCY_SAMPLE, newer[i]) - 1
-            pipe.lrange(self.store.keys.done, -last - 1, -first - 1)
+        # Latency: LATENCY_SAMPLE jobs spread evenly over each bar (its places, newer[i + 1] on from the tail).
+        places = []
+        for i in range(len(bars)):
+            n = newer[i] - newer[i + 1]
+            count = min(LATENCY_SAMPLE, n)
+            places += [(i, newer[i + 1] + j * n // count) for j in range(count)]
         samples = [[] for _ in bars]
-        for i, ids in zip(sampled, pipe.execute() if sampled else []):
-            samples[i] = [job_id.decode() for job_id in ids]
-        times = finish_times(self.store, [job_id for ids in samples for job_id in ids])
-        latency = [(start, *self._latency([(job_id, times[job_id]) for job_id in ids if job_id in times]))
-                   for (start, _), ids in zip(bars, samples)]
+        for (i, _), (job_id, at) in zip(places, self.places([place for _, place in places])):
+            if job_id and at > 0:
+                samples[i].append((job_id, at))
+        latency = [(start, *self._latency(sample)) for (start, _), sample in zip(bars, samples)]
         return throughput, latency
 
     def newer_than(self, moments, total):
