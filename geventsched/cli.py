@@ -1,4 +1,4 @@
-"""Command line: ``geventsched worker|master|submit|cancel|status|requeue-dead|schedule|bench``.
+"""Command line: ``geventsched worker|master|submit|cancel|job|status|requeue-dead|schedule|dashboard|bench``.
 
 Parses arguments, builds the config, wires the parts and maps failures to exit codes. No scheduling
 logic lives here.
@@ -284,6 +284,15 @@ def build_parser():
 
     r = sub.add_parser("requeue-dead", parents=[common], help="move dead-lettered jobs back to the queue")
     r.add_argument("--task", help="only jobs of this task")
+
+    d = sub.add_parser("dashboard", parents=[common], help="serve the live web dashboard",
+                       description="A live web page on this Redis: workers, job counts, rates and latency, job "
+                                   "lists and pages, dead letters, schedules; requeue, delete and cancel.")
+    d.add_argument("--addr", default="127.0.0.1",
+                   help="address to listen on (default %(default)s; any other than loopback needs --token)")
+    d.add_argument("--port", type=port, default=9180, help="port to listen on (default %(default)s)")
+    d.add_argument("--token", help="every request must carry it (Authorization: Bearer TOKEN, or ?token=TOKEN "
+                                   "once in a browser)")
 
     sc = sub.add_parser("schedule", help="add, list or remove periodic schedules",
                         description="Periodic schedules, kept in Redis and fired by the active master.")
@@ -630,6 +639,18 @@ def cmd_requeue_dead(args):
     return EXIT_OK
 
 
+def cmd_dashboard(args):
+    from geventsched import dashboard
+    from geventsched.store import Store
+
+    refusal = dashboard.refusal(args.addr, args.token)
+    if refusal:  # one line, before anything connects: serving every job's data to the network is no default
+        print(f"geventsched dashboard: error: {refusal}", file=sys.stderr)
+        return EXIT_USAGE
+    store = Store.for_namespace(_connect(args), args.namespace)
+    return dashboard.serve(store, args.addr, args.port, args.token, args.redis_url)
+
+
 def cmd_schedule(args):
     from geventsched.schedules import Schedule, ScheduleError, Scheduler, format_time
     from geventsched.store import Store
@@ -677,5 +698,6 @@ COMMANDS = {
     "job": cmd_job,
     "requeue-dead": cmd_requeue_dead,
     "schedule": cmd_schedule,
+    "dashboard": cmd_dashboard,
     "bench": cmd_bench,
 }
