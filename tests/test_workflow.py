@@ -1,0 +1,471 @@
+"""Workflows (chain, group, chord): each shape and their nestings, failures, exactly-once release of
+the next step and of a chord's callback (also when a step's result comes twice, a worker is killed
+with -9 and a master is killed with -9), cancel, lookup, metrics and bad input. Real Redis; master
+and workers in this process, but for two tests that kill processes."""
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from conftest import run_cli, wait_until, workers_registered
+from test_hardening import system  # noqa: F401  (a fixture)
+from geventsched import transport
+from geventsched.builtin import default_registry
+from geventsched.config import WorkerConfig
+from geventsched.errors import JobFailed, JobTooLarge
+from geventsched.keys import Keys
+from geventsched.lookup import render_workflow, workflow_info
+from geventsched.metrics import MasterMetrics, new_registry
+from geventsched.store import Store
+from geventsched.worker import Worker
+from geventsched.workflow import MAX_DEPTH, chain, chord, group, sig
+
+#: The test tasks, also written to a file for worker processes (``--app wf_tasks``). Evidence of each
+#: execution goes to a log file, one O_APPEND line each, from any process.
+TASKS = '''
+import os
+
+import gevent
+
+from geventsched.registry import App
+
+app = App(prefix="")
+
+
+def note(log, line):
+    if log:
+        fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, (line + "\\n").encode())
+        finally:
+            os.close(fd)
+
+
+@app.task(name="wf.add")
+def add(a, b):
+    return a + b
+
+
+@app.task(name="wf.total")
+def total(values, log=None):
+    note(log, "total")
+    return sum(values)
+
+
+@app.task(name="wf.step")
+def step(x, seconds=0.0, log=None, name="step"):
+    note(log, name)
+    gevent.sleep(float(seconds))
+    return x
+
+
+@app.task(name="wf.boom")
+def boom(x=None, log=None):
+    note(log, "boom")
+    raise ValueError(f"boom on {x!r}")
+'''
+_tasks = {}
+exec(compile(TASKS, "wf_tasks", "exec"), _tasks)
+
+
+def worker(system, channels=("1",), **options):  # noqa: F811
+    """An in-process worker that runs the test tasks too."""
+    options = {"concurrency": 50, "grace": 1.0, **options}
+    registry = default_registry()
+    registry.add(_tasks["app"])
+    made = Worker(WorkerConfig(channels=tuple(channels), namespace=system.namespace, **options),
+                  transport.connect(system.url), registry)
+    system.workers.append(made)
+    made.start()
+    return made
+
+
+def store_of(system):  # noqa: F811
+    return Store.for_namespace(system.redis, system.namespace)
+
+
+def lines(path, word=None):
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [line.strip() for line in f if word is None or line.strip() == word]
+
+
+def workflow_keys(system):  # noqa: F811
+    return sorted(k.decode() for k in system.redis.scan_iter(match=system.keys.workflow_prefix + "*"))
+
+
+def settled(system):  # noqa: F811
+    """Nothing queued, in flight or scheduled."""
+    store = store_of(system)
+    counts = store.counts()
+    return counts["queued"] == 0 and counts["in_flight"] == 0 and counts["scheduled"] == 0
+
+
+@pytest.fixture
+def running(system):  # noqa: F811
+    """A worker and a master of this process, and a client."""
+    worker(system)
+    system.master()
+    return system.client()
+
+
+# -- the shapes ----------------------------------------------------------------------------------------------
+
+def test_a_chain_passes_each_result_as_the_first_argument_of_the_next(running):
+    assert running.run(chain(sig("echo", 1), sig("wf.add", 2))).result(10) == 3
+    assert running.run(chain(sig("echo", 1), sig("wf.add", 2), sig("wf.add", 10))).result(10) == 13
+    assert running.run(chain(sig("echo", "only"))).result(10) == "only"
+
+
+def test_a_group_gives_the_list_of_its_results_in_order(running):
+    assert running.run(group(sig("wf.step", i, 0.05 * (5 - i)) for i in range(5))).result(10) == [0, 1, 2, 3, 4]
+    assert running.run(group(sig("echo", [1, 2]), sig("echo", {"a": None}))).result(10) == [[1, 2], {"a": None}]
+
+
+def test_a_chord_calls_its_callback_once_with_the_list(running, tmp_path):
+    log = str(tmp_path / "calls")
+    handle = running.run(chord(group(sig("echo", i) for i in range(20)), sig("wf.total", log=log)))
+    assert handle.result(10) == sum(range(20))
+    assert lines(log) == ["total"]
+    # A list of steps is a group too; the callback's own arguments come after the list.
+    assert running.run(chord([sig("echo", 1), sig("echo", 2)], sig("wf.add", [3]))).result(10) == [1, 2, 3]
+
+
+def test_chains_groups_and_chords_nest(running):
+    # A chain of groups: the first group's list goes to each member of the second.
+    flow = chain(group(sig("echo", 1), sig("echo", 2)), group(sig("wf.add", [0]), sig("echo")))
+    assert running.run(flow).result(10) == [[1, 2, 0], [1, 2]]
+    # A group of chains.
+    flow = group(chain(sig("echo", 1), sig("wf.add", 1)), chain(sig("echo", 10), sig("wf.add", 10), sig("wf.add", 1)))
+    assert running.run(flow).result(10) == [2, 21]
+    # A chord whose header holds chains, inside a chain that feeds the header.
+    flow = chain(sig("echo", 5),
+                 chord(group(chain(sig("wf.add", 1), sig("wf.add", 1)), sig("wf.add", 100)), sig("wf.total")),
+                 sig("wf.add", 1000))
+    assert running.run(flow).result(10) == (5 + 2) + (5 + 100) + 1000
+    # Groups in groups, chains in chains.
+    flow = group(group(sig("echo", 1), group(sig("echo", 2))), chain(chain(sig("echo", 3)), sig("echo")))
+    assert running.run(flow).result(10) == [[1, [2]], 3]
+
+
+def test_values_pass_through_exactly_as_the_tasks_returned_them(running):
+    tricky = {"s": 'x"]}\\', "f": 0.1 + 0.2, "big": 2**62 + 1, "neg": -1.5e-300, "u": "é\u2028",
+              "nested": [[], {}, [{"k": [None, True, False]}]], "tok": "not the token"}
+    assert running.run(chain(sig("echo", tricky), sig("echo"), group(sig("echo"), sig("echo")))).result(10) == [
+        tricky, tricky]
+    assert running.run(chain(sig("echo", 0.1 + 0.2), sig("wf.add", 0.0))).result(10) == 0.30000000000000004
+
+
+def test_step_options_and_a_run_priority_reach_the_jobs(system):  # noqa: F811
+    client = system.client()
+    handle = client.run(chain(sig("echo", 1, _priority=7, _timeout=5), sig("echo", _max_retries=3)), priority=2)
+    store = store_of(system)
+    first = workflow_info(store, handle.id)["nodes"][1]
+    record = json.loads(system.redis.hget(system.keys.jobs, first["job"]))
+    assert (record["prio"], record["timeout"], first["priority"]) == (7, 5, 7)
+    assert system.redis.lrange(system.keys.intake_for(7), 0, -1) == [first["job"].encode()]
+    worker(system)
+    system.master()
+    assert handle.result(10) == 1
+    second = workflow_info(store, handle.id)["nodes"][2]
+    assert second["priority"] == 2 and second["state"] == "finished"
+
+
+# -- failures ------------------------------------------------------------------------------------------------
+
+def test_a_failure_in_the_middle_of_a_chain_fails_it_and_nothing_after_runs(running, tmp_path):
+    log = str(tmp_path / "calls")
+    handle = running.run(chain(sig("wf.step", 1, log=log, name="first"), sig("wf.boom", log=log),
+                               sig("wf.step", log=log, name="after")))
+    with pytest.raises(JobFailed) as failed:
+        handle.result(10)
+    assert failed.value.type == "ValueError"
+    assert "wf.boom" in str(failed.value) and "boom on 1" in str(failed.value)
+    assert "Traceback" in failed.value.traceback
+    time.sleep(0.3)
+    assert lines(log) == ["first", "boom"]
+    info = workflow_info(running.store, handle.id)
+    assert info["state"] == "failed" and info["counts"] == {"finished": 2, "skipped": 1}
+
+
+def test_a_failed_child_of_a_chord_fails_it_and_the_callback_never_runs(running, tmp_path):
+    log = str(tmp_path / "calls")
+    header = group([sig("wf.step", i, 0.2) for i in range(5)] + [sig("wf.boom", "child", log=log)])
+    handle = running.run(chord(header, sig("wf.total", log=log)))
+    with pytest.raises(JobFailed) as failed:
+        handle.result(10)
+    assert failed.value.type == "ValueError" and "step wf.boom" in str(failed.value)
+    assert "boom on 'child'" in str(failed.value)
+    wait_until(lambda: settled_client(running), message="the other children to finish")
+    time.sleep(0.2)
+    assert lines(log) == ["boom"]  # the callback never ran
+    # The keys only a running workflow needs are gone (pending set, children's values); its tree and
+    # the callback's record, never released, stay for lookups as long as results.
+    keys = sorted(k.decode() for k in running.redis.scan_iter(match=running.keys.workflow(handle.id) + "*"))
+    assert keys == [running.keys.workflow(handle.id), running.keys.workflow_templates(handle.id)]
+    assert all(0 < running.redis.ttl(key) <= running.store.result_ttl for key in keys)
+
+
+def settled_client(client):
+    counts = client.store.counts()
+    return counts["queued"] == 0 and counts["in_flight"] == 0
+
+
+def test_a_step_fails_only_after_its_retries(running, tmp_path):
+    log = str(tmp_path / "calls")
+    handle = running.run(chain(sig("echo", 1), sig("wf.boom", log=log, _max_retries=2), sig("echo")))
+    with pytest.raises(JobFailed):
+        handle.result(30)
+    assert lines(log) == ["boom"] * 3
+
+
+def test_a_dead_step_fails_its_workflow(system):  # noqa: F811
+    client = system.client()
+    store = store_of(system)
+    handle = client.run(chain(sig("echo", 1), sig("echo")))
+    store.claim(10)  # the first step, claimed by a master that then died
+    requeued, dead = store.reap(1, now=time.time() + 3600)
+    assert requeued == [] and len(dead) == 1
+    with pytest.raises(JobFailed) as failed:
+        handle.result(5)
+    assert failed.value.type == "DeadLetter" and failed.value.result.status == "dead"
+    assert store.counts()["queued"] == 0  # the next step was never released
+
+
+def test_a_too_large_released_step_fails_the_workflow(system):  # noqa: F811
+    worker(system)
+    system.master(max_payload=4096)
+    client = system.client()
+    handle = client.run(chain(sig("echo", "x" * 3000), group(sig("echo"), sig("echo"))))
+    assert handle.result(10) == ["x" * 3000] * 2
+    handle = client.run(chain(sig("echo", "x" * 3000), sig("wf.add", "y" * 2000)))
+    with pytest.raises(JobFailed) as failed:
+        handle.result(10)
+    assert failed.value.type == "PayloadTooLarge"
+
+
+# -- exactly once --------------------------------------------------------------------------------------------
+
+def _outcome(job_id, value, status="ok"):
+    from geventsched.store import Outcome
+
+    payload = json.dumps({"v": 1, "id": job_id, "task": "echo", "status": status, "value": value}).encode()
+    return Outcome(job_id, status, payload, None, None)
+
+
+def test_a_result_recorded_twice_releases_the_next_step_once(system):  # noqa: F811
+    """Two copies of a step ran (its worker was thought dead): both report; the first result is the
+    only one recorded, and the next step and the callback are queued once."""
+    client = system.client()
+    store = store_of(system)
+    handle = client.run(chain(sig("echo", 1), chord(group(sig("echo"), sig("echo")), sig("wf.total"))))
+    first = store.claim(10)
+    assert len(first) == 1
+    assert store.finish([_outcome(first[0][0], 1)], trusted=True) == 1
+    assert store.finish([_outcome(first[0][0], 99)], trusted=True) == 0
+    children = store.claim(10)
+    assert len(children) == 2 and all(json.loads(body)["args"] == [1] for _, body, _ in children)
+    # Both children report twice, in one batch and again in another.
+    twice = [_outcome(job_id, 1) for job_id, _, _ in children]
+    assert store.finish(twice + twice, trusted=True) == 2
+    assert store.finish(twice, trusted=True) == 0
+    callback = store.claim(10)
+    assert len(callback) == 1 and json.loads(callback[0][1])["args"] == [[1, 1]]
+    assert store.claim(10) == []
+    store.finish([_outcome(callback[0][0], 2)], trusted=True)
+    store.finish([_outcome(callback[0][0], 3)], trusted=True)
+    assert handle.result(5) == 2
+    assert store.workflow_counts() == {"started": 1, "ok": 1, "failed": 0, "cancelled": 0}
+
+
+def test_a_chord_of_a_thousand_children_calls_back_once_with_the_sum(running, tmp_path):
+    log = str(tmp_path / "calls")
+    handle = running.run(chord(group(sig("echo", i) for i in range(1000)), sig("wf.total", log=log)))
+    assert handle.result(30) == sum(range(1000))
+    assert lines(log) == ["total"]
+    # The children's values went into the callback's record once; nothing of them is left behind.
+    assert not running.redis.exists(running.keys.workflow_results(handle.id))
+
+
+def test_a_chord_of_a_thousand_survives_a_worker_kill9_halfway_and_calls_back_once(
+        system, spawn, tmp_path):  # noqa: F811
+    """Subprocess worker, killed with -9 while the children run, then started again: every child ends
+    with one recorded result, and the callback runs once with the right sum."""
+    (tmp_path / "wf_tasks.py").write_text(TASKS)
+    log = str(tmp_path / "calls")
+    args = ("worker", "--channels", "1", "--concurrency", "50", "--app", "wf_tasks", "--metrics-port", "0")
+    first = spawn(*args, cwd=tmp_path)
+    wait_until(workers_registered(system.redis, system.namespace), timeout=20, message="the worker")
+    system.master()
+    client = system.client()
+    handle = client.run(chord(group(sig("wf.step", i, 0.05, log=log, name="child") for i in range(1000)),
+                              sig("wf.total", log=log)))
+    wait_until(lambda: system.redis.zcard(system.keys.done) >= 400, timeout=30, message="400 children done")
+    first.signal(signal.SIGKILL)
+    assert first.wait(5) == -signal.SIGKILL
+    assert system.redis.zcard(system.keys.done) < 1000
+    spawn(*args, cwd=tmp_path)
+    assert handle.result(60) == sum(range(1000))
+    wait_until(lambda: settled(system), message="nothing left in flight")
+    time.sleep(0.5)
+    assert lines(log, "total") == ["total"]
+    # Children that were running on the killed worker ran again: each is recorded once all the same.
+    print(f"children run {len(lines(log, 'child'))} times")
+    assert len(lines(log, "child")) >= 1000
+    assert store_of(system).counts()["finished"]["ok"] == 1001
+
+
+def test_a_master_kill9_between_two_steps_loses_nothing(system, spawn, tmp_path):  # noqa: F811
+    """Subprocess master, killed with -9 while the first step runs: the step's result releases the next
+    one into Redis with no master there, and the next master dispatches it."""
+    log = str(tmp_path / "calls")
+    worker(system)
+    args = ("master", "--metrics-port", "0")
+    first = spawn(*args)
+    client = system.client()
+    handle = client.run(chain(sig("wf.step", "a", 1.0, log=log, name="one"), sig("wf.step", log=log, name="two"),
+                              sig("wf.add", "!")))
+    wait_until(lambda: lines(log) == ["one"], message="the first step running")
+    first.signal(signal.SIGKILL)
+    assert first.wait(5) == -signal.SIGKILL
+    wait_until(lambda: system.redis.llen(system.keys.intake) == 1, message="the next step queued by the result")
+    spawn(*args)
+    assert handle.result(30) == "a!"
+    assert lines(log) == ["one", "two"]
+
+
+# -- cancel --------------------------------------------------------------------------------------------------
+
+def test_cancel_stops_a_workflow_and_nothing_after_starts(running, tmp_path):
+    log = str(tmp_path / "calls")
+    handle = running.run(chain(sig("wf.step", 1, 0.5, log=log, name="one"), sig("wf.step", log=log, name="two")))
+    wait_until(lambda: lines(log) == ["one"], message="the first step running")
+    assert handle.cancel() == "cancelled"
+    with pytest.raises(JobFailed) as failed:
+        handle.result(5)
+    assert failed.value.type == "Cancelled"
+    wait_until(lambda: settled_client(running), message="the first step to end")
+    time.sleep(0.2)
+    assert lines(log) == ["one"]
+    assert handle.cancel() == "finished"
+    assert running.cancel_workflow("w0") == "unknown"
+    assert running.store.workflow_counts()["cancelled"] == 1
+
+
+# -- lookup and metrics --------------------------------------------------------------------------------------
+
+def test_job_shows_a_workflow_with_its_steps_and_their_states(system):  # noqa: F811
+    client = system.client()
+    store = store_of(system)
+    handle = client.run(chain(sig("echo", 1), chord(group(sig("echo") for _ in range(60)), sig("wf.total"))))
+    info = workflow_info(store, handle.id)
+    assert (info["state"], info["steps"], info["counts"]) == ("running", 62, {"queued": 1, "waiting": 61})
+    assert [n["kind"] for n in info["nodes"][:4]] == ["chain", "step", "chord", "group"]
+    worker(system)
+    system.master()
+    assert handle.result(10) == 60
+    info = workflow_info(store, handle.id)
+    assert (info["state"], info["status"], info["result"]) == ("finished", "ok", 60)
+    assert info["counts"] == {"finished": 62}
+    assert info["nodes"][-1]["task"] == "wf.total" and info["nodes"][-1]["result"] == 60
+    text = render_workflow(info)
+    assert text.startswith(f"workflow {handle.id}: finished (ok)") and "... 11 more steps" in text
+    assert "wf.total  job" in text
+
+    failed = client.run(chain(sig("wf.boom", 1), sig("echo")))
+    with pytest.raises(JobFailed):
+        failed.result(10)
+    out = run_cli("job", failed.id, "--redis-url", system.url, "--namespace", system.namespace)
+    assert out.returncode == 0, out.stderr
+    assert f"workflow {failed.id}: failed (error)" in out.stdout and "boom on 1" in out.stdout
+    assert "skipped" in out.stdout
+    out = run_cli("job", failed.id, "--json", "--redis-url", system.url, "--namespace", system.namespace)
+    assert json.loads(out.stdout)["failed_step"] == info_failed_step(store, failed.id)
+    out = run_cli("job", "w999999", "--redis-url", system.url, "--namespace", system.namespace)
+    assert out.returncode == 1 and out.stderr.count("\n") == 1
+
+
+def info_failed_step(store, workflow_id):
+    return next(n["job"] for n in workflow_info(store, workflow_id)["nodes"] if n.get("task") == "wf.boom")
+
+
+def test_the_master_exports_workflows_started_and_ended(system, running):  # noqa: F811
+    registry = new_registry()
+    MasterMetrics(registry, ["echo"]).bind(system.masters[0])
+    running.run(chain(sig("echo", 1), sig("echo"))).result(10)
+    with pytest.raises(JobFailed):
+        running.run(chain(sig("wf.boom"), sig("echo"))).result(10)
+    value = registry.get_sample_value
+    assert value("geventsched_master_workflows_total", {"event": "started"}) == 2
+    assert value("geventsched_master_workflows_total", {"event": "ok"}) == 1
+    assert value("geventsched_master_workflows_total", {"event": "failed"}) == 1
+    assert value("geventsched_master_workflows_total", {"event": "cancelled"}) == 0
+
+
+# -- bad input -----------------------------------------------------------------------------------------------
+
+def _deep(depth):
+    flow = sig("echo", 1)
+    for _ in range(depth - 1):
+        flow = chain(flow)
+    return flow
+
+
+@pytest.mark.parametrize("flow, error, words", [
+    (chain(sig("echo", object())), TypeError, "not JSON"),
+    (group(sig("echo", 1), sig("echo", float("nan"))), TypeError, "not JSON"),
+    (chain(), ValueError, "empty chain"),
+    (chain(sig("echo", 1), group()), ValueError, "empty group"),
+    (chord(group(sig("echo", 1))), ValueError, "needs a callback"),
+    (chord(sig("echo", 1), sig("echo")), TypeError, "header"),
+    (chain(sig("echo", 1), "echo"), TypeError, "not a workflow step"),
+    (sig("", 1), TypeError, "task"),
+    (_deep(MAX_DEPTH + 1), ValueError, f"at most {MAX_DEPTH}"),
+    (chain(sig("echo", 1, _priority=12)), ValueError, "priority"),
+    (chain(sig("echo", 1, _timeout=-1)), ValueError, "_timeout"),
+], ids=["object", "nan", "empty-chain", "empty-group", "no-callback", "header", "not-a-step", "no-task", "deep",
+        "priority", "timeout"])
+def test_bad_input_is_refused_at_run_and_nothing_is_submitted(system, flow, error, words):  # noqa: F811
+    client = system.client()
+    with pytest.raises(error, match=words):
+        client.run(flow)
+    assert workflow_keys(system) == []
+    assert system.redis.hlen(system.keys.jobs) == 0 and store_of(system).counts()["queued"] == 0
+
+
+def test_nesting_up_to_the_limit_runs(running):
+    assert running.run(_deep(MAX_DEPTH)).result(10) == 1
+
+
+def test_a_step_over_the_max_payload_and_options_of_no_meaning_are_refused(system):  # noqa: F811
+    client = system.client(max_payload=1000)
+    with pytest.raises(JobTooLarge):
+        client.run(chain(sig("echo", "x" * 2000)))
+    with pytest.raises(ValueError, match="_delay"):
+        sig("echo", 1, _delay=5)
+    assert workflow_keys(system) == []
+
+
+# -- on a cluster --------------------------------------------------------------------------------------------
+
+def test_workflows_run_on_a_redis_cluster(redis_cluster, tmp_path):
+    from test_hardening import _System
+
+    namespace = f"gs-test-wf-{os.urandom(4).hex()}"
+    made = _System(redis_cluster, namespace)
+    try:
+        assert made.keys.cluster and Keys(namespace, cluster=True).workflow("w1").startswith("{")
+        worker(made)
+        made.master()
+        client = made.client()
+        flow = chain(sig("echo", 2), chord(group(sig("wf.add", i) for i in range(10)), sig("wf.total")))
+        assert client.run(flow).result(20) == sum(range(10)) + 20
+        with pytest.raises(JobFailed):
+            client.run(chain(sig("wf.boom", 1), sig("echo"))).result(20)
+    finally:
+        made.close()
+        Store.for_namespace(made.redis, namespace).delete_namespace()
