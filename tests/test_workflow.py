@@ -338,6 +338,29 @@ def test_a_master_kill9_between_two_steps_loses_nothing(system, spawn, tmp_path)
     assert lines(log) == ["one", "two"]
 
 
+@pytest.mark.parametrize("private_redis", [("--appendonly", "yes")], indirect=True, ids=["aof"])
+def test_a_workflow_survives_a_redis_restart_with_aof(private_redis, tmp_path):
+    """Redis restarts (append-only file) while a step runs: the workflow's state comes back with the
+    server, the step's result (written once Redis is back) releases the chord, and its callback runs once."""
+    from test_hardening import _System
+
+    made = _System(private_redis.url, "gs-test-wf-aof")
+    try:
+        log = str(tmp_path / "calls")
+        worker(made)
+        made.master()
+        client = made.client()
+        flow = chain(sig("wf.step", 1, 1.0, log=log, name="one"),
+                     chord(group(sig("wf.add", i) for i in range(3)), sig("wf.total", log=log)))
+        handle = client.run(flow)
+        wait_until(lambda: lines(log) == ["one"], message="the first step running")
+        private_redis.restart(down_for=0.5)
+        assert handle.result(30) == 3 + 3
+        assert lines(log) == ["one", "total"]
+    finally:
+        made.close()
+
+
 # -- cancel --------------------------------------------------------------------------------------------------
 
 def test_cancel_stops_a_workflow_and_nothing_after_starts(running, tmp_path):
