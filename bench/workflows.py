@@ -88,8 +88,9 @@ def main(argv=None):
             runs["plain_s"].append(plain_seconds(client, children))
             runs["chain_s"].append(chain_seconds(client, steps))
             runs["round_trip_s"].append(round_trip_seconds(client, 200))
-            print(f"run {i + 1}/{args.repeats}: chord {total:.3f}s (run() {queued:.3f}s), plain {runs['plain_s'][-1]:.3f}s, "
-                  f"chain {runs['chain_s'][-1]:.3f}s, round trip {runs['round_trip_s'][-1] * 1e3:.2f}ms", file=sys.stderr)
+            print(f"run {i + 1}/{args.repeats}: chord {total:.3f}s (run() {queued:.3f}s), "
+                  f"plain {runs['plain_s'][-1]:.3f}s, chain {runs['chain_s'][-1]:.3f}s, "
+                  f"round trip {runs['round_trip_s'][-1] * 1e3:.2f}ms", file=sys.stderr)
         env = environment(rig.client)
         client.close()
     med = {name: statistics.median(values) for name, values in runs.items()}
