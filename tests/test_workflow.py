@@ -1,7 +1,8 @@
 """Workflows (chain, group, chord): each shape and their nestings, failures, exactly-once release of
 the next step and of a chord's callback (also when a step's result comes twice, a worker is killed
-with -9 and a master is killed with -9), cancel, lookup, metrics and bad input. Real Redis; master
-and workers in this process, but for two tests that kill processes."""
+with -9, a master is killed with -9 and Redis restarts), cancel, lookup, metrics and bad input, and a
+state machine (hypothesis) that checks every workflow against a model after each step. Real Redis;
+master and workers in this process, but for the two tests that kill processes."""
 
 import json
 import os
@@ -9,6 +10,10 @@ import signal
 import time
 
 import pytest
+import redis
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
 from conftest import run_cli, wait_until, workers_registered
 from test_hardening import system  # noqa: F401  (a fixture)
@@ -19,9 +24,10 @@ from geventsched.errors import JobFailed, JobTooLarge
 from geventsched.keys import Keys
 from geventsched.lookup import render_workflow, workflow_info
 from geventsched.metrics import MasterMetrics, new_registry
-from geventsched.store import Store
+from geventsched.protocol import JsonCodec, Result
+from geventsched.store import Outcome, Store
 from geventsched.worker import Worker
-from geventsched.workflow import MAX_DEPTH, chain, chord, group, sig
+from geventsched.workflow import MAX_DEPTH, Plan, chain, chord, group, sig
 
 #: The test tasks, also written to a file for worker processes (``--app wf_tasks``). Evidence of each
 #: execution goes to a log file, one O_APPEND line each, from any process.
@@ -251,8 +257,6 @@ def test_a_too_large_released_step_fails_the_workflow(system):  # noqa: F811
 # -- exactly once --------------------------------------------------------------------------------------------
 
 def _outcome(job_id, value, status="ok"):
-    from geventsched.store import Outcome
-
     payload = json.dumps({"v": 1, "id": job_id, "task": "echo", "status": status, "value": value}).encode()
     return Outcome(job_id, status, payload, None, None)
 
@@ -492,3 +496,220 @@ def test_workflows_run_on_a_redis_cluster(redis_cluster, tmp_path):
     finally:
         made.close()
         Store.for_namespace(made.redis, namespace).delete_namespace()
+
+
+# -- the workflow state machine (hypothesis), against Redis -----------------------------------------------
+
+LEAVES = st.builds(lambda n: sig("t", n), st.integers(0, 9))
+VALUES = (st.integers(-2 ** 63, 2 ** 63 - 1) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=4)
+          | st.none() | st.lists(st.integers(0, 9) | st.text(max_size=2), max_size=3)
+          | st.dictionaries(st.text(max_size=3), st.booleans(), max_size=2))
+
+
+def _flows(children):
+    members = st.lists(children, min_size=1, max_size=3)
+    return (members.map(lambda xs: chain(*xs)) | members.map(lambda xs: group(*xs))
+            | st.tuples(members, children).map(lambda t: chord(group(*t[0]), t[1])))
+
+
+FLOWS = st.recursive(LEAVES, _flows, max_leaves=8)
+NOTHING = object()
+
+
+class Model:
+    """What a workflow should have done, from the results recorded so far, in the order they were
+    recorded: written from the contract (workflow.py), apart from the scripts."""
+
+    def __init__(self, plan, job_ids):
+        self.nodes = plan.nodes
+        self.job_of = {}
+        ids = iter(job_ids)
+        for number, node in enumerate(self.nodes, 1):
+            if node[0] == "s":
+                self.job_of[number] = next(ids)
+        self.node_of = {job: number for number, job in self.job_of.items()}
+        self.state, self.value, self.failed = "running", None, None
+        self.released = {}  # job id -> the arguments it must be released with
+        self.pending, self.values = {}, {}
+        self._start(1, NOTHING)
+
+    def _start(self, number, value):
+        kind, _, _, _, step, children = self.nodes[number - 1]
+        if kind == "s":
+            self.released[self.job_of[number]] = list(step.args) if value is NOTHING else [value, *step.args]
+        elif kind == "g":
+            self.pending[number], self.values[number] = set(range(1, len(children) + 1)), {}
+            for child in children:
+                self._start(child, value)
+        else:
+            self._start(children[0], value)
+
+    def _complete(self, number, value):
+        _, parent, position, following, _, _ = self.nodes[number - 1]
+        if parent == 0:
+            self.state, self.value = "ok", value
+        elif following > 0:
+            self._start(following, value)
+        elif following == 0:
+            self._complete(parent, value)
+        elif position in self.pending[parent]:
+            self.pending[parent].discard(position)
+            self.values[parent][position] = value
+            if not self.pending[parent]:
+                group_values = self.values[parent]
+                self._complete(parent, [group_values[p] for p in sorted(group_values)])
+
+    def recorded(self, job_id, status, value=None):
+        if self.state != "running":
+            return
+        if status == "ok":
+            self._complete(self.node_of[job_id], value)
+        else:
+            self.state, self.failed = "failed", job_id
+
+    def cancel(self):
+        if self.state == "running":
+            self.state = "cancelled"
+
+
+class WorkflowMachine(RuleBasedStateMachine):
+    """Workflows started, their steps claimed, run (ok or failing, some reported by copies whose
+    dispatch is over, some recorded twice), reaped to the dead letters, cancelled; after every step
+    each workflow has released exactly the steps the model says, with the arguments it says, none of
+    them twice, and ended as the model did."""
+
+    def __init__(self, client):
+        super().__init__()
+        self.r = client
+        self.keys = Keys(f"gs-wfprop-{os.urandom(6).hex()}")
+        self.store = Store(client, self.keys)
+        self.models = {}  # workflow id -> Model
+        self.copies = []  # (job id, serial) dispatched and not reported
+        self.latest = {}  # job id -> serial of its latest dispatch
+        self.serial = 0
+
+    def teardown(self):
+        keys = list(self.r.scan_iter(match=f"{self.keys.namespace}:*", count=1000))
+        if keys:
+            self.r.delete(*keys)
+
+    def _model_of(self, job_id):
+        return next(m for m in self.models.values() if job_id in m.node_of)
+
+    @initialize(flow=FLOWS)
+    def first(self, flow):
+        self.run(flow)
+
+    @rule(flow=FLOWS)
+    def run(self, flow):
+        plan = Plan(flow)
+        ids = self.store.new_ids(plan.steps + 1)
+        workflow_id = "w" + ids[0]
+        self.store.run_workflow(workflow_id, "", plan.encode(workflow_id, ids[1:], JsonCodec(), time.time()))
+        self.models[workflow_id] = Model(plan, ids[1:])
+
+    @rule(count=st.integers(1, 6))
+    def claim(self, count):
+        for job_id, body, _ in self.store.claim(count):
+            assert json.loads(body)["args"] == self._model_of(job_id).released[job_id]
+            self.serial += 1
+            self.copies.append((job_id, self.serial))
+            self.latest[job_id] = self.serial
+            self.r.hset(self.keys.dispatched, job_id, f"t{self.serial} w1")
+
+    def _current(self):
+        in_flight = {i.decode() for i in self.r.zrange(self.keys.inflight, 0, -1)}
+        return [c for c in self.copies if c[0] in in_flight and self.latest[c[0]] == c[1]]
+
+    @rule(data=st.data(), stale=st.booleans())
+    def report(self, data, stale):
+        """Workers report a batch: ok with a value, or failed (error, timeout); ``stale``: copies whose
+        dispatch is over report too (their reports must change nothing)."""
+        current = self._current()
+        pool = [c for c in self.copies if c not in current] + current if stale else current
+        if not pool:
+            return
+        picked = data.draw(st.lists(st.sampled_from(pool), min_size=1, max_size=4, unique=True))
+        outcomes = []
+        for job_id, serial in picked:
+            status = data.draw(st.sampled_from(["ok", "ok", "ok", "error", "timeout"]))
+            value = data.draw(VALUES) if status == "ok" else None
+            error = None if status == "ok" else {"type": "Boom", "message": "m", "traceback": ""}
+            payload = JsonCodec().encode_result(Result(job_id, status, value, error, task="t", token=f"t{serial}"))
+            outcomes.append((Outcome(job_id, status, payload, "", f"t{serial}"), value))
+            self.copies.remove((job_id, serial))
+        before = {o.id: self.r.exists(self.keys.result(o.id)) for o, _ in outcomes}
+        self.store.finish([o for o, _ in outcomes])
+        for outcome, value in outcomes:  # in the order the script recorded them
+            if not before[outcome.id] and self.r.get(self.keys.result(outcome.id)) is not None:
+                stored = json.loads(self.r.get(self.keys.result(outcome.id)))
+                if stored.get("tok") == outcome.token:
+                    before[outcome.id] = 1
+                    self._model_of(outcome.id).recorded(outcome.id, outcome.status, value)
+
+    @rule(data=st.data())
+    def report_twice(self, data):
+        """A job that has its result reports again (it ran twice): nothing changes."""
+        done = [job for m in self.models.values() for job in m.released if self.r.exists(self.keys.result(job))]
+        if done:
+            job_id = data.draw(st.sampled_from(done))
+            payload = JsonCodec().encode_result(Result(job_id, "ok", "again", task="t"))
+            assert self.store.finish([Outcome(job_id, "ok", payload, "", None)], trusted=True) == 0
+
+    @rule(max_attempts=st.integers(1, 2))
+    def reap(self, max_attempts):
+        _, dead = self.store.reap(max_attempts, now=time.time() + 10 ** 6)
+        for job_id in dead:
+            self._model_of(job_id).recorded(job_id, "dead")
+
+    @rule(data=st.data())
+    def cancel(self, data):
+        workflow_id = data.draw(st.sampled_from(sorted(self.models)))
+        word, _ = self.store.cancel_workflow(workflow_id, "error")
+        model = self.models[workflow_id]
+        assert word == ("cancelled" if model.state == "running" else "finished")
+        model.cancel()
+
+    @invariant()
+    def every_workflow_did_what_its_results_say(self):
+        k, r = self.keys, self.r
+        queued = [i.decode() for intake in k.intakes for i in r.lrange(intake, 0, -1)]
+        in_flight = {i.decode() for i in r.zrange(k.inflight, 0, -1)}
+        outcomes = {"started": len(self.models), "ok": 0, "failed": 0, "cancelled": 0}
+        for workflow_id, model in self.models.items():
+            state = r.hget(k.workflow(workflow_id), "state").decode()
+            assert state == model.state, f"{workflow_id}: {state} in Redis, {model.state} expected"
+            for job_id in model.node_of:
+                body, stored = r.hget(k.jobs, job_id), r.get(k.result(job_id))
+                present = body is not None or stored is not None
+                assert present == (job_id in model.released), \
+                    f"{workflow_id}: step {job_id} {'released' if present else 'not released'}, model: {model.released}"
+                if present:
+                    record = json.loads(body) if body is not None else json.loads(stored)["job"]
+                    assert record["args"] == model.released[job_id], f"step {job_id}'s arguments"
+                if stored is None:
+                    assert queued.count(job_id) + (job_id in in_flight) <= 1, f"step {job_id} queued twice"
+            if model.state != "running":
+                outcomes[model.state] += 1
+                result = json.loads(r.get(k.result(workflow_id)))
+                if model.state == "ok":
+                    assert (result["status"], result["value"]) == ("ok", model.value)
+                else:
+                    assert result["status"] != "ok" and result["error"]["type"] in ("Boom", "DeadLetter", "Cancelled")
+                    if model.state == "failed":
+                        assert result["step"] == model.failed
+                assert not any(r.exists(k.workflow_pending(workflow_id, g)) for g in model.pending)
+                assert not r.exists(k.workflow_results(workflow_id))
+        assert self.store.workflow_counts() == outcomes
+
+
+WORKFLOW_MACHINE = settings(max_examples=40, stateful_step_count=25, deadline=None, database=None,
+                            report_multiple_bugs=False, suppress_health_check=[HealthCheck.too_slow])
+
+
+def test_workflow_state_machine(redis_server):
+    client = redis.Redis.from_url(redis_server, protocol=2)
+    try:
+        run_state_machine_as_test(lambda: WorkflowMachine(client), settings=WORKFLOW_MACHINE)
+    finally:
+        client.close()
