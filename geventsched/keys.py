@@ -29,11 +29,12 @@ Keys:
     geventsched:dead              list  ids of dead-lettered jobs
     geventsched:result:<id>       string, encoded result, with a TTL
     geventsched:finished          hash  status -> count of jobs finished (each job once)
-    geventsched:done              zset  id -> when it finished: the index of finished jobs (results kept)
+    geventsched:done              list  ids of finished jobs, oldest first, while their results are kept
     geventsched:workers           set   ids of registered workers
     geventsched:worker:<id>       string, the worker's heartbeat (JSON), expires when it stops beating
     geventsched:channels          hash  channel -> id of the worker holding it (the channel lease)
     geventsched:master            string, id of the active master (lease with a TTL)
+    geventsched:schedules         hash  name -> periodic schedule (JSON); fire:<name>:<time> claims a fire time
     geventsched:wf:<wid>          hash  one workflow (``workflow.py``): its state, its reply channel and one
                                   line per node of its tree (``n<i>``); expires with the results once
                                   the workflow has ended
@@ -86,6 +87,7 @@ class Keys:
         self.worker_prefix = own + "worker:"
         self.channels = own + "channels"
         self.master = own + "master"
+        self.schedules, self.fire_prefix = own + "schedules", own + "fire:"
         #: Workflow keys (``lua/workflow.lua`` builds the same names from this prefix).
         self.workflow_prefix = own + "wf:"
         self.workflow_counts = own + "wfcounts"

@@ -11,7 +11,7 @@ A job's life::
     claim    LPOP intake n (highest priority first); HMGET jobs; ZADD inflight deadline id ...
                                                                       (Master, one script per batch)
     finish   SET result:id NX EX ttl -> if new: HINCRBY finished status; ZREM inflight; HDEL jobs;
-             ZADD done; PUBLISH reply; and PUBLISH CHANNEL_RESULT     (Worker, one script per batch)
+             RPUSH done; PUBLISH reply; and PUBLISH CHANNEL_RESULT     (Worker, one script per batch)
              (a failure with retries left goes to ``scheduled`` instead, due after its backoff)
     promote  scheduled jobs that are due -> intake                    (Master, at the due time)
     reap     in flight past its deadline -> back to the intake, or dead after the last attempt
@@ -64,14 +64,18 @@ WORKFLOW_SCRIPTS = ("finish", "reap", "wf_run", "wf_cancel")
 @dataclass(slots=True)
 class Outcome:
     """One result on its way to ``Store.finish``: the job, its status, the encoded result, where to
-    announce it and the dispatch token it answers. A failure that may run again also carries its
-    task, its retries and its backoff (seconds before the first retry, jitter applied)."""
+    announce it and the dispatch token it answers; whether it goes to the master in a result frame
+    (its job came in a frame) and to its client in a reply frame (its client reads them). A failure
+    that may run again also carries its task, its retries and its backoff (seconds before the first
+    retry, jitter applied)."""
 
     id: str
     status: str
     payload: bytes
     reply: str | None
     token: str | None
+    framed: bool = False
+    reply_frames: bool = False
     task: str = ""
     max_retries: int = 0
     backoff: float = 0.0
@@ -105,6 +109,7 @@ class Store:
         self._requeue = register("requeue")
         self._requeue_dead = register("requeue_dead")
         self._trim_dead = register("trim_dead")
+        self._trim_done = register("trim_done")
         self._claim_channels = register("claim_channels")
         self._release_worker = register("release_worker")
         self._wf_run = register("wf_run")
@@ -306,9 +311,10 @@ class Store:
         args = [k.result_prefix, self.result_ttl, k.result_channel if announce else "", len(results),
                 "1" if trusted else "0", self._publish_command, k.workflow_prefix, k.wakeup_channel]
         for o in results:
-            args += (o.id, o.status, o.payload, o.reply or "", o.token or "")
+            args += (o.id, o.status, o.payload, o.reply or "", o.token or "", _frames(o))
         for o in retries:
-            args += (o.id, o.status, o.payload, o.reply or "", o.token or "", o.task, o.max_retries, o.backoff)
+            args += (o.id, o.status, o.payload, o.reply or "", o.token or "", _frames(o), o.task, o.max_retries,
+                     o.backoff)
         return self._finish(keys=[k.finished, k.inflight, k.jobs, k.attempts, k.retries, k.scheduled,
                                   k.dispatched, k.done, k.priority, k.unique, k.intake, k.workflow_counts],
                             args=args)
@@ -322,9 +328,10 @@ class Store:
             self._wake_up(k.wakeup_channel, b"1")
         return n, float(next_due) if next_due else None
 
-    def trim_done(self, now=None):
-        """Drop finished jobs whose results have expired from the index of finished jobs."""
-        return self.client.zremrangebyscore(self.keys.done, "-inf", (now or time.time()) - self.result_ttl)
+    def trim_done(self, limit=1000):
+        """Forget finished jobs whose results have expired from the index of finished jobs (oldest
+        first). Returns how many went."""
+        return self._trim_done(keys=[self.keys.done], args=[self.keys.result_prefix, limit])
 
     def register_worker(self, worker_id, heartbeat, ttl, channels, partial=False):
         """Claim ``channels`` for ``worker_id`` and register it. Returns ``{channel: holder}`` of the
@@ -455,6 +462,12 @@ class Store:
     def for_namespace(cls, client, namespace, result_ttl=DEFAULT_RESULT_TTL):
         """The store of ``namespace`` on ``client``, its keys laid out for a cluster when ``client`` is one."""
         return cls(client, Keys(namespace, cluster=transport.is_cluster(client)), result_ttl)
+
+
+def _frames(outcome):
+    """The finish script's flags for how an outcome is announced: R, in a result frame; C, in a reply
+    frame to its client."""
+    return ("R" if outcome.framed else "") + ("C" if outcome.reply_frames else "")
 
 
 def _round_up(deadline):
