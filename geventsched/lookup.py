@@ -300,27 +300,24 @@ def render_workflow(info, limit=STEP_DETAIL):
     elif info["state"] == "finished":
         lines.append(f"result:    {_json(info['result'])}")
     lines.append("")
-    shown, hidden = 0, 0
+    shown, hidden, hidden_at = 0, 0, ""
     last = max((n["node"] for n in info["nodes"] if n["kind"] == "step"), default=0)
     for node in info["nodes"]:
         indent = "  " * node["depth"]
+        if node["kind"] == "step" and shown >= limit and node["job"] != info["failed_step"] and node["node"] != last:
+            hidden, hidden_at = hidden + 1, indent
+            continue
+        if hidden:
+            lines.append(f"{hidden_at}... {hidden} more steps")
+            hidden = 0
         if node["kind"] != "step":
-            if hidden:
-                lines.append(f"{indent}... {hidden} more steps")
-                hidden = 0
             lines.append(f"{indent}{node['kind']}")
             continue
-        if shown >= limit and node["job"] != info["failed_step"] and node["node"] != last:
-            hidden += 1
-            continue
         shown += 1
-        if hidden:
-            lines.append(f"{indent}... {hidden} more steps")
-            hidden = 0
         outcome = node["state"] + (f" ({node['status']})" if node.get("status") else "")
         if node.get("error"):
             outcome += f": {node['error'].get('type')}: {node['error'].get('message')}"
         lines.append(f"{indent}{node['task']}  job {node['job']}  {outcome}")
     if hidden:
-        lines.append(f"... {hidden} more steps")
+        lines.append(f"{hidden_at}... {hidden} more steps")
     return "\n".join(lines)
