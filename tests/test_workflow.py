@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
-from conftest import run_cli, wait_until, workers_registered
+from conftest import wait_until, workers_registered
 from test_hardening import system  # noqa: F401  (a fixture)
-from geventsched import transport
+from geventsched import cli, transport
 from geventsched.builtin import default_registry
 from geventsched.config import WorkerConfig
 from geventsched.errors import JobFailed, JobTooLarge
@@ -385,7 +385,7 @@ def test_cancel_stops_a_workflow_and_nothing_after_starts(running, tmp_path):
 
 # -- lookup and metrics --------------------------------------------------------------------------------------
 
-def test_job_shows_a_workflow_with_its_steps_and_their_states(system):  # noqa: F811
+def test_job_shows_a_workflow_with_its_steps_and_their_states(system, capsys):  # noqa: F811
     client = system.client()
     store = store_of(system)
     handle = client.run(chain(sig("echo", 1), chord(group(sig("echo") for _ in range(60)), sig("wf.total"))))
@@ -406,14 +406,14 @@ def test_job_shows_a_workflow_with_its_steps_and_their_states(system):  # noqa: 
     failed = client.run(chain(sig("wf.boom", 1), sig("echo")))
     with pytest.raises(JobFailed):
         failed.result(10)
-    out = run_cli("job", failed.id, "--redis-url", system.url, "--namespace", system.namespace)
-    assert out.returncode == 0, out.stderr
-    assert f"workflow {failed.id}: failed (error)" in out.stdout and "boom on 1" in out.stdout
-    assert "skipped" in out.stdout
-    out = run_cli("job", failed.id, "--json", "--redis-url", system.url, "--namespace", system.namespace)
-    assert json.loads(out.stdout)["failed_step"] == info_failed_step(store, failed.id)
-    out = run_cli("job", "w999999", "--redis-url", system.url, "--namespace", system.namespace)
-    assert out.returncode == 1 and out.stderr.count("\n") == 1
+    where = ("--redis-url", system.url, "--namespace", system.namespace)
+    assert cli.main(["job", failed.id, *where]) == 0
+    out = capsys.readouterr().out
+    assert f"workflow {failed.id}: failed (error)" in out and "boom on 1" in out and "skipped" in out
+    assert cli.main(["job", failed.id, "--json", *where]) == 0
+    assert json.loads(capsys.readouterr().out)["failed_step"] == info_failed_step(store, failed.id)
+    assert cli.main(["job", "w999999", *where]) == 1
+    assert capsys.readouterr().err.count("\n") == 1
 
 
 def info_failed_step(store, workflow_id):
