@@ -254,6 +254,26 @@ def test_a_too_large_released_step_fails_the_workflow(system):  # noqa: F811
     assert failed.value.type == "PayloadTooLarge"
 
 
+def test_a_workflow_whose_keys_are_broken_fails_alone(system):  # noqa: F811
+    """An error inside the engine (here a key of the wrong type) fails that workflow and nothing else:
+    the other results of the same batch are recorded, and no step of it is queued."""
+    client = system.client()
+    store = store_of(system)
+    broken = client.run(group(sig("echo", 1), sig("echo", 2)))
+    healthy = client.run(chain(sig("echo", 3), sig("echo")))
+    plain = client.submit("echo", 4)
+    claimed = store.claim(10)
+    assert len(claimed) == 4
+    system.redis.delete(system.keys.workflow_pending(broken.id, 1))
+    system.redis.set(system.keys.workflow_pending(broken.id, 1), "not a set")
+    assert store.finish([_outcome(job_id, 0) for job_id, _, _ in claimed], trusted=True) == 4
+    with pytest.raises(JobFailed) as failed:
+        broken.result(5)
+    assert failed.value.type == "WorkflowError" and "WRONGTYPE" in failed.value.message
+    assert plain.result(5) == 0
+    assert [job_id for job_id, _, _ in store.claim(10)] == [workflow_info(store, healthy.id)["nodes"][2]["job"]]
+
+
 # -- exactly once --------------------------------------------------------------------------------------------
 
 def _outcome(job_id, value, status="ok"):
@@ -496,6 +516,42 @@ def test_workflows_run_on_a_redis_cluster(redis_cluster, tmp_path):
     finally:
         made.close()
         Store.for_namespace(made.redis, namespace).delete_namespace()
+
+
+def test_workflows_need_no_command_beyond_the_readme_acl_line(tmp_path):
+    """The README's narrowest user runs workflows end to end: run, release, fail, dead letter, cancel,
+    lookup, counts; ACL LOG stays empty."""
+    from test_hardening import _System
+    from test_security import acl_denials, make_user
+    from geventsched.embedded import EmbeddedRedis
+
+    with EmbeddedRedis() as server:
+        admin = redis.Redis(port=server.port, protocol=2)
+        namespace = "gs-test-wf-acl"
+        url, user = make_user(admin, server, namespace)
+        made = _System(url, namespace)
+        try:
+            client = made.client()
+            dead = client.run(chain(sig("echo", 1), sig("echo")))
+            store_of(made).claim(10)
+            assert len(store_of(made).reap(1, now=time.time() + 3600)[1]) == 1
+            worker(made)
+            made.master()
+            flow = chain(sig("echo", 1), chord(group(sig("wf.add", i) for i in range(3)), sig("wf.total")))
+            assert client.run(flow).result(20) == 1 * 3 + 3
+            with pytest.raises(JobFailed):
+                client.run(chain(sig("wf.boom", 1), sig("echo"))).result(20)
+            with pytest.raises(JobFailed):
+                dead.result(20)
+            slow = client.run(chain(sig("wf.step", 1, 0.5), sig("echo")))
+            assert slow.cancel() == "cancelled"
+            assert workflow_info(store_of(made), slow.id)["state"] == "cancelled"
+            assert store_of(made).workflow_counts() == {"started": 4, "ok": 1, "failed": 2, "cancelled": 1}
+        finally:
+            made.close()
+            denied = acl_denials(admin, user)
+            admin.close()
+        assert denied == []
 
 
 # -- the workflow state machine (hypothesis), against Redis -----------------------------------------------

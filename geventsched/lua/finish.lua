@@ -143,7 +143,7 @@ for _, body in ipairs(uniques) do
   end
 end
 for status, n in pairs(counts) do redis.call('HINCRBY', KEYS[1], status, n) end
-for _, step in ipairs(steps) do wf_step(unpack(step)) end
+for _, step in ipairs(steps) do wf_guarded_step(unpack(step)) end
 wf_flush()
 if #result_frame > 0 then
   redis.call(publish, channel, '{"v":2,"results":[' .. table.concat(result_frame, ',') .. ']}')

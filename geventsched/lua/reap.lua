@@ -48,7 +48,7 @@ for _, id in ipairs(ids) do
       redis.call('HINCRBY', KEYS[6], 'dead', 1)
       if type(job.reply) == 'string' and job.reply ~= '' then redis.call(ARGV[6], job.reply, result) end
       local wid, node = wf_of(body)
-      if wid then wf_step(wid, node, id, 'dead', result) end
+      if wid then wf_guarded_step(wid, node, id, 'dead', result) end
       dead[#dead + 1] = id
     end
   end

@@ -153,8 +153,8 @@ local function wf_end(wid, state, result, failed)
     end
   end
   if #gone > 0 then redis.call('DEL', unpack(gone)) end
-  redis.call('EXPIRE', key, WF.ttl)
-  redis.call('EXPIRE', key .. ':t', WF.ttl)
+  redis.call('PEXPIRE', key, WF.ttl * 1000)
+  redis.call('PEXPIRE', key .. ':t', WF.ttl * 1000)
   local reply = redis.call('HGET', key, 'reply')
   if reply and reply ~= '' then redis.call(WF.publish, reply, result) end
 end
@@ -221,8 +221,9 @@ wf_complete = function(wid, i, value)
   local pending = key .. ':p:' .. m.parent
   if redis.call('SREM', pending, m.pos) == 0 then return end  -- this child was counted already
   redis.call('HSET', key .. ':r', m.parent .. ':' .. m.pos, value)
-  if redis.call('SCARD', pending) > 0 then return end
+  if redis.call('EXISTS', pending) == 1 then return end  -- an empty set is no key: every child is in
   local group = wf_meta(wid, m.parent)
+  if not group or not group.n then error('workflow ' .. wid .. ': no group at node ' .. m.parent) end
   return wf_complete(wid, m.parent, wf_collect(key .. ':r', m.parent, group.n))
 end
 
@@ -235,6 +236,21 @@ local function wf_step(wid, node, id, status, payload)
     status, payload = 'error', cjson.encode({error = {type = 'BadResult', message = 'its value does not parse'}})
   end
   wf_fail(wid, id, status, payload)
+end
+
+-- wf_step, guarded: an error in it (a bug, a key someone else wrote, a command the ACL denies)
+-- fails that workflow, and only it, rather than the whole call, which would leave the batch's
+-- results recorded (Redis does not roll a script back) and the workflow waiting for ever.
+local function wf_guarded_step(wid, node, id, status, payload)
+  local released = #wf_released
+  local ok, err = pcall(wf_step, wid, node, id, status, payload)
+  if ok then return end
+  for i = #wf_released, released + 1, -1 do wf_released[i] = nil end  -- nothing of it is queued
+  local message = type(err) == 'table' and (err.err or err.message) or err
+  pcall(wf_end, wid, 'failed', cjson.encode({
+    v = 1, id = wid, task = 'workflow', status = 'error',
+    error = {type = 'WorkflowError', message = 'workflow ' .. wid .. ' broke on the result of job ' .. id .. ': '
+             .. tostring(message), traceback = ''}, step = id}), id)
 end
 
 -- Queue the steps released by this call and wake the master.
