@@ -166,6 +166,14 @@ def test_values_pass_through_exactly_as_the_tasks_returned_them(running):
     assert running.run(chain(sig("echo", 0.1 + 0.2), sig("wf.add", 0.0))).result(10) == 0.30000000000000004
 
 
+def test_a_value_larger_than_any_message_a_client_reads_still_reaches_it(running):
+    """The client is told with a cue and reads the stored result: a group's list of 1.2 MB (over the
+    1 MiB a client decodes from a message) comes back whole, the wait having begun first."""
+    big = "x" * 400_000
+    handle = running.run(chain(sig("wf.step", big, 0.3), group(sig("echo"), sig("echo"), sig("echo"))))
+    assert handle.result(20) == [big] * 3
+
+
 def test_step_options_and_a_run_priority_reach_the_jobs(system):  # noqa: F811
     client = system.client()
     handle = client.run(chain(sig("echo", 1, _priority=7, _timeout=5), sig("echo", _max_retries=3)), priority=2)

@@ -19,7 +19,7 @@ local wid = ARGV[1]
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {'unknown'} end
 if state ~= 'running' then return {'finished'} end
-wf_end(wid, 'cancelled', cjson.encode({
+wf_end(wid, 'cancelled', ARGV[6], cjson.encode({
   v = 1, id = wid, task = 'workflow', status = ARGV[6],
   error = {type = 'Cancelled', message = 'workflow ' .. wid .. ' was cancelled', traceback = ''}}))
 local out = {'cancelled'}

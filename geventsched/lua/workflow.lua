@@ -24,7 +24,7 @@
 -- "<group>:<position>" and leaves wf:<wid>:p:<group>, the group's pending set (SREM: only the
 -- first time counts, so a step that ran twice counts once); the child that empties the set builds
 -- the group's list from wf:<wid>:r, in order, in this one place. The root's value is the workflow's
--- result, stored under result:<wid> and announced on the reply channel. A step that fails (after
+-- result, stored under result:<wid>; the reply channel hears a cue (the result without its value). A step that fails (after
 -- its retries) or dies fails the workflow: nothing more is released.
 --
 -- Returns nothing: it defines WF and the wf_* functions.
@@ -136,7 +136,9 @@ local function wf_release(wid, i, m, input)
   wf_released[#wf_released + 1] = {m.job, record, m.prio or '0'}
 end
 
-local function wf_end(wid, state, result, failed)
+-- The workflow ends in ``state`` with ``result`` (its JSON, status ``status``). Its client hears a
+-- cue without the value, which may be larger than any message it reads: it reads the stored result.
+local function wf_end(wid, state, status, result, failed)
   local key = WF.prefix .. wid
   local groups = redis.call('HGET', key, 'groups')
   redis.call('HSET', key, 'state', state, 'ended', wf_clock())
@@ -156,7 +158,9 @@ local function wf_end(wid, state, result, failed)
   redis.call('PEXPIRE', key, WF.ttl * 1000)
   redis.call('PEXPIRE', key .. ':t', WF.ttl * 1000)
   local reply = redis.call('HGET', key, 'reply')
-  if reply and reply ~= '' then redis.call(WF.publish, reply, result) end
+  if reply and reply ~= '' then
+    redis.call(WF.publish, reply, '{"v":1,"id":"' .. wid .. '","task":"workflow","status":"' .. status .. '"}')
+  end
 end
 
 local FAILED_STATUSES = {error = true, timeout = true, dead = true}
@@ -167,8 +171,9 @@ local function wf_fail(wid, id, status, payload)
   local err = type(result.error) == 'table' and result.error or {}
   local task = type(result.task) == 'string' and result.task ~= '' and result.task or '?'
   local message = type(err.message) == 'string' and err.message or status
-  wf_end(wid, 'failed', cjson.encode({
-    v = 1, id = wid, task = 'workflow', status = FAILED_STATUSES[status] and status or 'error',
+  status = FAILED_STATUSES[status] and status or 'error'
+  wf_end(wid, 'failed', status, cjson.encode({
+    v = 1, id = wid, task = 'workflow', status = status,
     error = {type = type(err.type) == 'string' and err.type or status,
              message = 'step ' .. task .. ' (job ' .. id .. ') failed: ' .. message,
              traceback = type(err.traceback) == 'string' and err.traceback or ''},
@@ -213,7 +218,7 @@ wf_complete = function(wid, i, value)
   local m = wf_meta(wid, i)
   if not m then return end
   if m.parent == 0 then
-    return wf_end(wid, 'ok', '{"v":1,"id":"' .. wid .. '","task":"workflow","status":"ok","value":' .. value .. '}')
+    return wf_end(wid, 'ok', 'ok', '{"v":1,"id":"' .. wid .. '","task":"workflow","status":"ok","value":' .. value .. '}')
   end
   if m.next > 0 then return wf_start(wid, m.next, value) end
   if m.next == 0 then return wf_complete(wid, m.parent, value) end
@@ -247,7 +252,7 @@ local function wf_guarded_step(wid, node, id, status, payload)
   if ok then return end
   for i = #wf_released, released + 1, -1 do wf_released[i] = nil end  -- nothing of it is queued
   local message = type(err) == 'table' and (err.err or err.message) or err
-  pcall(wf_end, wid, 'failed', cjson.encode({
+  pcall(wf_end, wid, 'failed', 'error', cjson.encode({
     v = 1, id = wid, task = 'workflow', status = 'error',
     error = {type = 'WorkflowError', message = 'workflow ' .. wid .. ' broke on the result of job ' .. id .. ': '
              .. tostring(message), traceback = ''}, step = id}), id)
