@@ -603,10 +603,16 @@ def _job_line(line):
 
 
 def cmd_job(args):
-    from geventsched.lookup import job_info, render_job
+    from geventsched.lookup import job_info, render_job, render_workflow, workflow_info
     from geventsched.store import Store
 
-    info = job_info(Store.for_namespace(_connect(args), args.namespace), args.id)
+    store = Store.for_namespace(_connect(args), args.namespace)
+    if args.id.startswith("w"):  # a workflow's id (client.run): its steps and their states
+        info = workflow_info(store, args.id)
+        if info is not None:
+            print(json.dumps(info, indent=2) if args.json else render_workflow(info))
+            return EXIT_OK
+    info = job_info(store, args.id)
     if info is None:
         print(f"error: no job {args.id!r} (unknown, or its result expired)", file=sys.stderr)
         return EXIT_FAILURE

@@ -6,6 +6,9 @@
     handle.result(timeout=10)        # -> 42, or raises JobFailed / TimeoutError
     handle.cancel()                  # -> "cancelled", "finished" (too late) or "unknown"
 
+    from geventsched.workflow import chain, sig
+    client.run(chain(sig("echo", 1), sig("myapp.add", 2))).result(10)     # -> 3 (see workflow.py)
+
 A job is in Redis (hash + intake list) before ``submit`` returns; the master need not run in this
 process, or at all yet. Results are stored with a TTL and also announced on this client's reply
 channel, so waiting works whether the result came before or after the wait began.
@@ -24,11 +27,11 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from geventsched import submission, transport
+from geventsched import submission, transport, workflow
 from geventsched.backoff import Backoff
 from geventsched.config import DEFAULT_MAX_PAYLOAD
 from geventsched.errors import DecodeError, JobFailed, JobTooLarge, RedisUnavailable
-from geventsched.protocol import Job, JsonCodec, Result
+from geventsched.protocol import STATUSES, Job, JsonCodec, Result
 from geventsched.store import Store
 
 #: Job ids are reserved from Redis's counter this many at a time (see ``Client._new_ids``).
@@ -70,6 +73,41 @@ class JobHandle:
 
     def __repr__(self) -> str:
         return f"JobHandle({self.id!r}, {self.task!r})"
+
+
+class WorkflowHandle(JobHandle):
+    """A started workflow: its id (``w`` and digits) and the way to its result. ``result()`` is the
+    chain's last value, the group's list or the chord callback's value; JobFailed names the step that
+    failed it."""
+
+    __slots__ = ("shape",)
+
+    def __init__(self, client: Client, workflow_id: str, shape: str = "") -> None:
+        super().__init__(client, workflow_id, workflow.WORKFLOW_TASK)
+        self.shape = shape
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The workflow's value. Raises JobFailed (a step failed, or it was cancelled) or TimeoutError."""
+        result = self.wait(timeout)
+        if result is None:
+            raise TimeoutError(f"workflow {self.id}: no result within {timeout}s")
+        if not result.ok:
+            raise JobFailed(result)
+        return result.value
+
+    def cancel(self) -> str:
+        """Stop the workflow: nothing more of it starts, and its result says it was cancelled.
+        Returns "cancelled", "finished" (it had ended: nothing changed) or "unknown"."""
+        return self._client.cancel_workflow(self.id)
+
+    def info(self) -> dict | None:
+        """Its steps and their states (``lookup.workflow_info``)."""
+        from geventsched.lookup import workflow_info
+
+        return workflow_info(self._client.store, self.id)
+
+    def __repr__(self) -> str:
+        return f"WorkflowHandle({self.id!r}, {self.shape!r})"
 
 
 class Client:
@@ -163,6 +201,34 @@ class Client:
         (never submitted, or its result expired; without durability, once the master took it) is "unknown".
         """
         return self.store.cancel([getattr(job, "id", job) for job in jobs])
+
+    def run(self, flow: Any, *, timeout: float | None = None, max_retries: int | None = None,
+            priority: int = 0) -> WorkflowHandle:
+        """Start a workflow (``geventsched.workflow``: ``sig``, ``chain``, ``group``, ``chord``); returns
+        its WorkflowHandle. ``timeout``, ``max_retries`` and ``priority`` apply to every step that does
+        not set its own. Bad input (see ``workflow.py``) raises TypeError or ValueError, and nothing is
+        submitted. The steps that can start are queued at once; the others wait in Redis for the
+        results they need."""
+        plan = workflow.Plan(flow, priority)
+        self._listen()  # before the workflow exists, as for submit
+        self._drain()
+        ids = self._new_ids(plan.steps + 1)
+        workflow_id = "w" + ids[0]
+        nodes = plan.encode(workflow_id, ids[1:], self.codec, time.time(),
+                            timeout if timeout is not None else self.timeout, max_retries, self.max_payload)
+        self.store.run_workflow(workflow_id, self.reply_channel, nodes)
+        return WorkflowHandle(self, workflow_id, workflow.shape(flow))
+
+    def cancel_workflow(self, workflow_id: str) -> str:
+        """End a running workflow as cancelled: "cancelled", "finished" (it had ended) or "unknown".
+        Its steps already queued or running are cancelled too where the store can (``Store.cancel``);
+        otherwise they run to the end and their results are ignored."""
+        status = "cancelled" if "cancelled" in STATUSES else "error"
+        word, running = self.store.cancel_workflow(workflow_id, status)
+        cancel = getattr(self.store, "cancel", None)
+        if running and cancel is not None:
+            cancel(running)
+        return word
 
     def _new_ids(self, count):
         """``count`` job ids, from ids this client reserved earlier where it has enough: a submit is

@@ -45,6 +45,13 @@ Keys:
     geventsched:channels          hash  channel -> id of the worker holding it (the channel lease)
     geventsched:master            string, id of the active master (lease with a TTL)
     geventsched:schedules         hash  name -> periodic schedule (JSON); fire:<name>:<time> claims a fire time
+    geventsched:wf:<wid>          hash  one workflow (``workflow.py``): its state, its reply channel and one
+                                  line per node of its tree (``n<i>``); expires with the results once
+                                  the workflow has ended
+    geventsched:wf:<wid>:t        hash  node -> job record of each step not released yet
+    geventsched:wf:<wid>:r        hash  "<group>:<position>" -> result JSON of a group's finished child
+    geventsched:wf:<wid>:p:<g>    set   positions of group g's children still pending (each leaves once)
+    geventsched:wfcounts          hash  started / ok / failed / cancelled -> workflows so far
 
 On a Redis Cluster (``cluster=True``) our own prefix is a hash tag, ``{geventsched}:`` (or
 ``{NS:geventsched}:``), and the result channel is ``{geventsched}:CHANNEL_RESULT``: every key, the
@@ -92,6 +99,9 @@ class Keys:
         self.channels = own + "channels"
         self.master = own + "master"
         self.schedules, self.fire_prefix = own + "schedules", own + "fire:"
+        #: Workflow keys (``lua/workflow.lua`` builds the same names from this prefix).
+        self.workflow_prefix = own + "wf:"
+        self.workflow_counts = own + "wfcounts"
         self.held = own + "held"
         self.held_prefix = own + "held:"
 
@@ -123,6 +133,18 @@ class Keys:
 
     def worker(self, worker_id):
         return self.worker_prefix + worker_id
+
+    def workflow(self, workflow_id):
+        return self.workflow_prefix + workflow_id
+
+    def workflow_templates(self, workflow_id):
+        return f"{self.workflow_prefix}{workflow_id}:t"
+
+    def workflow_results(self, workflow_id):
+        return f"{self.workflow_prefix}{workflow_id}:r"
+
+    def workflow_pending(self, workflow_id, node):
+        return f"{self.workflow_prefix}{workflow_id}:p:{node}"
 
     def reply_channel(self, client_id):
         return f"{self.own}reply:{client_id}"

@@ -269,6 +269,37 @@ class TaskGauge:
         yield family
 
 
+class RedisCounters:
+    """Counters kept in Redis (workflows: counted by the scripts that start and end them, exactly
+    once whatever master runs), read when Prometheus scrapes by calling ``read()`` -> ``{value: n}``.
+    Exported as one counter family with one label; a scrape where Redis does not answer has no sample.
+    The counts are the namespace's: every master exports the same numbers (take max(), not sum())."""
+
+    def __init__(self, registry, name, doc, label, values):
+        self._name, self._doc, self._label, self._values = name, doc, label, tuple(values)
+        self._read = None
+        registry.register(self)
+
+    def bind(self, read):
+        self._read = read
+
+    def describe(self):
+        return [CounterMetricFamily(self._name, self._doc, labels=[self._label])]
+
+    def collect(self):
+        family = CounterMetricFamily(self._name, self._doc, labels=[self._label])
+        counts = None
+        if self._read is not None:
+            try:
+                counts = self._read()
+            except Exception:  # Redis away: no sample rather than a made-up one; never a failed scrape
+                log.warning("metrics: reading counters from Redis failed", exc_info=True)
+        if counts is not None:
+            for value in self._values:
+                family.add_metric([value], counts.get(value, 0))
+        yield family
+
+
 class WorkerMetrics(WorkerHooks):
     """The worker's metrics (SPEC: ``geventsched_worker_*``), fed by ``WorkerHooks`` calls.
 
@@ -403,11 +434,15 @@ class MasterMetrics(MasterHooks):
             "geventsched_master_schedule_overdue_seconds": "How far the most overdue periodic schedule is past "
                                                            "its next fire time (0: none is).",
         })
+        self._workflows = RedisCounters(registry, "geventsched_master_workflows",
+                                        "Workflows started, and ended by outcome (ok, failed, cancelled), "
+                                        "counted in Redis.", "event", ("started", "ok", "failed", "cancelled"))
 
     def bind(self, master):
         """Read ``master``'s state at each scrape. Returns self."""
         self._gauges.bind(lambda: _read_master(master))
         self._held.bind(lambda: dict(master.limits.held))
+        self._workflows.bind(master.store.workflow_counts)
         return self
 
     # -- hooks (hot path) ------------------------------------------------------------------------

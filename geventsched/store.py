@@ -20,6 +20,11 @@ A job's life::
 
 ``SET result NX`` makes the first result the only one recorded, so a job that ran twice (its worker
 was thought dead, or its deadline passed while it still ran) is counted once.
+
+A workflow's steps are jobs whose record names the workflow: ``run_workflow`` queues those that can
+start and keeps the others in Redis; ``finish`` (and ``reap``, for a dead step), on recording a step's
+result, releases what that result was waiting for in the same script call, so each next step or
+callback is queued exactly once (``lua/workflow.lua``).
 """
 
 import functools
@@ -52,6 +57,11 @@ def lua_script(name):
     """The source of ``geventsched/lua/<name>.lua``, read once per process (installed with the
     package as package data)."""
     return resources.files("geventsched").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+
+
+#: Scripts that move workflows on: ``workflow.lua`` (the engine) goes in front of each, since a Redis
+#: script cannot call another.
+WORKFLOW_SCRIPTS = ("finish", "reap", "wf_run", "wf_cancel")
 
 
 @dataclass(slots=True)
@@ -88,7 +98,10 @@ class Store:
         self._publish_command = "SPUBLISH" if sharded else "PUBLISH"
 
         def register(name):
-            return client.register_script(lua_script(name))
+            source = lua_script(name)
+            if name in WORKFLOW_SCRIPTS:
+                source = lua_script("workflow") + "\n" + source
+            return client.register_script(source)
 
         self._submit = register("submit")
         self._claim = register("claim")
@@ -105,6 +118,8 @@ class Store:
         self._cancel = register("cancel")
         self._hold = register("hold")
         self._held_counts = register("held_counts")
+        self._wf_run = register("wf_run")
+        self._wf_cancel = register("wf_cancel")
 
     # -- client side ---------------------------------------------------------------------------
 
@@ -144,6 +159,35 @@ class Store:
             ids = self._submit(keys=[k.jobs, k.scheduled, k.priority, k.unique, k.intake], args=args)
             out.extend(i.decode() for i in ids)
         return out
+
+    def run_workflow(self, workflow_id, reply, nodes):
+        """Start a workflow in one script call: ``nodes`` are ``[(line, job record or "", children or
+        ""), ...]`` in preorder (``workflow.py`` builds them, ``lua/workflow.lua`` says what they hold).
+        The steps that can run at once are queued and the master woken; the others wait in Redis for
+        the result that releases them. Returns how many were queued."""
+        k = self.keys
+        args = [workflow_id, reply or "", k.workflow_prefix, k.result_prefix, self.result_ttl,
+                self._publish_command, k.wakeup_channel]
+        for entry in nodes:
+            args.extend(entry)
+        return self._wf_run(keys=[k.jobs, k.intake, k.priority, k.workflow_counts, k.workflow(workflow_id),
+                                  k.workflow_templates(workflow_id)], args=args)
+
+    def cancel_workflow(self, workflow_id, status):
+        """End a running workflow as cancelled (its result gets ``status``): nothing more of it starts.
+        Returns ``(word, ids)``: "cancelled" and the ids of its steps already queued or running, or
+        "finished" (it had ended) or "unknown", with no ids."""
+        k = self.keys
+        reply = self._wf_cancel(keys=[k.workflow(workflow_id), k.jobs, k.workflow_counts],
+                                args=[workflow_id, k.workflow_prefix, k.result_prefix, self.result_ttl,
+                                      self._publish_command, status])
+        return reply[0].decode(), [job_id.decode() for job_id in reply[1:]]
+
+    def workflow_counts(self):
+        """``{outcome: workflows}`` for started, ok, failed and cancelled, kept in Redis."""
+        counts = {"started": 0, "ok": 0, "failed": 0, "cancelled": 0}
+        counts.update({o.decode(): int(n) for o, n in self.client.hgetall(self.keys.workflow_counts).items()})
+        return counts
 
     def get_results(self, ids):
         """Stored results for ``ids`` (None where there is none yet)."""
@@ -253,9 +297,10 @@ class Store:
         """
         k = self.keys
         requeued, dead = self._reap(
-            keys=[k.inflight, k.jobs, k.attempts, k.intake, k.dead, k.finished, k.dispatched, k.priority],
+            keys=[k.inflight, k.jobs, k.attempts, k.intake, k.dead, k.finished, k.dispatched, k.priority,
+                  k.workflow_counts],
             args=[now or time.time(), limit, max_attempts, k.result_prefix, self.result_ttl,
-                  self._publish_command])
+                  self._publish_command, k.workflow_prefix, k.wakeup_channel])
         return [i.decode() for i in requeued], [i.decode() for i in dead]
 
     def requeue(self, dispatches, trusted=False):
@@ -377,14 +422,15 @@ class Store:
         """
         k = self.keys
         args = [k.result_prefix, self.result_ttl, k.result_channel if announce else "", len(results),
-                "1" if trusted else "0", self._publish_command]
+                "1" if trusted else "0", self._publish_command, k.workflow_prefix, k.wakeup_channel]
         for o in results:
             args += (o.id, o.status, o.payload, o.reply or "", o.token or "", _frames(o))
         for o in retries:
             args += (o.id, o.status, o.payload, o.reply or "", o.token or "", _frames(o), o.task, o.max_retries,
                      o.backoff)
         return self._finish(keys=[k.finished, k.inflight, k.jobs, k.attempts, k.retries, k.scheduled,
-                                  k.dispatched, k.done, k.priority, k.unique], args=args)
+                                  k.dispatched, k.done, k.priority, k.unique, k.intake, k.workflow_counts],
+                            args=args)
 
     def promote(self, limit=1000, now=None):
         """Move scheduled jobs that are due (delayed jobs, retries after their backoff) to their intake
