@@ -61,7 +61,7 @@ def lua_script(name):
 
 #: Scripts that move workflows on: ``workflow.lua`` (the engine) goes in front of each, since a Redis
 #: script cannot call another.
-WORKFLOW_SCRIPTS = ("finish", "reap", "wf_run", "wf_cancel")
+WORKFLOW_SCRIPTS = ("finish", "reap", "cancel", "wf_run", "wf_cancel")
 
 
 @dataclass(slots=True)
@@ -224,9 +224,9 @@ class Store:
             chunk = ids[i:i + batch]
             replies = self._cancel(
                 keys=[k.jobs, k.scheduled, k.inflight, k.dispatched, k.attempts, k.retries, k.finished, k.intake,
-                      k.priority, k.unique, k.done],
+                      k.priority, k.unique, k.done, k.workflow_counts],
                 args=[k.result_prefix, self.result_ttl, k.result_channel, k.cancel_channel, self._publish_command,
-                      *chunk])
+                      k.workflow_prefix, k.wakeup_channel, *chunk])
             words.update(zip(chunk, (word.decode() for word in replies)))
         return words
 

@@ -411,6 +411,19 @@ def test_cancel_stops_a_workflow_and_nothing_after_starts(running, tmp_path):
     assert running.store.workflow_counts()["cancelled"] == 1
 
 
+def test_cancelling_one_step_fails_its_workflow(running, tmp_path):
+    log = str(tmp_path / "calls")
+    handle = running.run(chain(sig("wf.step", 1, 5.0, log=log, name="one"), sig("wf.step", log=log, name="two")))
+    wait_until(lambda: lines(log) == ["one"], message="the first step running")
+    (step,) = [n for n in handle.info()["nodes"] if n.get("state") == "running"]
+    assert running.cancel([step["job"]]) == {step["job"]: "cancelled"}
+    with pytest.raises(JobFailed) as failed:
+        handle.result(5)
+    assert failed.value.type == "Cancelled" and "wf.step" in str(failed.value)
+    time.sleep(0.2)
+    assert lines(log) == ["one"], "a step after the cancelled one ran"
+
+
 # -- lookup and metrics --------------------------------------------------------------------------------------
 
 def test_job_shows_a_workflow_with_its_steps_and_their_states(system, capsys):  # noqa: F811

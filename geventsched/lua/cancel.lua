@@ -11,12 +11,17 @@
 -- KEYS[9] priority    hash id -> priority above 0
 -- KEYS[10] unique     hash unique key -> id of the job holding it
 -- KEYS[11] done       list of finished ids, oldest first (the index of finished jobs)
+-- KEYS[12] wfcounts   hash outcome -> workflows (lua/workflow.lua)
 -- ARGV[1] result_prefix   result:<id> keys
 -- ARGV[2] ttl             seconds a result is kept
 -- ARGV[3] result_channel  CHANNEL_RESULT, read by the master
 -- ARGV[4] cancel_channel  read by every worker
 -- ARGV[5] publish         'PUBLISH', or 'SPUBLISH' on a cluster (our channels share our keys' slot)
+-- ARGV[6] workflow_prefix wf:<id> keys (lua/workflow.lua, which this script is run after)
+-- ARGV[7] wakeup          the master's wake-up channel
 -- then the ids
+--
+-- A cancelled step of a workflow fails its workflow, as a failed step does (lua/workflow.lua).
 --
 -- The cancel is the job's result, written here like any other (stored with the job's record, as
 -- finish.lua stores one; a worker's result that comes later is dropped, its dispatch no longer being
@@ -33,7 +38,9 @@
 --
 -- Returns one word per id: 'cancelled', 'finished' (it has a result, or it is dead) or 'unknown'.
 local prefix, ttl, result_channel, cancel_channel, publish = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local words, gone, notice, uniques = {}, {}, {}, {}
+local words, gone, notice, uniques, steps = {}, {}, {}, {}, {}
+WF.jobs, WF.priority, WF.intake, WF.counts = KEYS[1], KEYS[9], KEYS[8], KEYS[12]
+WF.result_prefix, WF.ttl, WF.publish, WF.prefix, WF.wakeup = prefix, ttl, publish, ARGV[6], ARGV[7]
 
 -- Where a job with a record and no result is, taking it out of there (only commands the README's
 -- ACL line allows: ZREM and LREM say whether the id was there).
@@ -85,7 +92,7 @@ local function result_of(id, body, state, dispatch)
   return payload, string.sub(payload, 1, -2) .. extra .. '}', job
 end
 
-for i = 6, #ARGV do
+for i = 8, #ARGV do
   local id = ARGV[i]
   local word = 'unknown'
   if redis.call('EXISTS', prefix .. id) == 1 then
@@ -102,6 +109,8 @@ for i = 6, #ARGV do
         redis.call('SET', prefix .. id, stored, 'EX', ttl)
         gone[#gone + 1] = id
         if type(job.uniq) == 'string' then uniques[#uniques + 1] = {job.uniq, id} end
+        local wid, node = wf_of(body)
+        if wid then steps[#steps + 1] = {wid, node, id, 'cancelled', payload} end
         if type(job.reply) == 'string' and job.reply ~= '' then redis.call(publish, job.reply, payload) end
         if state == 'running' or state == 'claimed' then
           redis.call(publish, result_channel, payload)
@@ -129,4 +138,6 @@ end
 if #notice > 0 then
   redis.call(publish, cancel_channel, cjson.encode({v = 1, ids = notice}))
 end
+for _, step in ipairs(steps) do wf_guarded_step(unpack(step)) end
+wf_flush()
 return words

@@ -163,7 +163,7 @@ local function wf_end(wid, state, status, result, failed)
   end
 end
 
-local FAILED_STATUSES = {error = true, timeout = true, dead = true}
+local FAILED_STATUSES = {error = true, timeout = true, dead = true, cancelled = true}
 
 local function wf_fail(wid, id, status, payload)
   local ok, result = pcall(cjson.decode, payload)
