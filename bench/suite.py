@@ -33,11 +33,11 @@ from dataclasses import asdict, dataclass  # noqa: E402
 import gevent  # noqa: E402
 
 from geventsched import transport  # noqa: E402
-from geventsched.rig.rig import RedisFor, Rig, environment, progress_bar  # noqa: E402
+from geventsched.rig.rig import RedisFor, Rig, environment, percentiles, progress_bar  # noqa: E402
 from geventsched.keys import Keys  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SCENARIOS = ("throughput", "latency", "density", "concurrency", "payload", "large", "cluster", "peers")
+SCENARIOS = ("throughput", "latency", "density", "concurrency", "payload", "large", "delayed", "cluster", "peers")
 ALIASES = {"fanout": "density"}         # density grew out of the fan-out scenario and replaced it
 MIB = 1024 * 1024
 CHANNELS, CONCURRENCY = 100, 1000       # the worker of every scenario but density (as `geventsched bench`)
@@ -57,6 +57,8 @@ class Sizes:
     payload_budget: int        # bytes per run: big payloads get fewer jobs, so Redis memory stays bounded
     peer_jobs: int
     raw_messages: int
+    delayed_jobs: int = 100_000  # delayed jobs due in the same second, then spread over delay_spread s
+    delay_spread: float = 10.0
 
 
 FULL = Sizes(repeats=3, warmup_jobs=5_000, throughput_jobs=100_000, round_trips=1_000, open_loop_seconds=10.0,
@@ -64,7 +66,8 @@ FULL = Sizes(repeats=3, warmup_jobs=5_000, throughput_jobs=100_000, round_trips=
              payload_jobs=50_000, payload_budget=256 * MIB, peer_jobs=10_000, raw_messages=200_000)
 QUICK = Sizes(repeats=3, warmup_jobs=500, throughput_jobs=3_000, round_trips=100, open_loop_seconds=1.0,
               density_channels=(1, 100, 1_000, 10_000), density_jobs=2_000, concurrency_jobs=(100, 500),
-              payload_jobs=2_000, payload_budget=16 * MIB, peer_jobs=500, raw_messages=10_000)
+              payload_jobs=2_000, payload_budget=16 * MIB, peer_jobs=500, raw_messages=10_000, delayed_jobs=2_000,
+              delay_spread=2.0)
 
 # name -> Rig keyword arguments, in the order the runs interleave (metrics off, then on, side by side).
 THROUGHPUT_CONFIGS = {
@@ -566,6 +569,64 @@ def scenario_cluster(url, sizes, results):
                         for name in configs}}
 
 
+def scenario_delayed(url, sizes, results):
+    """Delayed jobs: N jobs due in the same second, then N spread over ``delay_spread`` seconds, all
+    submitted before the first is due. How late each starts (its start on the worker minus its due
+    time) and how long after the last due time the last one finishes."""
+    runs = []
+    progress = Progress("delayed", 2 * sizes.delayed_jobs)
+    with Rig(url, durability="redis") as rig:
+        for spread in (0.0, sizes.delay_spread):
+            runs.append(delayed_run(rig, sizes.delayed_jobs, spread, progress))
+    progress.close()
+    return {"jobs": sizes.delayed_jobs, "durability": "redis", "task": "noop", "runs": runs}
+
+
+def delayed_run(rig, jobs, spread, progress, chunks=100):
+    """One delayed run: ``jobs`` no-op jobs in ``chunks`` submits, each due at its own time from
+    ``lead`` seconds on (all at once when ``spread`` is 0)."""
+    from geventsched.client import Client
+
+    client = Client(transport.connect(rig.url), rig.namespace)
+    try:
+        lead = 2.0 + jobs / 20_000  # time to submit them all before the first is due
+        first_due = time.time() + lead
+        per_chunk = -(-jobs // chunks)
+        handles, dues = [], {}
+        for k in range(chunks):
+            count = min(per_chunk, jobs - k * per_chunk)
+            if count <= 0:
+                break
+            due = first_due + spread * k / chunks
+            for handle in client.submit_many([("noop", (), {})] * count, at=due):
+                handles.append(handle)
+                dues[handle.id] = due
+        late, ended = [], []
+        for i in range(0, len(handles), 5_000):
+            chunk = handles[i:i + 5_000]
+            results = client.wait(chunk, timeout=lead + spread + 120)
+            if len(results) < len(chunk):
+                raise RuntimeError(f"{len(chunk) - len(results)} delayed jobs had no result in time")
+            for job_id, result in results.items():
+                late.append(result.started - dues[job_id])
+                ended.append(result.ended)
+            progress.advance(len(chunk))
+        last_due = max(dues.values())
+        return {"spread_s": spread, "jobs": len(handles), "early": sum(1 for x in late if x < 0),
+                "lateness_ms": percentiles(late), "drain_s": round(max(ended) - last_due, 3)}
+    finally:
+        client.close()
+
+
+def report_delayed(r):
+    rows = [[f"{run['spread_s']:g} s", _n(run["jobs"]), *(_n(run["lateness_ms"][k], 1) for k in ("p50", "p90", "p99", "max")),
+             _n(run["drain_s"], 2), _n(run["early"])] for run in r["runs"]]
+    return "\n".join([
+        f"delayed jobs: {r['jobs']:,} no-op jobs due at once, then spread out; lateness = start on the worker minus due time",
+        table(["due times spread over", "jobs", "late p50 ms", "p90", "p99", "max", "drain after last due s", "started early"],
+              rows)])
+
+
 SCENARIO_FUNCTIONS = {
     "throughput": scenario_throughput,
     "latency": scenario_latency,
@@ -573,6 +634,7 @@ SCENARIO_FUNCTIONS = {
     "concurrency": scenario_concurrency,
     "payload": scenario_payload,
     "large": scenario_large,
+    "delayed": scenario_delayed,
     "cluster": scenario_cluster,
     "peers": scenario_peers,
 }
@@ -732,7 +794,7 @@ def report_cluster(r):
                "rtt p50", "p90", "p99", "max"], rows)])
 
 
-REPORTS = {"throughput": report_throughput, "latency": report_latency, "density": report_density,
+REPORTS = {"throughput": report_throughput, "delayed": report_delayed, "latency": report_latency, "density": report_density,
            "concurrency": report_concurrency, "payload": report_payload, "large": report_large,
            "cluster": report_cluster, "peers": report_peers}
 

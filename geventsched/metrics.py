@@ -34,6 +34,7 @@ from prometheus_client.utils import floatToGoString
 
 from geventsched.errors import ConfigError
 from geventsched.hooks import MasterHooks, WorkerHooks
+from geventsched.keys import MAX_PRIORITY
 
 log = logging.getLogger(__name__)
 
@@ -275,6 +276,8 @@ class RedisCounters:
     Exported as one counter family with one label; a scrape where Redis does not answer has no sample.
     The counts are the namespace's: every master exports the same numbers (take max(), not sum())."""
 
+    family = CounterMetricFamily
+
     def __init__(self, registry, name, doc, label, values):
         self._name, self._doc, self._label, self._values = name, doc, label, tuple(values)
         self._read = None
@@ -284,20 +287,26 @@ class RedisCounters:
         self._read = read
 
     def describe(self):
-        return [CounterMetricFamily(self._name, self._doc, labels=[self._label])]
+        return [self.family(self._name, self._doc, labels=[self._label])]
 
     def collect(self):
-        family = CounterMetricFamily(self._name, self._doc, labels=[self._label])
+        family = self.family(self._name, self._doc, labels=[self._label])
         counts = None
         if self._read is not None:
             try:
                 counts = self._read()
             except Exception:  # Redis away: no sample rather than a made-up one; never a failed scrape
-                log.warning("metrics: reading counters from Redis failed", exc_info=True)
+                log.warning("metrics: reading %s from Redis failed", self._name, exc_info=True)
         if counts is not None:
             for value in self._values:
                 family.add_metric([value], counts.get(value, 0))
         yield family
+
+
+class RedisGauges(RedisCounters):
+    """The same for gauges read from Redis at each scrape (the queue of each priority)."""
+
+    family = GaugeMetricFamily
 
 
 class WorkerMetrics(WorkerHooks):
@@ -437,12 +446,16 @@ class MasterMetrics(MasterHooks):
         self._workflows = RedisCounters(registry, "geventsched_master_workflows",
                                         "Workflows started, and ended by outcome (ok, failed, cancelled), "
                                         "counted in Redis.", "event", ("started", "ok", "failed", "cancelled"))
+        self._by_priority = RedisGauges(registry, "geventsched_master_jobs_queued_by_priority",
+                                        "Jobs in the intake list of each priority (0..9; higher goes first).",
+                                        "priority", [str(p) for p in range(MAX_PRIORITY + 1)])
 
     def bind(self, master):
         """Read ``master``'s state at each scrape. Returns self."""
         self._gauges.bind(lambda: _read_master(master))
         self._held.bind(lambda: dict(master.limits.held))
         self._workflows.bind(master.store.workflow_counts)
+        self._by_priority.bind(lambda: {str(p): n for p, n in master.store.queued_by_priority().items()})
         return self
 
     # -- hooks (hot path) ------------------------------------------------------------------------

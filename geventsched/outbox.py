@@ -53,6 +53,5 @@ class Outbox:
         """``[(channel name, payload, [ledger entries]), ...]``: every message of the batch."""
         for channel, frame in list(self._frames.items()):
             self._close(channel, frame)
-        encode = self.codec.encode_frame
-        return [(name, payload if pieces is None else encode(pieces, self.token), entries)
+        return [(name, payload if pieces is None else self.codec.encode_frame(pieces, self.token), entries)
                 for name, payload, entries, pieces in self._out]

@@ -269,7 +269,7 @@ class Store:
     def owned_by(self, worker_id):
         """``{id: token}`` of the jobs in flight that were dispatched to ``worker_id``."""
         mine = b" " + worker_id.encode()
-        return {job_id.decode(): value[:-len(mine)].decode()
+        return {job_id.decode(): value.split(b" ", 1)[0].decode()  # "<token> <time> <channel> <worker>"
                 for job_id, value in self.client.hscan_iter(self.keys.dispatched, count=1000)
                 if value.endswith(mine)}
 

@@ -630,9 +630,10 @@ class Worker:
                     replies.setdefault(outcome.reply.encode(), []).append(outcome.payload)
                 else:
                     messages.append((outcome.reply.encode(), outcome.payload))
-        encode = self.codec.encode_results
-        messages += [(channel, frame) for frame in encode(framed)]
-        messages += [(reply, frame) for reply, payloads in replies.items() for frame in encode(payloads)]
+        if framed or replies:  # (never with the raw codec: it has no frames)
+            encode = self.codec.encode_results
+            messages += [(channel, frame) for frame in encode(framed)]
+            messages += [(reply, frame) for reply, payloads in replies.items() for frame in encode(payloads)]
         refused = [reply for reply in self._publisher.send(messages) if type(reply) is not int]  # PUBLISH: a count
         if refused:
             log.error("worker %s: Redis refused %d of %d result messages: %s", self.id, len(refused),

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import ROOT
 
-SCENARIOS = "throughput,latency,density,concurrency,payload,large,cluster"
+SCENARIOS = "throughput,latency,density,concurrency,payload,large,delayed,cluster"
 PERCENTILE_KEYS = {"p50", "p90", "p99", "max"}
 
 
@@ -129,6 +129,12 @@ def test_quick_suite_writes_sane_figures(suite_json):
     for row in large["configs"]:
         assert_runs(row["runs"], large["jobs"], large["repeats"])
         assert row["mib_per_s"] > 0 and isinstance(row["dropped"], bool)
+
+    delayed = scenarios["delayed"]
+    assert [run["spread_s"] for run in delayed["runs"]] == [0.0, 2.0]
+    for run in delayed["runs"]:
+        assert run["jobs"] == delayed["jobs"] and run["early"] == 0, run  # never before its time
+        assert_latency(run["lateness_ms"])
 
     cluster = scenarios["cluster"]
     assert set(cluster["configs"]) == {"1 node, redis", "1 node, none", "3 shards, redis", "3 shards, none"}

@@ -14,7 +14,7 @@ GRAFANA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 DASHBOARD = os.path.join(GRAFANA, "geventsched.json")
 ALERTS = os.path.join(GRAFANA, "alerts.yml")
 DS = "${DS_PROMETHEUS}"
-ROWS = ("Throughput", "Latency", "Backlog", "Fleet", "Errors", "Worker health")
+ROWS = ("Throughput", "Latency", "Backlog", "Fleet", "Errors", "Worker health", "Control and workflows")
 SPEC_METRICS = (
     "geventsched_master_jobs_submitted_total", "geventsched_master_jobs_dispatched_total",
     "geventsched_master_dispatch_failures_total", "geventsched_master_jobs_finished_total",

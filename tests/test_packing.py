@@ -1,6 +1,7 @@
 """transport.py is the only RESP packer: its fast packers write what the plain one writes."""
 
 from geventsched import transport
+from geventsched.dispatch import Channel
 from geventsched.keys import Keys
 from geventsched.store import Store
 
@@ -31,7 +32,8 @@ def test_store_commands_run_on_redis(r, namespace):
     store = Store(r, Keys(namespace))
     r.zadd(store.keys.inflight, {"1": 5, "2": 5})  # XX: only jobs already in flight get a deadline
     data = store.deadline_command([(100, "1"), (100, "2"), (100, "3")])
-    data += store.dispatch_command([("1", "w1"), ("2", None)], "tok")
+    data += store.dispatch_command([("1", Channel(b"CHANNEL_DISPATCH_1", "w1", 1)),
+                                    ("2", Channel(b"CHANNEL_DISPATCH_2", None, 1))], "tok", 1767225600.25)
     pipe = transport.Pipe(r)
     try:
         assert pipe.call(data, 2) == [0, 2]
@@ -40,3 +42,4 @@ def test_store_commands_run_on_redis(r, namespace):
     assert r.zrange(store.keys.inflight, 0, -1, withscores=True) == [(b"1", 101.0), (b"2", 101.0)]
     assert store.current([("1", "tok"), ("2", "tok"), ("1", "other")]) == [True, True, False]
     assert store.owned_by("w1") == {"1": "tok"}
+    assert r.hget(store.keys.dispatched, "1") == b"tok 1767225600.250 CHANNEL_DISPATCH_1 w1"

@@ -28,6 +28,7 @@ from geventsched.embedded import free_port
 from geventsched.keys import Keys
 from geventsched.master import Master
 from geventsched.schedules import Schedule, Scheduler
+from geventsched.workflow import chain, sig
 from geventsched.worker import Worker
 
 GRAFANA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "grafana")
@@ -213,8 +214,14 @@ class Node:
 
     def _run_load(self):
         """Successes, failures, sleeps, CPU spins, timeouts, unknown tasks and undecodable messages."""
-        n = 0
+        n, running = 0, None
         while not self._stop.is_set():
+            # A job cancelled while it runs, and a workflow, for the control panels.
+            if running is not None:
+                self.submitter.cancel([running])
+            running = self.submitter.submit_many([("sleep", [5.0], {})], reply=False)[0]
+            if n % 10 == 0:
+                self.submitter.run(chain(sig("echo", n), sig("echo")))
             self.submitter.submit_many([("echo", [n], {})] * 10 + [
                 ("fail", ["on purpose"], {}), ("sleep", [0.05], {}), ("spin", [0.01], {}),
                 ("no-such-task", [], {})], reply=False)
