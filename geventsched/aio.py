@@ -131,7 +131,7 @@ class AsyncClient:
         self._url = ""  # for messages (passwords taken out by describe)
         self._closed = False
         self._spare_ids = deque()
-        self._outbox = []  # _Submit requests for the next transaction
+        self._outbox = deque()  # _Submit requests for the next transaction
         self._flusher = None
         # Waiting: job id -> [future, how many wait() calls await it]; results to read (id -> the
         # announcement heard, or None); announcements of jobs nobody waits for yet (bounded).
@@ -216,7 +216,7 @@ class AsyncClient:
             while self._outbox:
                 batch, size = [], 0
                 while self._outbox and size < FLUSH_LIMIT:
-                    request = self._outbox.pop(0)
+                    request = self._outbox.popleft()
                     if not request.future.done():  # a caller cancelled before anything was sent
                         batch.append(request)
                         size += len(request.specs)
@@ -226,61 +226,70 @@ class AsyncClient:
             self._flusher = None
 
     async def _send(self, batch, size):
+        """Encode and enqueue the requests of ``batch``; each caller hears its own outcome (its handles,
+        its bad input, or Redis's failure). A request answered has its jobs in Redis."""
         try:
             if any(request.reply for request in batch):
                 # Listen before the jobs exist: without durability a result is only announced, never stored.
                 await self._listen()
-            ids = await self._new_ids(size)
-            ready = []
-            for request in batch:
-                own, ids = ids[:len(request.specs)], ids[len(request.specs):]
-                try:
-                    request.encoded = submission.encode_jobs(
-                        self.codec, own, request.specs, request.options, request.timeout, request.key,
-                        request.max_retries, request.reply, request.now, self.max_payload)
-                except (TypeError, ValueError) as exc:
-                    _settle(request.future, exception=exc)
-                    continue
-                ready.append(request)
-            answers = await self._enqueue(ready)
+            ready = self._encode(batch, await self._new_ids(size))
+            plain = [request for request in ready if request.options.plain]
+            if plain:
+                await self._enqueue_plain([pair for request in plain for pair in request.encoded])
+                for request in plain:
+                    self._answer(request, [job_id for job_id, _ in request.encoded])
+            for request in ready:
+                if not request.options.plain:
+                    self._answer(request, await self._enqueue_scripted(request.encoded, request.options))
         except Exception as exc:  # Redis away (also from _listen), a cluster refused: each caller hears it
             failure = RedisUnavailable(self._describe(exc)) if isinstance(exc, RedisError) else exc
             for request in batch:
                 _settle(request.future, exception=failure)
-            return
-        except BaseException:  # cancelled (close): whether the jobs went is unknown
+        except BaseException:  # cancelled (the loop is going away): whether the jobs went is unknown
             for request in batch:
-                _settle(request.future, exception=RuntimeError("the AsyncClient was closed while submitting"))
+                _settle(request.future, exception=RuntimeError("the AsyncClient stopped while submitting"))
             raise
-        for request in ready:
-            _settle(request.future, [AsyncJobHandle(self, job_id, task, foreign=job_id != own_id)
-                                     for (own_id, _), job_id, (task, _, _) in
-                                     zip(request.encoded, answers[id(request)], request.specs)])
 
-    async def _enqueue(self, requests):
-        """Put the encoded jobs of ``requests`` in Redis: plain ones in one MULTI (HSET jobs, RPUSH
-        intake, PUBLISH wakeup, as ``Store.submit``), those with options through ``submit.lua`` (as
-        ``Store.submit_with_options``). Returns ``{id(request): [job id, ...]}``: each job's own id, or
-        that of the job holding its unique key."""
-        answers = {}
-        plain = [pair for r in requests if r.options.plain for pair in r.encoded]
-        if plain:
-            k = self.keys
-            pipe = self.redis.pipeline(transaction=True)
-            for i in range(0, len(plain), 1000):
-                chunk = plain[i:i + 1000]
-                pipe.hset(k.jobs, mapping=dict(chunk))
-                pipe.rpush(k.intake, *(job_id for job_id, _ in chunk))
-            pipe.publish(k.wakeup_channel, b"1")
-            await pipe.execute()
-        for request in requests:
-            if request.options.plain:
-                answers[id(request)] = [job_id for job_id, _ in request.encoded]
-            else:
-                answers[id(request)] = ids = []
-                for keys, args in self._submit_calls(request.encoded, request.options):
-                    ids += (job_id.decode() for job_id in await self._submit_script(keys=keys, args=args))
-        return answers
+    def _encode(self, batch, ids):
+        """Encode each request's jobs with its share of ``ids``; a request whose input is bad hears
+        why (TypeError, ValueError, JobTooLarge) and is left out. Returns the others."""
+        ready = []
+        for request in batch:
+            own, ids = ids[:len(request.specs)], ids[len(request.specs):]
+            try:
+                request.encoded = submission.encode_jobs(
+                    self.codec, own, request.specs, request.options, request.timeout, request.key,
+                    request.max_retries, request.reply, request.now, self.max_payload)
+            except (TypeError, ValueError) as exc:
+                _settle(request.future, exception=exc)
+                continue
+            ready.append(request)
+        return ready
+
+    def _answer(self, request, ids):
+        """Hand a request its handles: ``ids`` are its jobs' own, or the job holding a unique key."""
+        _settle(request.future, [AsyncJobHandle(self, job_id, task, foreign=job_id != own_id)
+                                 for (own_id, _), job_id, (task, _, _) in zip(request.encoded, ids, request.specs)])
+
+    async def _enqueue_plain(self, encoded):
+        """``[(id, record), ...]`` into Redis in one MULTI, as ``Store.submit``: HSET jobs, RPUSH
+        intake, PUBLISH wakeup."""
+        k = self.keys
+        pipe = self.redis.pipeline(transaction=True)
+        for i in range(0, len(encoded), 1000):
+            chunk = encoded[i:i + 1000]
+            pipe.hset(k.jobs, mapping=dict(chunk))
+            pipe.rpush(k.intake, *(job_id for job_id, _ in chunk))
+        pipe.publish(k.wakeup_channel, b"1")
+        await pipe.execute()
+
+    async def _enqueue_scripted(self, encoded, opts):
+        """``[(id, record), ...]`` with options into Redis through ``submit.lua``. Returns each job's
+        id, or that of the job holding its unique key (then it was not submitted)."""
+        ids = []
+        for keys, args in self._submit_calls(encoded, opts):
+            ids += (job_id.decode() for job_id in await self._submit_script(keys=keys, args=args))
+        return ids
 
     def _submit_calls(self, encoded, opts):
         """``[(KEYS, ARGV), ...]`` of ``submit.lua`` for ``[(id, record), ...]`` with ``opts``, a thousand
