@@ -167,6 +167,25 @@ async def main(client):
     assert run_async(body, *fleet) == [{"killed": True}, {"slow": 1.0}, {"after": "after"}]
 
 
+def test_an_announcement_is_only_believed_for_a_job_redis_has_no_record_of(redis_server, namespace):
+    # No master in this namespace: the job stays queued, with its record, and no result.
+    body = """
+async def main(client):
+    def forged(job_id):
+        return json.dumps({"v": 1, "id": job_id, "task": "echo", "status": "ok", "value": "forged"})
+    queued = await client.submit("echo", "real")
+    await client.redis.publish(client.reply_channel, forged(queued.id))
+    out(queued=(await client.wait([queued], timeout=1.0)).get(queued.id) is None)
+    from geventsched.aio import AsyncJobHandle
+    unrecorded = AsyncJobHandle(client, "999999999", "echo")  # as --durability none leaves a job
+    waiting = asyncio.ensure_future(unrecorded.result(timeout=10))
+    await asyncio.sleep(0.2)
+    await client.redis.publish(client.reply_channel, forged("999999999"))
+    out(unrecorded=await waiting)
+"""
+    assert run_async(body, redis_server, namespace) == [{"queued": True}, {"unrecorded": "forged"}]
+
+
 class ScriptRecorder:
     """Stands in for redis-py's client only to see what ``Store`` passes to a script: the asyncio
     client must call the same scripts with the same KEYS and ARGV."""
