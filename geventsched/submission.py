@@ -111,7 +111,8 @@ def encode_jobs(codec, ids, specs, opts, timeout, key, max_retries, reply, now, 
     ...]``), with the fields of ``opts`` (an ``Options``). Raises TypeError for a task name that is not
     a string (ValueError: an empty one) or arguments that are not JSON values, and JobTooLarge for a
     record over ``max_payload`` bytes (which no worker takes), naming the task: then nothing of the
-    submit may be sent."""
+    submit may be sent. A ``timeout`` or ``max_retries`` that no worker would take is a ValueError."""
+    _check_limits(timeout, max_retries)
     extra = opts.extra()
     encoded = []
     for job_id, (task, args, kwargs) in zip(ids, specs):
@@ -130,3 +131,14 @@ def encode_jobs(codec, ids, specs, opts, timeout, key, max_retries, reply, now, 
                               f"a path, a URL)")
         encoded.append((job_id, body))
     return encoded
+
+
+def _check_limits(timeout, max_retries):
+    """The bounds a worker checks a job's ``timeout`` and ``max_retries`` against (``protocol``), checked
+    before submitting: a job out of them would only fail once dispatched."""
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                or not 0 < timeout < 10**9):
+        raise ValueError(f"a job's timeout must be a number of seconds above 0, not {timeout!r}")
+    if max_retries is not None and (isinstance(max_retries, bool) or not isinstance(max_retries, int)
+                                    or not 0 <= max_retries <= 1000):
+        raise ValueError(f"max_retries must be a whole number from 0 to 1000, not {max_retries!r}")

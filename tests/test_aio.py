@@ -121,7 +121,8 @@ def test_bad_input_raises_before_anything_is_sent(redis_server, r, namespace):
 async def main(client):
     for args, options in [((object(),), {}), ((float("nan"),), {}), ((1,), {"_priority": 10}),
                           ((1,), {"_priority": -1}), ((1,), {"_delay": -1}), ((1,), {"_unique_key": ""}),
-                          ((1,), {"_delay": 1, "_at": time.time() + 5})]:
+                          ((1,), {"_delay": 1, "_at": time.time() + 5}), ((1,), {"_timeout": 0}),
+                          ((1,), {"_max_retries": -1})]:
         try:
             await client.submit("echo", *args, **options)
             out(raised=None)
@@ -129,7 +130,7 @@ async def main(client):
             out(raised=type(exc).__name__, message=str(exc))
 """
     raised = [line["raised"] for line in run_async(body, redis_server, namespace)]
-    assert raised == ["TypeError", "TypeError", "ValueError", "ValueError", "ValueError", "ValueError", "ValueError"]
+    assert raised == ["TypeError"] * 2 + ["ValueError"] * 7
     keys = Keys(namespace)
     assert not r.exists(keys.jobs, keys.unique, keys.scheduled, keys.priority, *keys.intakes)
 
