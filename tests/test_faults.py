@@ -26,6 +26,8 @@ from faults import (HERE, Stopwatch, count_lines, executions, free_port, master_
                     report, status_json, subscribers_with)
 from helpers import client_for, status
 from geventsched.keys import Keys
+from geventsched.lookup import job_info
+from geventsched.store import Store
 from geventsched.config import DEADLINE_SLACK
 
 #: The workers' heartbeat TTL (WorkerConfig.heartbeat_ttl): a worker is thought dead this long after it
@@ -306,6 +308,25 @@ def test_results_announced_while_the_master_is_away_do_not_leak_its_slots(
     report("master_missed_results", recovery_s=clock(), missed=held)
     assert metric(mport, "geventsched_master_jobs_in_flight") == 0, master_view(mport)
     assert_settled(r, redis_url, namespace, ok=n)
+
+
+@AOF
+def test_delayed_jobs_survive_a_master_kill9_and_a_redis_restart_and_never_start_early(
+        spawn, r, namespace, redis_url, private_redis):
+    start_workers(spawn, r, namespace, "1-3")
+    first, _ = start_master(spawn)
+    client = client_for(redis_url, namespace)
+    handles = client.submit_many([("echo", (i,), {}) for i in range(100)], delay=2.0)
+    first.signal(signal.SIGKILL)
+    assert first.wait(5) == -signal.SIGKILL
+    private_redis.restart(down_for=0.5)  # AOF: the schedule is back with the server
+    _, mport = start_master(spawn)
+    assert_all_ok(client, handles, list(range(100)), DEADLINE_GUARD, "delayed jobs after the faults", mport)
+    client.close()
+    store = Store.for_namespace(r, namespace)
+    early = [info["id"] for info in map(lambda h: job_info(store, h.id), handles) if info["started"] < info["due"]]
+    assert early == [], "jobs started before their due time"
+    assert_settled(r, redis_url, namespace, ok=100)
 
 
 def test_time_limit_applies_to_each_job_not_to_the_runners_total(spawn, r, namespace, redis_url):
