@@ -141,9 +141,10 @@ async def main(client):
     submitted = time.time()
     late = await client.submit("echo", "late", _delay=1.0)
     first = await client.submit("sleep", 0.5, _unique_key="nightly-report")
-    again = await client.submit("sleep", 0.5, _unique_key="nightly-report")
+    again = await asyncio.gather(*(client.submit("sleep", 0.5, _unique_key="nightly-report") for _ in range(50)))
     urgent = await client.submit("echo", "urgent", _priority=9)
-    out(urgent=await urgent.result(timeout=30), same=first.id == again.id, again=await again.result(timeout=30))
+    out(urgent=await urgent.result(timeout=30), same={h.id for h in again} == {first.id},
+        again=await again[-1].result(timeout=30))
     result = await late.wait(timeout=30)
     out(late=result.value, after=result.started - submitted)
 """
