@@ -1,4 +1,4 @@
-"""Command line: ``geventsched worker|master|submit|status|requeue-dead|bench``.
+"""Command line: ``geventsched worker|master|submit|status|requeue-dead|schedule|bench``.
 
 Parses arguments, builds the config, wires the parts and maps failures to exit codes. No scheduling
 logic lives here.
@@ -279,6 +279,25 @@ def build_parser():
     r = sub.add_parser("requeue-dead", parents=[common], help="move dead-lettered jobs back to the queue")
     r.add_argument("--task", help="only jobs of this task")
 
+    sc = sub.add_parser("schedule", help="add, list or remove periodic schedules",
+                        description="Periodic schedules, kept in Redis and fired by the active master.")
+    actions = sc.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = actions.add_parser("add", parents=[common], help="add or replace a schedule",
+                             description="Add schedule NAME, or replace the one of that name.")
+    add.add_argument("name", metavar="NAME")
+    add.add_argument("task", metavar="TASK", help="task name")
+    add.add_argument("args", nargs="*", type=json_value, metavar="ARG", help="JSON values")
+    rule = add.add_mutually_exclusive_group(required=True)
+    rule.add_argument("--every", type=positive_int, metavar="SECONDS",
+                      help="fire at every multiple of SECONDS since the Unix epoch")
+    rule.add_argument("--cron", metavar="EXPR", help='5-field cron expression, e.g. "0 3 * * *"')
+    add.add_argument("--tz", default="UTC", metavar="ZONE", help="IANA time zone of --cron (default UTC)")
+    add.add_argument("--kwargs", type=json_value, default={}, help="JSON object of keyword arguments")
+    ls = actions.add_parser("list", parents=[common], help="list schedules with their next and last fire")
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
+    rm = actions.add_parser("remove", parents=[common], help="remove a schedule")
+    rm.add_argument("name", metavar="NAME")
+
     b = sub.add_parser("bench", parents=[common], help="benchmark master and worker on this machine",
                        description="Run N no-op jobs through a master and a worker process against the Redis "
                                    "at --redis-url, or an embedded server when nothing answers there.")
@@ -396,11 +415,13 @@ def cmd_worker(args):
                           max_payload=args.max_payload)
     if args.codec == "raw" and args.raw_task not in registry:
         raise UsageError(f"--raw-task {args.raw_task!r} is not a registered task")
+    client = _connect_role(args)
+    _register_schedules(client, args, registry)
     if not args.metrics_port:  # metrics off: nothing could read them, so do not count them either
-        return Worker(config, _connect_role(args), registry).run()
+        return Worker(config, client, registry).run()
     metrics_registry = metrics.new_registry()
     hooks = metrics.WorkerMetrics(metrics_registry, registry.names())
-    worker = Worker(config, _connect_role(args), registry, hooks=hooks)
+    worker = Worker(config, client, registry, hooks=hooks)
     hooks.bind(worker)
     with _metrics_endpoint(metrics_registry, args):
         lag = metrics.loop_lag_monitor(hooks.loop_lag)
@@ -419,12 +440,14 @@ def cmd_master(args):
                           strategy=args.strategy, prefetch=args.prefetch, max_attempts=args.max_attempts,
                           durability=args.durability, max_payload=args.max_payload,
                           max_inflight_bytes=args.max_inflight_bytes)
+    registry = default_registry(_app_modules(args))
+    client = _connect_role(args)
+    _register_schedules(client, args, registry)
     if not args.metrics_port:
-        return Master(config, _connect_role(args)).run()
-    task_names = default_registry(_app_modules(args)).names()
+        return Master(config, client).run()
     metrics_registry = metrics.new_registry()
-    hooks = metrics.MasterMetrics(metrics_registry, task_names)
-    master = Master(config, _connect_role(args), hooks=hooks)
+    hooks = metrics.MasterMetrics(metrics_registry, registry.names())
+    master = Master(config, client, hooks=hooks)
     hooks.bind(master)
     with _metrics_endpoint(metrics_registry, args):
         return master.run()
@@ -434,6 +457,19 @@ def _app_modules(args):
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # --app mymodule finds ./mymodule.py, as celery -A does
     return args.app
+
+
+def _register_schedules(client, args, registry):
+    """Add the schedules the loaded apps declare (``@app.periodic``) to Redis; unchanged ones keep
+    their state."""
+    if not registry.schedules:
+        return
+    from geventsched.schedules import Scheduler
+    from geventsched.store import Store
+
+    counts = Scheduler(Store.for_namespace(client, args.namespace)).register(registry.schedules.values())
+    logging.getLogger("geventsched.schedules").info(
+        "schedules of the apps: %s", ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items())))
 
 
 @contextlib.contextmanager
@@ -575,6 +611,38 @@ def cmd_requeue_dead(args):
     return EXIT_OK
 
 
+def cmd_schedule(args):
+    from geventsched.schedules import Schedule, ScheduleError, Scheduler, format_time
+    from geventsched.store import Store
+
+    if args.action == "add":  # checked in full before Redis is asked anything
+        if not isinstance(args.kwargs, dict):
+            raise UsageError("--kwargs must be a JSON object")
+        try:
+            schedule = Schedule(args.name, args.task, args.args, args.kwargs, args.every, args.cron, args.tz)
+        except ScheduleError as exc:
+            raise UsageError(str(exc)) from None
+    scheduler = Scheduler(Store.for_namespace(_connect(args), args.namespace))
+    if args.action == "add":
+        outcome = scheduler.add(schedule)
+        state = scheduler.get(schedule.name)
+        print(f"schedule {schedule.name} {outcome}; next fire {format_time(state.next, schedule.tz)}")
+    elif args.action == "remove":
+        if not scheduler.remove(args.name):
+            raise GeventschedError(f"no schedule named {args.name!r}")
+        print(f"schedule {args.name} removed")
+    elif args.json:
+        print(json.dumps([state.to_dict() for state in scheduler.list()], indent=2))
+    else:
+        rows = [(s.schedule.name, s.schedule.task, s.schedule.rule, s.schedule.tz, format_time(s.next, s.schedule.tz),
+                 format_time(s.last, s.schedule.tz), s.job or "-") for s in scheduler.list()]
+        header = ("NAME", "TASK", "RULE", "TZ", "NEXT FIRE", "LAST FIRE", "LAST JOB")
+        widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+        for row in [header, *rows]:
+            print("  ".join(str(value).ljust(width) for value, width in zip(row, widths)).rstrip())
+    return EXIT_OK
+
+
 def cmd_bench(args):
     from geventsched.rig import command
 
@@ -588,5 +656,6 @@ COMMANDS = {
     "status": cmd_status,
     "job": cmd_job,
     "requeue-dead": cmd_requeue_dead,
+    "schedule": cmd_schedule,
     "bench": cmd_bench,
 }

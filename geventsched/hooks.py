@@ -60,6 +60,14 @@ class MasterHooks:
     def on_reconnect(self, what):
         """A connection to Redis was lost and made again."""
 
+    def on_schedule_fired(self, name, registered, lateness):
+        """Schedule ``name`` enqueued a job ``lateness`` seconds after its fire time; ``registered``:
+        some worker has registered its task."""
+
+    def on_schedule_missed(self, name, count):
+        """``count`` fire times of schedule ``name`` passed unfired (the master was away): it fired
+        once, for the latest."""
+
 
 def guarded(hooks, base):
     """Wrap ``hooks`` (one object, or a list called in order) so an exception in a hook is logged and

@@ -29,11 +29,12 @@ Keys:
     geventsched:dead              list  ids of dead-lettered jobs
     geventsched:result:<id>       string, encoded result, with a TTL
     geventsched:finished          hash  status -> count of jobs finished (each job once)
-    geventsched:done              zset  id -> when it finished: the index of finished jobs (results kept)
+    geventsched:done              list  ids of finished jobs, oldest first, while their results are kept
     geventsched:workers           set   ids of registered workers
     geventsched:worker:<id>       string, the worker's heartbeat (JSON), expires when it stops beating
     geventsched:channels          hash  channel -> id of the worker holding it (the channel lease)
     geventsched:master            string, id of the active master (lease with a TTL)
+    geventsched:schedules         hash  name -> periodic schedule (JSON); fire:<name>:<time> claims a fire time
 
 On a Redis Cluster (``cluster=True``) our own prefix is a hash tag, ``{geventsched}:`` (or
 ``{NS:geventsched}:``), and the result channel is ``{geventsched}:CHANNEL_RESULT``: every key, the
@@ -79,6 +80,7 @@ class Keys:
         self.worker_prefix = own + "worker:"
         self.channels = own + "channels"
         self.master = own + "master"
+        self.schedules, self.fire_prefix = own + "schedules", own + "fire:"
 
     def intake_for(self, priority):
         """The intake list of jobs of ``priority`` (0..9); priority 0 keeps the original list."""

@@ -39,12 +39,11 @@ def _infos(store, ids):
         pipe.hget(k.dispatched, job_id)
         pipe.hget(k.attempts, job_id)
         pipe.hget(k.retries, job_id)
-        pipe.zscore(k.done, job_id)
     replies = pipe.execute()
-    return [_info(job_id, *replies[i * 7:i * 7 + 7]) for i, job_id in enumerate(ids)]
+    return [_info(job_id, *replies[i * 6:i * 6 + 6]) for i, job_id in enumerate(ids)]
 
 
-def _info(job_id, result, body, due, dispatch, attempts, retries, done_at):
+def _info(job_id, result, body, due, dispatch, attempts, retries):
     result = _load_json(result)
     record = _load_json(body) or (result or {}).get("job") or {}
     if result is None and not record:
@@ -76,7 +75,7 @@ def _info(job_id, result, body, due, dispatch, attempts, retries, done_at):
         "submitted": record.get("ts"),
         "due": due if due is not None else record.get("due"),
         "started": started,
-        "finished": (result or {}).get("t1") or done_at,
+        "finished": (result or {}).get("t1"),
         "result": (result or {}).get("value") if result is not None and error is None else None,
         "error": error,
         "schedule": record.get("sched"),
@@ -130,7 +129,8 @@ def _page(store, state, offset, limit):
     elif state == "running":
         total, ids = client.zcard(k.inflight), client.zrange(k.inflight, offset, stop)
     elif state == "finished":
-        total, ids = client.zcard(k.done), client.execute_command("ZRANGE", k.done, offset, stop, "REV")
+        total = client.llen(k.done)
+        ids = list(reversed(client.lrange(k.done, -stop - 1, -offset - 1)))  # newest first: the tail
     elif state == "dead":
         total = client.llen(k.dead)
         # Newest first: the list's tail.

@@ -12,9 +12,10 @@ Greenlets:
               (unknown jobs, stale copies, a stranger's) are counted and ignored.
 * discovery   once a second (``discovery.py``): live workers and the channels they hold; a worker that
               stopped heartbeating loses its channels and its in-flight jobs go back to the intake.
-* timer       at the earliest due time of a scheduled job (a delayed job, a retry after its backoff),
-              or once a second: moves the due ones to the intake (``promote``); a new scheduled
-              job's wake-up makes it look again.
+* timer       at the earliest due time of a scheduled job (a delayed job, a retry after its backoff)
+              or of a periodic schedule, or once a second: moves the due jobs to the intake
+              (``promote``) and fires the due schedules (``schedules.py``); a new scheduled job's or
+              schedule's wake-up makes it look again.
 * reaper      once a second: in-flight jobs past their deadline go back to the intake, or to the
               dead-letter list after the last attempt (without durability: dispatches past their
               deadline are forgotten, and their slots come back).
@@ -44,6 +45,7 @@ from geventsched.lease import Lease
 from geventsched.ledger import Ledger, new_token
 from geventsched.loops import Loops
 from geventsched.protocol import RETRY, Job, JsonCodec, error_result, make_codec
+from geventsched.schedules import Scheduler
 from geventsched.store import Outcome, Store
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,7 @@ class Master:
         self._timer = Event()  # a job was scheduled: the timer looks for the earliest due time again
         self._wakeup = self.keys.wakeup_channel.encode()  # the intake's cue, among the results
         self.discovery = Discovery(self.store, self.table, config, self.hooks, self._lose_worker, self._wake.set)
+        self.scheduler = Scheduler(self.store, self.hooks)  # periodic schedules, fired while we hold the lease
         self._static = [self.keys.dispatch_channel(c) for c in config.channels]
         self._benched = {}  # static channel name -> (time it may come back, cap)
         self._local_prefix = f"m{os.urandom(3).hex()}-"  # ids of submit_local jobs
@@ -134,6 +137,7 @@ class Master:
             self.discovery.refresh()
         if self.durable:
             self._promote()
+            self.scheduler.fire_due()
         (self._reap if self.durable else self._expire)()
         self._claim()
         self._dispatch()
@@ -505,7 +509,7 @@ class Master:
         while not stop.is_set():
             timer.clear()
             try:
-                next_due = self._promote()
+                next_due = _earliest(self._promote(), self.scheduler.fire_due())
                 backoff.reset()
             except transport.RedisError as exc:
                 log.warning("master: promoting scheduled jobs failed: %s", transport.describe(exc))
@@ -566,6 +570,11 @@ class Master:
         # workers ends in the dead letters.
         self.store.expire_now(sorted(set(lost).union(self.store.owned_by(worker_id))))
         self._reap(reason="worker_lost")
+
+
+def _earliest(*times):
+    """The earliest of unix times, None among them meaning "none"."""
+    return min((t for t in times if t is not None), default=None)
 
 
 class _Unreadable:

@@ -56,6 +56,11 @@ REDISPATCH_REASONS = ("deadline", "worker_lost", "handed_back", "retry")
 #: Task names the master takes from the workers' registrations for its ``task`` label, at most: the
 #: registrations are written by workers, and a bound keeps the series bounded whatever is written there.
 MAX_LEARNT_TASKS = 1000
+#: Schedule fires, by whether some worker registered the schedule's task (no schedule name: a label
+#: per schedule would grow without bound).
+TASK_REGISTERED = ("true", "false")
+#: Seconds a schedule fires after its fire time: a pass of the master's housekeeping, up to an outage.
+LATENESS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0)
 WORKER_CONNECTIONS = ("subscriber",)
 MASTER_CONNECTIONS = ("dispatch", "collector")
 
@@ -331,12 +336,24 @@ class MasterMetrics(MasterHooks):
         self._reconnects = Family(registry, "geventsched_master_reconnects_total",
                                   "Redis connections lost and made again.", ["what"], [MASTER_CONNECTIONS], [OTHER],
                                   eager=True)
+        self._schedule_fires = Family(registry, "geventsched_master_schedule_fires_total",
+                                      "Jobs enqueued by periodic schedules, by whether a worker registered "
+                                      "the task.", ["task_registered"], [TASK_REGISTERED], [OTHER], eager=True)
+        self._schedule_lateness = Family(registry, "geventsched_master_schedule_lateness_seconds",
+                                         "Time from a schedule's fire time to its job's enqueueing.",
+                                         buckets=LATENESS_BUCKETS).get()
+        self._schedule_missed = Family(registry, "geventsched_master_schedule_missed_total",
+                                       "Fire times that passed unfired (master away): each schedule fires "
+                                       "once for its latest.").get()
         self._gauges = ScrapeGauges(registry, {
             "geventsched_master_jobs_queued": "Jobs waiting for dispatch (intake plus claimed, unsent).",
             "geventsched_master_jobs_in_flight": "Jobs dispatched and not finished.",
             "geventsched_master_workers": "Live registered workers.",
             "geventsched_master_channels": "Dispatch channels the master can send to.",
             "geventsched_master_dead_letters": "Jobs in the dead-letter list.",
+            "geventsched_master_jobs_scheduled": "Jobs waiting for their time (delayed, or a retry's backoff).",
+            "geventsched_master_schedule_overdue_seconds": "How far the most overdue periodic schedule is past "
+                                                           "its next fire time (0: none is).",
         })
 
     def bind(self, master):
@@ -379,6 +396,13 @@ class MasterMetrics(MasterHooks):
     def on_reconnect(self, what):
         self._reconnects.get(what).inc()
 
+    def on_schedule_fired(self, name, registered, lateness):
+        self._schedule_fires.get("true" if registered else "false").inc()
+        self._schedule_lateness.observe(lateness)
+
+    def on_schedule_missed(self, name, count):
+        self._schedule_missed.inc(count)
+
 
 def _read_master(master):
     state = master.state()
@@ -387,6 +411,8 @@ def _read_master(master):
     if "queued" in state:  # absent when Redis did not answer: no sample rather than a made-up one
         values["geventsched_master_jobs_queued"] = state["queued"]
         values["geventsched_master_dead_letters"] = state["dead"]
+        values["geventsched_master_jobs_scheduled"] = state["scheduled"]
+    values["geventsched_master_schedule_overdue_seconds"] = master.scheduler.overdue()  # None: no sample
     return values
 
 

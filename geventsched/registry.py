@@ -16,7 +16,15 @@
     @app.task(max_retries=5, retry_backoff=2.0)   # on error or timeout: again after ~2, 4, 8... s
     def fetch(url): ...
 
-``geventsched worker --app mymodule`` imports the module and runs every ``App`` found in it.
+    @app.periodic(cron="0 3 * * *", tz="Europe/Berlin")   # a task that runs on a schedule
+    def nightly_report(): ...
+
+    @app.periodic(every=60, name="ping-db", args=["primary"])
+    @app.task(timeout=5)
+    def ping(db): ...
+
+``geventsched worker --app mymodule`` imports the module and runs every ``App`` found in it; a worker or
+master started with ``--app mymodule`` also adds the module's schedules to Redis (``schedules.py``).
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ class App:
     def __init__(self, prefix: str | None = None) -> None:
         self.prefix = prefix
         self.tasks: dict[str, Task] = {}
+        self.schedules: dict = {}  # name -> schedules.Schedule
 
     def task(self, fn: Callable | None = None, *, name: str | None = None, timeout: float | None = DEFAULT_TIMEOUT,
              blocking: bool = False, max_retries: int = 0, retry_backoff: float = 1.0) -> Callable:
@@ -61,6 +70,27 @@ class App:
 
         return register(fn) if fn is not None else register
 
+    def periodic(self, *, every: int | None = None, cron: str | None = None, tz: str = "UTC",
+                 name: str | None = None, args: Iterable = (), kwargs: dict | None = None) -> Callable:
+        """Declare a schedule for the decorated task (registered with default options unless
+        ``@app.task(...)`` below already did): ``every`` seconds or a 5-field ``cron`` expression in
+        time zone ``tz``, named ``name`` (default: the task's name). Checked here: a bad rule fails
+        the import of the module. Processes that load the app add its schedules to Redis as they start."""
+        from geventsched.schedules import Schedule
+
+        def declare(fn):
+            registered = next((t.name for t in self.tasks.values() if t.fn is fn), None)
+            task_name = registered or self._default_name(fn)
+            schedule = Schedule(name or task_name, task_name, list(args), dict(kwargs or {}), every, cron, tz)
+            if self.schedules.get(schedule.name, schedule) != schedule:
+                raise ConfigError(f"schedule {schedule.name!r} is declared twice")
+            if registered is None:
+                self.task(fn)
+            self.schedules[schedule.name] = schedule
+            return fn
+
+        return declare
+
     def _default_name(self, fn):
         if self.prefix is not None:
             return f"{self.prefix}.{fn.__name__}" if self.prefix else fn.__name__
@@ -72,6 +102,7 @@ class Registry:
 
     def __init__(self, apps: Iterable[App] = ()) -> None:
         self.tasks = {}
+        self.schedules = {}  # name -> schedules.Schedule, declared with ``@app.periodic``
         for app in apps:
             self.add(app)
 
@@ -80,6 +111,10 @@ class Registry:
             if name in self.tasks and self.tasks[name].fn is not task.fn:
                 raise ConfigError(f"task {name!r} is defined by two apps")
             self.tasks[name] = task
+        for name, schedule in app.schedules.items():
+            if self.schedules.get(name, schedule) != schedule:
+                raise ConfigError(f"schedule {name!r} is declared by two apps")
+            self.schedules[name] = schedule
 
     def get(self, name: str) -> Task | None:
         return self.tasks.get(name)

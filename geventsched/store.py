@@ -11,7 +11,7 @@ A job's life::
     claim    LPOP intake n (highest priority first); HMGET jobs; ZADD inflight deadline id ...
                                                                       (Master, one script per batch)
     finish   SET result:id NX EX ttl -> if new: HINCRBY finished status; ZREM inflight; HDEL jobs;
-             ZADD done; PUBLISH reply; and PUBLISH CHANNEL_RESULT     (Worker, one script per batch)
+             RPUSH done; PUBLISH reply; and PUBLISH CHANNEL_RESULT     (Worker, one script per batch)
              (a failure with retries left goes to ``scheduled`` instead, due after its backoff)
     promote  scheduled jobs that are due -> intake                    (Master, at the due time)
     reap     in flight past its deadline -> back to the intake, or dead after the last attempt
@@ -92,6 +92,7 @@ class Store:
         self._requeue = register("requeue")
         self._requeue_dead = register("requeue_dead")
         self._trim_dead = register("trim_dead")
+        self._trim_done = register("trim_done")
         self._claim_channels = register("claim_channels")
         self._release_worker = register("release_worker")
 
@@ -276,9 +277,10 @@ class Store:
             self._wake_up(k.wakeup_channel, b"1")
         return n, float(next_due) if next_due else None
 
-    def trim_done(self, now=None):
-        """Drop finished jobs whose results have expired from the index of finished jobs."""
-        return self.client.zremrangebyscore(self.keys.done, "-inf", (now or time.time()) - self.result_ttl)
+    def trim_done(self, limit=1000):
+        """Forget finished jobs whose results have expired from the index of finished jobs (oldest
+        first). Returns how many went."""
+        return self._trim_done(keys=[self.keys.done], args=[self.keys.result_prefix, limit])
 
     def register_worker(self, worker_id, heartbeat, ttl, channels, partial=False):
         """Claim ``channels`` for ``worker_id`` and register it. Returns ``{channel: holder}`` of the

@@ -138,7 +138,7 @@ CLUSTER_ACL_SETUSER = (
     "+hset +hget +hmget +hgetall +hdel +hincrby +hscan "
     "+lpush +rpush +lpop +lrange +lrem +llen "
     "+sadd +srem +smembers "
-    "+zadd +zrem +zrangebyscore +zcard +zrange +zscore +zremrangebyscore +hexists"
+    "+zadd +zrem +zrangebyscore +zcard +zrange +zscore +hexists"
 )
 
 

@@ -188,3 +188,20 @@ def test_lists_page_through_each_state(system):  # noqa: F811
     assert list_jobs(store, "queued", task="noop")[0] == 5
     with pytest.raises(ValueError):
         list_jobs(store, "lost")
+
+
+def test_finished_jobs_are_listed_newest_first_and_forgotten_with_their_results(system):  # noqa: F811
+    system.worker()
+    system.master()
+    client = system.client()
+    for i in range(3):
+        client.submit("echo", i).result(10)
+    store = store_of(system)
+    total, page = list_jobs(store, "finished", offset=0, limit=2)
+    assert total == 3 and [info["args"] for info in page] == [[2], [1]]
+    assert [info["args"] for info in list_jobs(store, "finished", offset=2, limit=2)[1]] == [[0]]
+    assert list_jobs(store, "finished", offset=5, limit=2) == (3, [])
+    oldest = list_jobs(store, "finished", offset=2, limit=1)[1][0]["id"]
+    system.redis.delete(system.keys.result(oldest))  # its TTL ran out
+    assert store.trim_done() == 1 and store.trim_done() == 0
+    assert list_jobs(store, "finished")[0] == 2

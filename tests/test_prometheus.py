@@ -27,6 +27,7 @@ from geventsched.config import MasterConfig, WorkerConfig
 from geventsched.embedded import free_port
 from geventsched.keys import Keys
 from geventsched.master import Master
+from geventsched.schedules import Schedule, Scheduler
 from geventsched.worker import Worker
 
 GRAFANA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "grafana")
@@ -199,6 +200,8 @@ class Node:
         self.servers = [metrics.serve(self.worker_registry, self.worker_port, "127.0.0.1"),
                         metrics.serve(self.master_registry, self.master_port, "127.0.0.1")]
         self.submitter = Client(self.clients[2], namespace)
+        # A periodic schedule, so the schedule panels have fires and lateness to show.
+        Scheduler(self.master.store).add(Schedule("tick", "echo", ["tick"], {}, every=1))
         self.dispatch_channel = Keys(namespace).dispatch_channel("1")
         self.worker.start()
         self.master.start()

@@ -38,7 +38,7 @@ ACL_SETUSER = (
     "+hset +hget +hmget +hgetall +hdel +hincrby +hscan "
     "+lpush +rpush +lpop +lrange +lrem +llen "
     "+sadd +srem +smembers "
-    "+zadd +zrem +zrangebyscore +zcard +zrange +zscore +zremrangebyscore +hexists"
+    "+zadd +zrem +zrangebyscore +zcard +zrange +zscore +hexists"
 )
 
 HANG_GUARD = 60  # seconds: only to turn a hang into a failure

@@ -7,7 +7,7 @@
 -- KEYS[5] retries     hash id -> retries so far
 -- KEYS[6] scheduled   zset id -> when a failed job runs again
 -- KEYS[7] dispatched  hash id -> "<token> <time> <channel> <worker>" of the dispatch in flight
--- KEYS[8] done        zset id -> when it finished (the index of finished jobs)
+-- KEYS[8] done        list of finished ids, oldest first (the index of finished jobs)
 -- KEYS[9] priority    hash id -> priority above 0
 -- KEYS[10] unique     hash unique key -> id of the job holding it
 -- ARGV[1] result_prefix   result:<id> keys
@@ -99,12 +99,7 @@ if #recorded > 0 then
   redis.call('HDEL', KEYS[5], unpack(recorded))
   redis.call('HDEL', KEYS[7], unpack(recorded))
   redis.call('HDEL', KEYS[9], unpack(recorded))
-  local done = {}
-  for _, id in ipairs(recorded) do
-    done[#done + 1] = clock()
-    done[#done + 1] = id
-  end
-  redis.call('ZADD', KEYS[8], unpack(done))
+  redis.call('RPUSH', KEYS[8], unpack(recorded))
 end
 -- A unique key is free again once its job has a result (only the job holding it frees it).
 for _, body in ipairs(uniques) do
