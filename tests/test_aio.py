@@ -62,7 +62,12 @@ def fleet(redis_server, tmp_path_factory):
              Proc(["master", *common], env=ENV, log_path=logs / "master.log")]
     r = transport.connect(redis_server)
     try:
-        wait_until(workers_registered(r, namespace), timeout=30, message="the worker to register")
+        ready = workers_registered(r, namespace)
+        master = Keys(namespace).master
+        try:
+            wait_until(lambda: ready() and r.exists(master), timeout=30, message="the worker and the master")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n" + "\n".join(proc.output()[-2000:] for proc in procs)) from None
         yield redis_server, namespace
     finally:
         for proc in procs:
