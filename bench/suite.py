@@ -1,5 +1,5 @@
-"""The geventsched benchmark suite: throughput, latency, channel density, concurrency, payload size and peer
-systems.
+"""The geventsched benchmark suite: throughput, latency, channel density, concurrency, payload size, large
+bodies, a cluster and peer systems.
 
     python bench/suite.py [--redis-url URL] [--quick] [--only SCENARIOS] [--json FILE] [--plots DIR]
                           [--no-peers]
@@ -37,7 +37,7 @@ from geventsched.rig.rig import RedisFor, Rig, environment, progress_bar  # noqa
 from geventsched.keys import Keys  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SCENARIOS = ("throughput", "latency", "density", "concurrency", "payload", "cluster", "peers")
+SCENARIOS = ("throughput", "latency", "density", "concurrency", "payload", "large", "cluster", "peers")
 ALIASES = {"fanout": "density"}         # density grew out of the fan-out scenario and replaced it
 MIB = 1024 * 1024
 CHANNELS, CONCURRENCY = 100, 1000       # the worker of every scenario but density (as `geventsched bench`)
@@ -77,8 +77,8 @@ THROUGHPUT_CONFIGS = {
 CONFIG_LABELS = {
     "none": "none, in-process submit",
     "none+metrics": "none, in-process, metrics",
-    "redis": "redis (durable), intake",
-    "redis+metrics": "redis, intake, metrics",
+    "redis": "redis (durable), end to end",
+    "redis+metrics": "redis, end to end, metrics",
     "none-intake": "none, submit via intake",
 }
 MODES = ("redis", "none")               # the latency scenario's two durability modes
@@ -89,6 +89,9 @@ PAYLOAD_SIZES = (16, 1024, 64 * 1024)
 # connection. Big payloads therefore get a smaller concurrency, keeping the bytes in flight within
 # the default soft limit (8 MiB).
 PAYLOAD_IN_FLIGHT = 8 * MIB
+# The large-body scenario: 64 KiB echo jobs at the worker's own concurrency (up to 64 MiB in flight,
+# past that limit) next to the payload scenario's cap, to show whether a subscriber is cut off.
+LARGE_BYTES = 64 * 1024
 
 
 # -- running ---------------------------------------------------------------------------------------
@@ -281,7 +284,9 @@ def _median_dict(dicts):
 
 
 def summarize(runs):
-    """Median and spread of repeated runs: on a shared machine one run proves little."""
+    """Median and spread of repeated runs: on a shared machine one run proves little. Durable runs
+    are end to end (the producer received every result); ``drops`` adds up what went astray in all
+    of them (see ``Rig.throughput``)."""
     rates = [r["jobs_per_s"] for r in runs]
     cpu = _median_dict([r["cpu_us_per_job"] for r in runs])
     parts = list(cpu.values())
@@ -289,7 +294,18 @@ def summarize(runs):
     middle = statistics.median(rates)
     return {"jobs_per_s": round(middle, 1), "min_jobs_per_s": min(rates), "max_jobs_per_s": max(rates),
             "spread_pct": round(100 * (max(rates) - min(rates)) / middle, 1),
-            "cpu_us_per_job": cpu, "latency_ms": _median_dict([r["latency_ms"] for r in runs])}
+            "cpu_us_per_job": cpu, "redis_ops_per_job": _median([r.get("redis_ops_per_job") for r in runs]),
+            "latency_ms": _median_dict([r["latency_ms"] for r in runs]), "drops": drops_total(runs)}
+
+
+def drops_total(runs):
+    """Every non-zero count of ``drops`` over ``runs``, added up: {} when nothing went astray."""
+    total = {}
+    for run in runs:
+        for what, count in run.get("drops", {}).items():
+            if count:
+                total[what] = total.get(what, 0) + count
+    return total
 
 
 def _ratio(a, b):
@@ -448,9 +464,37 @@ def scenario_payload(url, sizes, results):
         median = summarize(runs[name])
         rows.append({"bytes": int(name), "jobs": jobs[name][1], "concurrency": configs[name]["concurrency"],
                      "runs": runs[name], "median": median,
-                     "mib_per_s": round(median["jobs_per_s"] * int(name) / MIB, 2)})
+                     "mib_per_s": round(median["jobs_per_s"] * int(name) / MIB, 2),
+                     "drops": median["drops"], "dropped": bool(median["drops"])})
     return {"repeats": sizes.repeats, "durability": "redis", "task": "echo", "channels": CHANNELS,
             "in_flight_bytes": PAYLOAD_IN_FLIGHT, "sizes": rows}
+
+
+def large_task(name):
+    return "echo", ("x" * LARGE_BYTES,)
+
+
+def scenario_large(url, sizes, results):
+    """64 KiB echo jobs, durable, end to end: at the worker's own concurrency (nothing caps the bytes
+    in flight) and at the payload scenario's cap, interleaved. MiB/s each way, CPU and Redis commands
+    per job, and whether a subscriber was cut off on the way (``drops``)."""
+    jobs = payload_jobs(sizes, LARGE_BYTES)
+    configs = {"default concurrency": dict(durability="redis", concurrency=CONCURRENCY),
+               "capped concurrency": dict(durability="redis", concurrency=payload_concurrency(LARGE_BYTES))}
+    counts = {name: (min(sizes.warmup_jobs, jobs), jobs) for name in configs}
+    progress = Progress("large", len(configs) * (counts[next(iter(configs))][0] + sizes.repeats * jobs))
+    with contextlib.ExitStack() as stack:
+        runs = interleaved(open_rigs(stack, url, configs), large_task, sizes.repeats, counts, progress)
+    progress.close()
+    rows = []
+    for name, config in configs.items():
+        median = summarize(runs[name])
+        rows.append({"name": name, "concurrency": config["concurrency"], "runs": runs[name], "median": median,
+                     "mib_per_s": round(median["jobs_per_s"] * LARGE_BYTES / MIB, 2),
+                     "drops": median["drops"], "dropped": bool(median["drops"])})
+    return {"bytes": LARGE_BYTES, "jobs": jobs, "repeats": sizes.repeats, "durability": "redis", "task": "echo",
+            "channels": CHANNELS, "configs": rows}
+
 
 
 def run_json_command(argv, timeout):
@@ -479,8 +523,9 @@ def scenario_peers(url, sizes, results):
     else:
         systems.append({"system": "peers", "error": "bench/peers/run_peers.py not found"})
     for system in systems:
-        if "jobs_per_s" in system:
-            system["ratio"] = {mode: _ratio(system["jobs_per_s"], rates[mode]) for mode in MODES}
+        for figures in (system, system.get("worker_only") or {}):  # BullMQ's worker-only drain too
+            if "jobs_per_s" in figures:
+                figures["ratio"] = {mode: _ratio(figures["jobs_per_s"], rates[mode]) for mode in MODES}
     return {"geventsched_jobs_per_s": rates, "geventsched_source": source, "peer_jobs": sizes.peer_jobs,
             "systems": systems}
 
@@ -527,6 +572,7 @@ SCENARIO_FUNCTIONS = {
     "density": scenario_density,
     "concurrency": scenario_concurrency,
     "payload": scenario_payload,
+    "large": scenario_large,
     "cluster": scenario_cluster,
     "peers": scenario_peers,
 }
@@ -559,18 +605,23 @@ def _cpu(cpu):
     return " / ".join(_n(cpu.get(k), 1) for k in ("master", "worker", "redis")) + f"  ({_n(cpu.get('total'), 1)})"
 
 
+def _drops(drops):
+    return ", ".join(f"{what} {count}" for what, count in drops.items()) or "none"
+
+
 def report_throughput(r):
     rows = []
     for config in r["configs"].values():
         m = config["median"]
         rows.append([config["label"], _n(m["jobs_per_s"]), _runs(config["runs"]), f"{m['spread_pct']}%",
-                     _cpu(m["cpu_us_per_job"]), _n(m["latency_ms"]["p99"], 1)])
+                     _cpu(m["cpu_us_per_job"]), _n(m.get("redis_ops_per_job"), 2), _n(m["latency_ms"]["p99"], 1)])
     ratios = "; ".join(f"{mode}: {v['jobs_per_s']}x jobs/s, {v['cpu_us_per_job']}x CPU/job"
                        for mode, v in r["metrics_ratio"].items())
     return "\n".join([
-        f"throughput: {r['jobs']:,} no-op jobs per run, {r['repeats']} interleaved runs per configuration",
+        f"throughput: {r['jobs']:,} no-op jobs per run, {r['repeats']} interleaved runs per configuration; durable "
+        "rows end to end (the producer receives every result), the others the master's tally",
         table(["durability, submission", "jobs/s (median)", "runs", "spread", "CPU us/job master/worker/redis",
-               "p99 ms (burst)"], rows),
+               "redis calls/job", "p99 ms (burst)"], rows),
         f"metrics on/off (medians): {ratios or '-'}"])
 
 
@@ -619,12 +670,24 @@ def report_concurrency(r):
 def report_payload(r):
     rows = [[f"{row['bytes']:,} B", _n(row["jobs"]), _n(row["concurrency"]), _n(row["median"]["jobs_per_s"]),
              _runs(row["runs"]), _n(row["mib_per_s"], 1),
-             _n(row["median"]["latency_ms"]["p99"], 1)] for row in r["sizes"]]
+             _n(row["median"]["latency_ms"]["p99"], 1), _drops(row.get("drops", {}))] for row in r["sizes"]]
     return "\n".join([
-        f"payload: echo jobs with a string argument, durability {r['durability']}, {r['repeats']} interleaved runs; "
-        f"concurrency capped at {r['in_flight_bytes'] // MIB} MiB in flight",
-        table(["argument", "jobs/run", "concurrency", "jobs/s (median)", "runs", "MiB/s each way", "p99 ms (burst)"],
-              rows)])
+        f"payload: echo jobs with a string argument, durability {r['durability']}, end to end, {r['repeats']} "
+        f"interleaved runs; concurrency capped at {r['in_flight_bytes'] // MIB} MiB in flight",
+        table(["argument", "jobs/run", "concurrency", "jobs/s (median)", "runs", "MiB/s each way", "p99 ms (burst)",
+               "astray (all runs)"], rows)])
+
+
+def report_large(r):
+    rows = [[row["name"], _n(row["concurrency"]), _n(row["median"]["jobs_per_s"]), _runs(row["runs"]),
+             _n(row["mib_per_s"], 1), _cpu(row["median"]["cpu_us_per_job"]),
+             _n(row["median"]["redis_ops_per_job"], 2), _n(row["median"]["latency_ms"]["p99"], 1),
+             "yes: " + _drops(row["drops"]) if row["dropped"] else "no"] for row in r["configs"]]
+    return "\n".join([
+        f"large bodies: {r['bytes'] // 1024} KiB echo jobs, {r['jobs']:,} per run, durability {r['durability']}, end "
+        f"to end, {r['repeats']} interleaved runs; the argument goes to the worker, the result comes back",
+        table(["worker", "concurrency", "jobs/s (median)", "runs", "MiB/s each way", "CPU us/job master/worker/redis",
+               "redis calls/job", "p99 ms (burst)", "subscriber cut off / jobs astray"], rows)])
 
 
 def report_peers(r, results):
@@ -641,10 +704,16 @@ def report_peers(r, results):
             rows.append((s["jobs_per_s"], [s["system"], s.get("version", ""), _n(s.get("jobs")), _n(s["jobs_per_s"]),
                                            _n(lat.get("p50"), 2), _n(lat.get("p99"), 2), _n(s["ratio"]["redis"], 3),
                                            _n(s["ratio"]["none"], 3)]))
+            drain = s.get("worker_only")
+            if drain and "ratio" in drain:  # jobs queued first, then drained: no producer in the clock
+                rows.append((drain["jobs_per_s"], [f"{s['system']} (worker only)", s.get("version", ""),
+                                                   _n(drain["jobs"]), _n(drain["jobs_per_s"]), "", "",
+                                                   _n(drain["ratio"]["redis"], 3), _n(drain["ratio"]["none"], 3)]))
     rows.sort(key=lambda pair: -pair[0])
     return "\n".join([
-        f"peers: no-op jobs; x durable / x none = jobs/s over geventsched's in that mode "
-        f"({r['geventsched_source']}); rtt = sequential round trips",
+        f"peers: no-op jobs, every result fetched (worker only: queued first, then drained); x durable / x none = "
+        f"jobs/s over geventsched's in that mode ({r['geventsched_source']}; durable end to end); rtt = sequential "
+        "round trips",
         table(["system", "version", "jobs", "jobs/s", "rtt p50 ms", "rtt p99 ms", "x durable", "x none"],
               [row for _, row in rows]),
         *(["not measured:"] + errors if errors else [])])
@@ -664,8 +733,8 @@ def report_cluster(r):
 
 
 REPORTS = {"throughput": report_throughput, "latency": report_latency, "density": report_density,
-           "concurrency": report_concurrency, "payload": report_payload, "cluster": report_cluster,
-           "peers": report_peers}
+           "concurrency": report_concurrency, "payload": report_payload, "large": report_large,
+           "cluster": report_cluster, "peers": report_peers}
 
 
 def report(name, result, results):

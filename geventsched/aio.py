@@ -543,20 +543,21 @@ class AsyncClient:
                 self._check_all()
 
     def _announced(self, data):
-        """An announcement is a cue to read the stored result (see the module docstring)."""
+        """An announcement (one result, or a reply frame of many) is a cue to read the stored results
+        (see the module docstring)."""
         try:
-            result = self.codec.decode_result(data)
+            results = self.codec.decode_results(data)[0]
         except DecodeError:
             return
-        if result.status == RETRY:
-            return
-        if result.id in self._waiting:
-            self._check_later(result.id, result)
-            return
-        # Nobody waits for it yet: kept (bounded) for a wait to come, which checks it as any other.
         heard = self._heard
-        heard[result.id] = result
-        if len(heard) > HEARD_LIMIT:
+        for result in results:
+            if result.status == RETRY:
+                continue
+            if result.id in self._waiting:
+                self._check_later(result.id, result)
+            else:  # nobody waits for it yet: kept (bounded) for a wait to come, which checks it as any other
+                heard[result.id] = result
+        while len(heard) > HEARD_LIMIT:
             heard.popitem(last=False)
 
     def _check_all(self):

@@ -80,7 +80,7 @@ class Client:
         self.reply_channel = self.keys.reply_channel(os.urandom(8).hex())
         self._subscriber = None
         self._results = {}  # results that came in for jobs nobody has waited for yet
-        self._heard = OrderedDict()  # job id -> announcement read ahead of any wait for it
+        self._heard = OrderedDict()  # job id -> announced Result read ahead of any wait for it
         self._spare_ids = deque()
 
     @classmethod
@@ -164,12 +164,9 @@ class Client:
                 if not messages:
                     return
                 for _, data in messages:
-                    try:
-                        job_id = self.codec.decode_result(data).id
-                    except DecodeError:
-                        continue
-                    heard[job_id] = data
-                    if len(heard) > HEARD_LIMIT:
+                    for result in self._decode(data):
+                        heard[result.id] = result
+                    while len(heard) > HEARD_LIMIT:
                         heard.popitem(last=False)
         except transport.ConnectionLost:
             self._subscriber.close()
@@ -180,7 +177,7 @@ class Client:
         deadline = None if timeout is None else time.monotonic() + timeout
         early = [self._heard.pop(job_id) for job_id in sorted(want) if job_id in self._heard]
         if early:
-            self._announced(early, want)
+            self._heard_of(early, want)
             if not want:
                 return
         try:
@@ -199,7 +196,7 @@ class Client:
                 self._relisten(want, deadline)
                 continue
             if messages:
-                self._announced([data for _, data in messages], want)
+                self._heard_of([result for _, data in messages for result in self._decode(data)], want)
 
     def _relisten(self, want, deadline):
         """Redis went away while we waited: listen again, then read what was stored meanwhile.
@@ -230,18 +227,18 @@ class Client:
             if data is not None:
                 self._keep(data, want)
 
-    def _announced(self, messages, want):
-        """Announcements of results: keep the stored result of each job we wait for (see the module
+    def _decode(self, data):
+        """The results an announcement (one result, or a reply frame) carries; none if it is unreadable."""
+        try:
+            return self.codec.decode_results(data)[0]
+        except DecodeError:
+            return ()
+
+    def _heard_of(self, announced, want):
+        """Announced results: keep the stored result of each job we wait for (see the module
         docstring), or the announcement itself for a job that has no record in Redis."""
-        heard = {}
-        for data in messages:
-            try:
-                result = self.codec.decode_result(data)
-            except DecodeError:
-                continue
-            # Results of jobs nobody waits for are not kept: they stay in Redis until their TTL.
-            if result.id in want:
-                heard[result.id] = result
+        # Results of jobs nobody waits for are not kept: they stay in Redis until their TTL.
+        heard = {result.id: result for result in announced if result.id in want}
         if not heard:
             return
         ids = sorted(heard)

@@ -13,6 +13,8 @@ the wrong type as a cap of 1.
 
 import logging
 
+from geventsched.protocol import FRAME
+
 log = logging.getLogger(__name__)
 
 
@@ -74,11 +76,11 @@ class Discovery:
         for channel, worker_id in owners.items():
             beat = live.get(worker_id)
             if beat is not None and not beat.get("draining"):
-                held[channel.encode()] = (worker_id, self._cap(beat))
+                held[channel.encode()] = (worker_id, self._cap(beat), _reads_frames(beat))
         for name in [c.name for c in self.table.order if c.name not in held]:
             self.table.remove(name)
-        for name, (worker_id, cap) in held.items():
-            self.table.add(name, worker_id, cap)
+        for name, (worker_id, cap, frames) in held.items():
+            self.table.add(name, worker_id, cap, frames)
         log.info("master: %d workers, %d channels", len(live), len(self.table))
         self._on_change()
 
@@ -89,3 +91,9 @@ class Discovery:
             return max(1, int(beat.get("capacity", 100)) // max(1, int(beat.get("channels", 1))))
         except (TypeError, ValueError):  # a heartbeat someone else wrote
             return 1
+
+
+def _reads_frames(beat):
+    """The worker lists the batch frame among the frame versions it reads (an older one lists none)."""
+    versions = beat.get("frames")
+    return isinstance(versions, list) and FRAME in versions

@@ -15,13 +15,15 @@ from geventsched.errors import ConfigError
 
 
 class Channel:
-    __slots__ = ("name", "worker", "load", "cap")
+    __slots__ = ("name", "worker", "load", "cap", "frames")
 
-    def __init__(self, name, worker, cap):
+    def __init__(self, name, worker, cap, frames=False):
         self.name = name
         self.worker = worker
         self.load = 0
         self.cap = cap
+        #: Its worker reads batch frames (``protocol.FRAME``).
+        self.frames = frames
 
     def __repr__(self):
         return f"Channel({self.name!r}, worker={self.worker!r}, load={self.load}, cap={self.cap})"
@@ -46,14 +48,14 @@ class ChannelTable:
     def get(self, name):
         return self.by_name.get(name)
 
-    def add(self, name, worker, cap):
-        """Add a channel, or update its worker and cap if it is already here."""
+    def add(self, name, worker, cap, frames=False):
+        """Add a channel, or update its worker, cap and frame support if it is already here."""
         channel = self.by_name.get(name)
         if channel is not None:
             self.total_cap += cap - channel.cap
-            channel.worker, channel.cap = worker, cap
+            channel.worker, channel.cap, channel.frames = worker, cap, frames
             return channel
-        channel = self.by_name[name] = Channel(name, worker, cap)
+        channel = self.by_name[name] = Channel(name, worker, cap, frames)
         self.total_cap += cap
         self.order.append(channel)
         self._buckets[0][name] = channel

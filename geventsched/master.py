@@ -44,6 +44,7 @@ from geventsched.hooks import MasterHooks, guarded
 from geventsched.lease import Lease
 from geventsched.ledger import Ledger, new_token
 from geventsched.loops import Loops
+from geventsched.outbox import Outbox
 from geventsched.protocol import RETRY, Job, JsonCodec, error_result, make_codec
 from geventsched.schedules import Scheduler
 from geventsched.store import Outcome, Store
@@ -337,22 +338,23 @@ class Master:
         return (now or time.time()) + limit + self.config.deadline_slack
 
     def _dispatch(self):
-        """Publish pending jobs to channels with room. Returns True if any job was sent."""
+        """Publish pending jobs to channels with room, in one write (``outbox.py``: a message per job,
+        or batch frames for workers that read them). Returns True if any job was sent."""
         pending, table, choose, ledger = self.pending, self.table, self.strategy, self.ledger
-        encode, budget = self.codec.encode_dispatch, self.config.max_inflight_bytes
-        sent, messages, full = [], [], {}  # full: channels of subscribers whose window is full -> cap
+        budget = self.config.max_inflight_bytes
+        sent, full = [], {}  # full: channels of subscribers whose window is full -> cap
         token = new_token()  # one per batch: each job's dispatch record binds it to the job
-        tail = self.codec.dispatch_tail(token)
+        outbox = Outbox(self.codec, token, self.config.max_payload, self.durable)
         now, deadline_for = time.time(), self.deadline_for
         while pending:
             job = pending[0]
             channel = choose(table, job)
             if channel is None:
                 break
-            payload = encode(job, tail)
+            piece = outbox.piece(job, channel)
             subscriber = channel.worker or channel.name
             held = ledger.bytes(subscriber)
-            if held and held + len(payload) > budget:
+            if held and held + len(piece) > budget:
                 # That subscriber's output buffer is full enough: its channels sit out this round
                 # (cap 0), the others go on.
                 full[channel] = channel.cap
@@ -360,8 +362,9 @@ class Master:
                 channel.cap = 0
                 continue
             pending.popleft()
-            sent.append(ledger.add(job, channel, len(payload), token, deadline_for(job, now)))
-            messages.append((channel.name, payload))
+            entry = ledger.add(job, channel, len(piece), token, deadline_for(job, now))
+            sent.append(entry)
+            outbox.put(entry, piece)
         for channel, cap in full.items():
             channel.cap = cap
             table.total_cap += cap
@@ -371,8 +374,9 @@ class Master:
         if self.durable:  # in the same write: published jobs get their full deadline and their dispatch record
             commands.append(self.store.deadline_command([(int(e.deadline), e.job.id) for e in sent]))
             commands.append(self.store.dispatch_command([(e.job.id, e.channel) for e in sent], token, now))
+        messages = outbox.messages()
         try:
-            replies = self._publisher.send(messages, commands)
+            replies = self._publisher.send([(name, payload) for name, payload, _ in messages], commands)
         except transport.ConnectionLost:
             # Nothing is known to have gone out: the whole batch waits for the next connection.
             for entry in sent:
@@ -383,16 +387,17 @@ class Master:
             self._publisher_broken = False
             self.hooks.on_reconnect("dispatch")
         missed = []
-        for entry, receivers in zip(sent, replies):
-            job = entry.job
+        for (_, _, entries), receivers in zip(messages, replies):
             if receivers and not transport.is_error(receivers):
-                self.hooks.on_dispatched(job, now - job.submitted_at, receivers)
+                for entry in entries:
+                    self.hooks.on_dispatched(entry.job, now - entry.job.submitted_at, receivers)
                 continue
             reason = "redis_error" if transport.is_error(receivers) else "no_subscriber"
-            self.hooks.on_dispatch_failed(reason)
-            ledger.pop(job.id)
-            missed.append(job)
-            self._bench(entry.channel, reason, receivers)
+            for entry in entries:
+                self.hooks.on_dispatch_failed(reason)
+                ledger.pop(entry.job.id)
+                missed.append(entry.job)
+            self._bench(entries[0].channel, reason, receivers)
         pending.extendleft(reversed(missed))
         return len(missed) < len(sent)
 
@@ -441,13 +446,16 @@ class Master:
             self._record_raw(raw_results)
 
     def _collect(self, data, raw_results):
+        """The results of one message: a result, or a result frame."""
         try:
-            result = self.codec.decode_result(data)
+            results, errors = self.codec.decode_results(data)
         except DecodeError as exc:
+            results, errors = (), [exc]
+        for exc in errors:
             log.warning("master: ignored an unreadable result: %s", exc)
             self.hooks.on_unknown_result()
-            return
-        self._take_result(result, raw_results)
+        for result in results:
+            self._take_result(result, raw_results)
 
     def _take_result(self, result, raw_results, trusted=False):
         """A result frees its slot only if it answers the dispatch in flight: the same token (the raw

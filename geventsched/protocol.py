@@ -14,6 +14,21 @@ master's slot) only with the token of the dispatch in flight, so a message publi
 or by a copy of the job that was dispatched again meanwhile, changes nothing. Jobs in Redis carry no
 token; the master adds it to the stored record as it publishes it (``encode_dispatch``).
 
+Batch frames (version 2) carry many jobs in one dispatch message, or many results in one result or
+reply message, so the per-message costs of pub/sub (a PUBLISH, a message parsed, a wake-up) are paid
+once per batch::
+
+    dispatch: {"v": 2, "tok": "5f0c9a01e2b37", "jobs": [<job record>, {"ref": "43"}, ...]}
+    results:  {"v": 2, "results": [<result>, ...]}
+
+The records in a dispatch frame are the stored ones as they are; the frame's ``tok`` is each job's
+dispatch token. A job larger than ``REF_THRESHOLD`` travels as ``{"ref": id}``: the worker reads its
+record from Redis, where the durable path keeps it anyway, so no single message grows with a job.
+Rolling upgrades: a worker lists the frame versions it reads in its heartbeat (``FRAMES``) and the
+master sends frames only to workers that list 2; a worker answers in a result frame only the jobs
+that came in one (their master reads frames), and a client that reads reply frames says so in its
+jobs (``"rf": 2``). Version-1 messages are read by every side, always.
+
 The ``raw`` codec speaks the original design's protocol: a dispatch message is the bare job id, and
 the worker publishes the same bytes back as the result.
 
@@ -29,6 +44,11 @@ from geventsched.config import DEFAULT_MAX_PAYLOAD
 from geventsched.errors import DecodeError
 
 VERSION = 1
+#: The batch frame's version, and the frame versions this code reads.
+FRAME = 2
+FRAMES = (1, 2)
+#: A job whose stored record is larger than this is dispatched by reference (a frame's ``{"ref": id}``).
+REF_THRESHOLD = 64 * 1024
 STATUSES = ("ok", "error", "timeout", "dead")
 #: Announced to the master when a failed job is scheduled to run again; never a job's result.
 RETRY = "retry"
@@ -76,6 +96,10 @@ class Job(NamedTuple):
     key: str | None = None
     #: Retries after a failure (error or timeout); None = the task's own setting.
     max_retries: int | None = None
+    #: It came in a batch frame: its result may go back in one.
+    framed: bool = False
+    #: Its client reads reply frames (its record says ``"rf": 2``).
+    reply_frames: bool = False
     #: The dispatch token (see the module docstring); None in a job that was not dispatched.
     token: str | None = None
     #: The message this job was decoded from: the JSON codec sends it on unchanged (the master
@@ -141,6 +165,8 @@ class JsonCodec:
             doc["key"] = job.key
         if job.max_retries is not None:
             doc["max_retries"] = job.max_retries
+        if job.reply_frames:
+            doc["rf"] = FRAME
         if extra:
             doc.update(extra)
         return _dumps(doc, (job.args, job.kwargs, job.timeout, job.submitted_at))
@@ -161,14 +187,51 @@ class JsonCodec:
     def decode_job(self, data, max_payload=-1):
         """``max_payload``: None = no size limit (a record of our own), -1 = the codec's."""
         doc = self._load(data, self.max_payload if max_payload == -1 else max_payload)
-        try:
-            job = Job(doc["id"], doc["task"], doc.get("args", []), doc.get("kwargs", {}),
-                      doc.get("timeout"), doc.get("reply"), doc.get("ts", 0.0), doc.get("key"),
-                      doc.get("max_retries"), doc.get("tok"), data)
-        except KeyError as exc:
-            raise DecodeError("missing_field", f"job has no {exc.args[0]!r}") from None
-        _check_job(job)
-        return job
+        return _job(doc, doc.get("tok"), data)
+
+    def encode_frame(self, records, token):
+        """A dispatch frame of ``records`` (stored job records, or ``ref(id)``) under ``token``."""
+        return b'{"v":2,"tok":"%s","jobs":[%s]}' % (token.encode(), b",".join(records))
+
+    @staticmethod
+    def frame_room(token):
+        """Bytes a dispatch frame adds to its records, besides one comma between two."""
+        return len(b'{"v":2,"tok":"","jobs":[]}') + len(token)
+
+    @staticmethod
+    def ref(job_id):
+        """What a dispatch frame carries for a job sent by reference."""
+        return b'{"ref":"%s"}' % job_id.encode()
+
+    def decode_dispatch(self, data):
+        """The jobs of a dispatch message of either version: ``(jobs, refs, errors)``: ``refs`` are
+        ``(id, token)`` of jobs sent by reference, to read from Redis (``job_of_record`` then), and a DecodeError for each entry of
+        a frame that was refused (the others are kept). Raises DecodeError for a message refused whole."""
+        doc = self._load(data, versions=FRAMES)
+        if doc["v"] == VERSION:
+            return [_job(doc, doc.get("tok"), data)], [], []
+        token, entries = doc.get("tok"), doc.get("jobs")
+        if type(token) is not str or not 0 < len(token) <= 64 or type(entries) is not list:
+            raise DecodeError("bad_field", "a frame needs a short string tok and a list of jobs")
+        jobs, refs, errors = [], [], []
+        for entry in entries:
+            try:
+                if type(entry) is not dict:
+                    raise DecodeError("not_an_object", "a frame's job is not a JSON object")
+                if "ref" in entry:
+                    if type(entry["ref"]) is not str or not entry["ref"]:
+                        raise DecodeError("bad_field", "ref must be a job id")
+                    refs.append((entry["ref"], token))
+                else:
+                    jobs.append(_job(entry, token, None, framed=True))
+            except DecodeError as exc:
+                errors.append(exc)
+        return jobs, refs, errors
+
+    def job_of_record(self, data, token):
+        """A job sent by reference, from its stored record: it came in a frame under ``token``."""
+        doc = self._load(data, None)
+        return _job(doc, token, None, framed=True)
 
     def encode_result(self, result, job=None):
         doc = {"v": VERSION, "id": result.id, "task": result.task, "status": result.status}
@@ -185,22 +248,36 @@ class JsonCodec:
             doc["t1"] = result.ended
         return _dumps(doc, result.value)
 
-    def decode_result(self, data, max_payload=-1):
-        """``max_payload``: None = no size limit (a result read back from Redis), -1 = the codec's."""
-        doc = self._load(data, max_payload)
-        try:
-            result = Result(doc["id"], doc["status"], doc.get("value"), doc.get("error"),
-                            doc.get("task", ""), bool(doc.get("raw", False)), doc.get("tok"),
-                            _seconds(doc.get("t0")), _seconds(doc.get("t1")))
-        except KeyError as exc:
-            raise DecodeError("missing_field", f"result has no {exc.args[0]!r}") from None
-        if not isinstance(result.id, str) or (result.status not in STATUSES and result.status != RETRY):
-            raise DecodeError("bad_field", "result id must be a string and status one of " + "/".join(STATUSES))
-        if result.token is not None and type(result.token) is not str:
-            raise DecodeError("bad_field", "tok must be a string")
-        return result
+    def encode_results(self, payloads):
+        """A result frame of encoded results."""
+        return b'{"v":2,"results":[%s]}' % b",".join(payloads)
 
-    def _load(self, data, max_payload=-1):
+    def decode_results(self, data, max_payload=-1):
+        """The results of a result message of either version: ``(results, errors)``, with a
+        DecodeError for each entry of a frame that was refused. Raises DecodeError for a message
+        refused whole."""
+        doc = self._load(data, max_payload, versions=FRAMES)
+        if doc["v"] == VERSION:
+            return [_result(doc)], []
+        entries = doc.get("results")
+        if type(entries) is not list:
+            raise DecodeError("bad_field", "a result frame needs a list of results")
+        results, errors = [], []
+        for entry in entries:
+            try:
+                if type(entry) is not dict:
+                    raise DecodeError("not_an_object", "a frame's result is not a JSON object")
+                results.append(_result(entry))
+            except DecodeError as exc:
+                errors.append(exc)
+        return results, errors
+
+    def decode_result(self, data, max_payload=-1):
+        """One result (version 1). ``max_payload``: None = no size limit (a result read back from
+        Redis), -1 = the codec's."""
+        return _result(self._load(data, max_payload))
+
+    def _load(self, data, max_payload=-1, versions=(VERSION,)):
         _check_size(data, self.max_payload if max_payload == -1 else max_payload)
         try:
             doc = _loads(data)
@@ -210,9 +287,37 @@ class JsonCodec:
         if not isinstance(doc, dict):
             raise DecodeError("not_an_object", f"expected a JSON object, got {type(doc).__name__}")
         version = doc.get("v")
-        if type(version) is not int or version != VERSION:  # true and 1.0 are not 1
-            raise DecodeError("bad_version", f"version {version!r}, this side speaks {VERSION}")
+        if type(version) is not int or version not in versions:  # true and 1.0 are not 1
+            raise DecodeError("bad_version", f"version {version!r}, this side reads "
+                                             f"{'/'.join(map(str, versions))}")
         return doc
+
+
+def _job(doc, token, payload, framed=False):
+    """A checked Job from a decoded record."""
+    try:
+        job = Job(doc["id"], doc["task"], doc.get("args", []), doc.get("kwargs", {}), doc.get("timeout"),
+                  doc.get("reply"), doc.get("ts", 0.0), doc.get("key"), doc.get("max_retries"), framed,
+                  doc.get("rf") == FRAME, token, payload)
+    except KeyError as exc:
+        raise DecodeError("missing_field", f"job has no {exc.args[0]!r}") from None
+    _check_job(job)
+    return job
+
+
+def _result(doc):
+    """A checked Result from a decoded result."""
+    try:
+        result = Result(doc["id"], doc["status"], doc.get("value"), doc.get("error"),
+                        doc.get("task", ""), bool(doc.get("raw", False)), doc.get("tok"),
+                        _seconds(doc.get("t0")), _seconds(doc.get("t1")))
+    except KeyError as exc:
+        raise DecodeError("missing_field", f"result has no {exc.args[0]!r}") from None
+    if not isinstance(result.id, str) or (result.status not in STATUSES and result.status != RETRY):
+        raise DecodeError("bad_field", "result id must be a string and status one of " + "/".join(STATUSES))
+    if result.token is not None and type(result.token) is not str:
+        raise DecodeError("bad_field", "tok must be a string")
+    return result
 
 
 def _seconds(value):
@@ -284,6 +389,9 @@ class RawCodec:
         text = _text(data)
         return Job(text, self.task, [text], payload=data)
 
+    def decode_dispatch(self, data):
+        return [self.decode_job(data)], [], []
+
     def encode_result(self, result, job=None):
         # The original master only knows the id it sent: echo the message whatever the task returned.
         return job.payload if job is not None and job.payload is not None else result.id.encode()
@@ -292,6 +400,9 @@ class RawCodec:
         _check_size(data, None)  # a result of ours: no size limit
         text = _text(data)
         return Result(text, "ok", text, raw=True)
+
+    def decode_results(self, data):
+        return [self.decode_result(data)], []
 
 
 #: Codec name -> ``factory(raw_task, max_payload)``; ``--codec`` chooses among these names.

@@ -54,14 +54,18 @@ def lua_script(name):
 @dataclass(slots=True)
 class Outcome:
     """One result on its way to ``Store.finish``: the job, its status, the encoded result, where to
-    announce it and the dispatch token it answers. A failure that may run again also carries its
-    task, its retries and its backoff (seconds before the first retry, jitter applied)."""
+    announce it and the dispatch token it answers; whether it goes to the master in a result frame
+    (its job came in a frame) and to its client in a reply frame (its client reads them). A failure
+    that may run again also carries its task, its retries and its backoff (seconds before the first
+    retry, jitter applied)."""
 
     id: str
     status: str
     payload: bytes
     reply: str | None
     token: str | None
+    framed: bool = False
+    reply_frames: bool = False
     task: str = ""
     max_retries: int = 0
     backoff: float = 0.0
@@ -262,9 +266,10 @@ class Store:
         args = [k.result_prefix, self.result_ttl, k.result_channel if announce else "", len(results),
                 "1" if trusted else "0", self._publish_command]
         for o in results:
-            args += (o.id, o.status, o.payload, o.reply or "", o.token or "")
+            args += (o.id, o.status, o.payload, o.reply or "", o.token or "", _frames(o))
         for o in retries:
-            args += (o.id, o.status, o.payload, o.reply or "", o.token or "", o.task, o.max_retries, o.backoff)
+            args += (o.id, o.status, o.payload, o.reply or "", o.token or "", _frames(o), o.task, o.max_retries,
+                     o.backoff)
         return self._finish(keys=[k.finished, k.inflight, k.jobs, k.attempts, k.retries, k.scheduled,
                                   k.dispatched, k.done, k.priority, k.unique], args=args)
 
@@ -411,6 +416,12 @@ class Store:
     def for_namespace(cls, client, namespace, result_ttl=DEFAULT_RESULT_TTL):
         """The store of ``namespace`` on ``client``, its keys laid out for a cluster when ``client`` is one."""
         return cls(client, Keys(namespace, cluster=transport.is_cluster(client)), result_ttl)
+
+
+def _frames(outcome):
+    """The finish script's flags for how an outcome is announced: R, in a result frame; C, in a reply
+    frame to its client."""
+    return ("R" if outcome.framed else "") + ("C" if outcome.reply_frames else "")
 
 
 def _round_up(deadline):

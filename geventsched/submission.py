@@ -120,7 +120,9 @@ def encode_jobs(codec, ids, specs, opts, timeout, key, max_retries, reply, now, 
             raise TypeError(f"a task is named by a string, not {type(task).__name__}")
         if not task:
             raise ValueError("a task name must not be empty")
-        job = Job(job_id, task, list(args), dict(kwargs), timeout, reply, now, key, max_retries)
+        # Both clients read reply frames (``protocol``): a job that wants a reply says so.
+        job = Job(job_id, task, list(args), dict(kwargs), timeout, reply, now, key, max_retries,
+                  reply_frames=reply is not None)
         try:
             body = codec.encode_job(job, extra)
         except (TypeError, ValueError) as exc:

@@ -39,7 +39,7 @@ from geventsched.errors import DecodeError
 from geventsched.hooks import WorkerHooks, guarded
 from geventsched.loops import Loops
 from geventsched.registration import LOST, MOVED, Registration, describe_host
-from geventsched.protocol import DISPATCH_ROOM, Result, error_result, make_codec
+from geventsched.protocol import DISPATCH_ROOM, FRAMES, Result, error_result, make_codec
 from geventsched.runner import Runners
 from geventsched.store import Outcome, Store
 
@@ -264,16 +264,48 @@ class Worker:
             gevent.sleep(0)
 
     def _accept(self, channel, data, seen=None):
+        """Queue the jobs of one dispatch message (one job, or a batch frame)."""
         try:
-            job = self.codec.decode_job(data)
+            jobs, refs, errors = self.codec.decode_dispatch(data)
         except DecodeError as exc:
-            self.hooks.on_rejected(exc.reason)
-            log.warning("rejected a message on %s: %s", channel.decode(errors="replace"), exc)
+            errors, jobs, refs = [exc], (), ()
+        for exc in errors:
+            self._reject(channel, exc)
+        if refs:
+            if seen is not None:
+                seen.update(job_id for job_id, _ in refs)
+            gevent.spawn(self._fetch, channel, refs)
+        for job in jobs:
+            if seen is not None:
+                seen.add(job.id)
+            self.hooks.on_received(job)
+            self.runners.put(job)
+
+    def _reject(self, channel, exc):
+        self.hooks.on_rejected(exc.reason)
+        log.warning("rejected a message on %s: %s", channel.decode(errors="replace"), exc)
+
+    def _fetch(self, channel, refs):
+        """Jobs sent by reference: their records, read from Redis in one round trip, then queued. A
+        record that is gone (the job finished, or was cancelled, meanwhile) is skipped; one that cannot
+        be read now comes back at its deadline."""
+        try:
+            records = self.client.hmget(self.keys.jobs, [job_id for job_id, _ in refs])
+        except transport.RedisError as exc:
+            log.warning("worker %s: could not read %d jobs sent by reference (%s); they come back at their "
+                        "deadline", self.id, len(refs), transport.describe(exc))
             return
-        if seen is not None:
-            seen.add(job.id)
-        self.hooks.on_received(job)
-        self.runners.put(job)
+        for (job_id, token), record in zip(refs, records):
+            if record is None:
+                continue
+            try:
+                job = self.codec.job_of_record(record, token)
+            except DecodeError as exc:
+                self._reject(channel, exc)
+                continue
+            self.hooks.on_received(job)
+            self.runners.put(job)
+        self.runners.wake()
 
     def _reconnect(self, exc):
         log.warning("worker %s: lost the subscriber connection (%s); reconnecting", self.id,
@@ -365,7 +397,8 @@ class Worker:
         except (TypeError, ValueError) as exc:
             result = error_result(job, "error", "EncodeError", f"result is not JSON-serialisable: {exc}")
             payload = self.codec.encode_result(result, job)
-        outcome = Outcome(job.id, result.status, payload, job.reply, job.token)
+        outcome = Outcome(job.id, result.status, payload, job.reply, job.token, framed=job.framed,
+                          reply_frames=job.reply_frames)
         retries = job.max_retries if job.max_retries is not None else task.max_retries if task else 0
         if retry and retries and result.status != "ok" and self.recording:
             outcome.task, outcome.max_retries = job.task, retries
@@ -426,15 +459,26 @@ class Worker:
             self._writing = []
 
     def _publish(self, batch):
-        """Results without a record: PUBLISH each to CHANNEL_RESULT (and its reply channel), one write.
-        A message Redis refused is not sent again (the others went out); the master gives its
-        dispatch up at its deadline."""
+        """Results without a record: PUBLISH them to CHANNEL_RESULT (and their reply channels), one
+        write: in one result frame those of jobs that came in frames, and one reply frame per client
+        that reads them; the others one message each. A message Redis refused is not sent again (the
+        others went out); the master gives its dispatch up at its deadline."""
         channel = self.keys.result_channel.encode()
-        messages = []
+        messages, framed, replies = [], [], {}
         for outcome in batch:
-            messages.append((channel, outcome.payload))
+            if outcome.framed:
+                framed.append(outcome.payload)
+            else:
+                messages.append((channel, outcome.payload))
             if outcome.reply:
-                messages.append((outcome.reply.encode(), outcome.payload))
+                if outcome.reply_frames:
+                    replies.setdefault(outcome.reply.encode(), []).append(outcome.payload)
+                else:
+                    messages.append((outcome.reply.encode(), outcome.payload))
+        encode = self.codec.encode_results
+        if framed:
+            messages.append((channel, encode(framed)))
+        messages += [(reply, encode(payloads)) for reply, payloads in replies.items()]
         refused = [reply for reply in self._publisher.send(messages) if type(reply) is not int]  # PUBLISH: a count
         if refused:
             log.error("worker %s: Redis refused %d of %d result messages: %s", self.id, len(refused),
@@ -450,6 +494,7 @@ class Worker:
             "free": runners.free, "capacity": PREFETCH_MULTIPLIER * runners.size,
             "channels": len(self.channels), "draining": self._draining, "codec": self.codec.name,
             "durability": self.config.durability, "started": self.started_at, "beat": time.time(),
+            "frames": [] if self.raw else list(FRAMES),
         }
 
     def _heartbeat_loop(self):

@@ -59,16 +59,16 @@ class Spy:
                 continue
             channel = message["channel"]
             if channel == self._result_channel:
-                job_id = json.loads(message["data"])["id"]
-                where = self._where.pop(job_id, None)
-                if where is not None:
-                    self.outstanding[where] -= 1
+                for job_id in ids_in(json.loads(message["data"])):
+                    where = self._where.pop(job_id, None)
+                    if where is not None:
+                        self.outstanding[where] -= 1
                 continue
-            job_id = json.loads(message["data"])["id"]
-            self.counts[channel] += 1
-            self._where[job_id] = channel
-            self.channel_of[job_id] = channel
-            self.outstanding[channel] += 1
+            for job_id in ids_in(json.loads(message["data"])):
+                self.counts[channel] += 1
+                self._where[job_id] = channel
+                self.channel_of[job_id] = channel
+                self.outstanding[channel] += 1
             self.max_outstanding[channel] = max(self.max_outstanding[channel], self.outstanding[channel])
 
     def close(self):
@@ -91,3 +91,12 @@ def setinfo_rule(admin):
     except redis.ResponseError:  # Redis 7.0: unknown subcommand
         return []
     return ["+client|setinfo"]
+
+
+def ids_in(doc):
+    """The job ids a message names: one job or result, or each of a batch frame's (``protocol.py``)."""
+    if "jobs" in doc:
+        return [entry.get("id", entry.get("ref")) for entry in doc["jobs"]]
+    if "results" in doc:
+        return [entry["id"] for entry in doc["results"]]
+    return [doc["id"]]

@@ -1,10 +1,12 @@
-"""bench/suite.py in its quick form, end to end against the private test Redis, and bench/plot.py on
-its output. The figures themselves depend on the machine; these tests check that every scenario ran
-to completion and wrote sane, complete numbers."""
+"""bench/suite.py in its quick form, end to end against the private test Redis, bench/plot.py on its
+output, `geventsched bench --json` on a tiny run, and the BullMQ peer's wrapper where Node.js is
+missing. The figures themselves depend on the machine; these tests check that every scenario ran to
+completion and wrote sane, complete numbers."""
 
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -12,7 +14,7 @@ import pytest
 
 from conftest import ROOT
 
-SCENARIOS = "throughput,latency,density,concurrency,payload,cluster"
+SCENARIOS = "throughput,latency,density,concurrency,payload,large,cluster"
 PERCENTILE_KEYS = {"p50", "p90", "p99", "max"}
 
 
@@ -44,6 +46,26 @@ def assert_runs(runs, jobs, repeats):
         assert run["jobs"] == jobs and run["failed"] == 0, run
         assert run["jobs_per_s"] > 0 and run["seconds"] > 0
         assert_latency(run["latency_ms"])
+        assert_per_job(run)
+
+
+def assert_per_job(run):
+    """CPU and Redis commands per job, and what went astray (a count per kind, zero or more)."""
+    assert set(run["cpu_us_per_job"]) == {"master", "worker", "redis"}
+    # (The worker's is read in clock ticks of 10 ms: a short run of sleeps may show none.)
+    assert all(v is not None and v >= 0 for v in run["cpu_us_per_job"].values()), run["cpu_us_per_job"]
+    assert run["cpu_us_per_job"]["master"] > 0
+    assert run["redis_ops_per_job"] > 0
+    commands = run["redis_commands_per_job"]
+    assert commands and all(set(c) == {"calls", "usec"} and c["calls"] > 0 for c in commands.values()), commands
+    assert "info" not in commands, "the meters' own calls are left out"
+    assert sum(c["calls"] for c in commands.values()) == pytest.approx(run["redis_ops_per_job"], rel=0.01)
+    assert "publish" in commands or "spublish" in commands, "every job is published to its worker"
+    assert all(isinstance(n, int) and n >= 0 for n in run["drops"].values()), run["drops"]
+    if run["collect"] == "client":  # end to end; the master's count of the same run rides along
+        tally = run["master_tally"]
+        assert tally["jobs_per_s"] > 0 and tally["failed"] == 0
+        assert_latency(tally["latency_ms"])
 
 
 @pytest.mark.timeout(200)
@@ -56,10 +78,13 @@ def test_quick_suite_writes_sane_figures(suite_json):
 
     throughput = scenarios["throughput"]
     assert set(throughput["configs"]) == {"none", "none+metrics", "redis", "redis+metrics", "none-intake"}
-    for config in throughput["configs"].values():
+    for name, config in throughput["configs"].items():
         assert_runs(config["runs"], throughput["jobs"], throughput["repeats"])
         assert config["median"]["jobs_per_s"] > 0
         assert config["median"]["cpu_us_per_job"]["total"] > 0
+        assert config["median"]["redis_ops_per_job"] > 0
+        # Durable runs count what a producer receives; the rest, the master's tally.
+        assert {run["collect"] for run in config["runs"]} == {"client" if name.startswith("redis") else "master"}
     assert all(v["jobs_per_s"] > 0 for v in throughput["metrics_ratio"].values())
     assert set(throughput["metrics_ratio"]) == {"none", "redis"}
 
@@ -97,6 +122,13 @@ def test_quick_suite_writes_sane_figures(suite_json):
     for row in payload["sizes"]:
         assert_runs(row["runs"], row["jobs"], payload["repeats"])
         assert row["mib_per_s"] > 0
+        assert isinstance(row["dropped"], bool) and row["dropped"] == bool(row["drops"])
+
+    large = scenarios["large"]
+    assert large["bytes"] == 65536 and [row["concurrency"] for row in large["configs"]] == [1000, 128]
+    for row in large["configs"]:
+        assert_runs(row["runs"], large["jobs"], large["repeats"])
+        assert row["mib_per_s"] > 0 and isinstance(row["dropped"], bool)
 
     cluster = scenarios["cluster"]
     assert set(cluster["configs"]) == {"1 node, redis", "1 node, none", "3 shards, redis", "3 shards, none"}
@@ -118,6 +150,51 @@ def test_plot_writes_png_files(suite_json, tmp_path):
                      "throughput.png"]
     for name in names:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.timeout(120)
+def test_bench_command_writes_end_to_end_figures_with_cpu_and_commands_per_job(redis_server, tmp_path):
+    out = tmp_path / "bench.json"
+    done = run_script(["-m", "geventsched", "bench", "--jobs", "300", "--channels", "3", "--redis-url", redis_server,
+                       "--json", str(out)], timeout=110)
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    # The keys SPEC asks for, at the top level: the durable run, end to end.
+    assert figures["jobs"] == 300 and figures["seconds"] > 0 and figures["jobs_per_s"] > 0
+    assert_latency(figures["latency_ms"])
+    assert figures["collect"] == "client" and figures["failed"] == 0
+    assert_per_job(figures)
+    assert figures["jobs_per_s"] <= figures["master_tally"]["jobs_per_s"] * 1.5, "the producer counts no faster"
+    fire = figures["fire_and_forget"]
+    assert fire["collect"] == "master" and "master_tally" not in fire
+    assert_per_job(fire)
+    assert "end to end: a Client submits every job and receives every result" in done.stdout
+    assert "master tally" in done.stdout and done.stdout.count("redis ops") == 2
+
+
+def test_bullmq_peer_says_in_one_line_why_it_is_skipped_without_node(tmp_path):
+    only_python = os.path.dirname(sys.executable)
+    assert shutil.which("node", path=only_python) is None
+    env = {**os.environ, "PATH": only_python}
+    peers = os.path.join(ROOT, "bench", "peers")
+    done = subprocess.run([sys.executable, os.path.join(peers, "peer_bullmq.py"), "--redis-url",
+                           "redis://127.0.0.1:1/15", "--node-dir", str(tmp_path / "node")],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip() == "bullmq: skipped: node and npm not found on PATH (BullMQ runs on Node.js)"
+    record = json.loads(done.stdout)
+    assert record == {"system": "bullmq", "skipped": True, "error": done.stderr.strip()[len("bullmq: "):]}
+    assert not (tmp_path / "node").exists(), "nothing installed"
+    # run_peers.py passes the record on, and the suite's table lists it under "not measured".
+    done = subprocess.run([sys.executable, os.path.join(peers, "run_peers.py"), "--peers", "bullmq", "--json",
+                           "--redis-url", "redis://127.0.0.1:1/0", "--venv-dir", str(tmp_path / "venvs")],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [record]
+    suite = load_suite()
+    table = suite.report_peers({"geventsched_jobs_per_s": {"redis": 1000.0, "none": 2000.0},
+                                "geventsched_source": "test", "peer_jobs": 10, "systems": [record]}, {})
+    assert f"bullmq: {record['error']}" in table
 
 
 def load_suite():

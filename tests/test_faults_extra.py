@@ -153,7 +153,8 @@ GARBAGE = [
     ("invalid_json", b"{not json"),
     ("invalid_json", b'{"v": 1, "id": "garbage", "task": "echo"'),
     ("invalid_json", b'{"v": 1, "id": "garbage", "task": "echo", "args": [NaN]}'),
-    ("bad_version", doc(v=2)),
+    ("bad_version", doc(v=3)),
+    ("bad_field", doc(v=2)),  # a version-2 message is a batch frame: this one has no jobs
     ("bad_version", doc(v="1")),
     ("bad_version", json.dumps({"id": "garbage", "task": "echo"}).encode()),
     ("not_utf8", b"\xff\xfe\xfa"),

@@ -21,9 +21,12 @@ app = App(prefix="")
 def size(data):
     return len(data)
 '''
-BIG = "x" * (64 * 1024)
-#: Jobs of BIG that fit in the window of 256 KB: 3, and the first one of an empty window whatever its size.
+#: Just under the size a job goes by reference from (protocol.REF_THRESHOLD): sent whole.
+BIG = "x" * (60 * 1024)
+#: Jobs of BIG that fit in the window of 256 KB: 4 (of about 61.5 KB each).
 WINDOW_JOBS = 4
+#: Over it: sent as a reference the worker reads from Redis.
+HUGE = "x" * (100 * 1024)
 
 
 def window_while_stalled(r, keys, seconds):
@@ -70,4 +73,25 @@ def test_byte_window_keeps_a_stalled_worker_connected(spawn, namespace, tmp_path
         client.close()
         assert len(results) == 400
         assert [results[h.id].value for h in handles] == [len(BIG)] * 400
+        assert "lost the subscriber connection" not in worker.output()
+
+
+def test_large_jobs_go_by_reference_and_never_fill_a_stalled_workers_buffer(spawn, namespace, tmp_path):
+    (tmp_path / "big_tasks.py").write_text(TASKS)
+    with EmbeddedRedis(extra_args=["--client-output-buffer-limit", "pubsub 1mb 512kb 60"]) as server:
+        r = redis.Redis.from_url(server.url)
+        worker = spawn("worker", "--redis-url", server.url, "--channels", "4", "--app", "big_tasks",
+                       "--metrics-port", "0", cwd=tmp_path)
+        wait_until(workers_registered(r, namespace), timeout=20, message="worker registration")
+        spawn("master", "--redis-url", server.url, "--metrics-port", "0", "--max-inflight-bytes", str(256 * 1024))
+        worker.signal(signal.SIGSTOP)
+        client = Client.from_url(server.url, namespace)
+        handles = client.submit_many([("size", (HUGE,), {}) for _ in range(200)], timeout=5)
+        # 200 jobs of 100 KB: 20 MB whole, a few KB as references, so the window lets them all go.
+        sent, _ = window_while_stalled(r, Keys(namespace), seconds=1.5)
+        worker.signal(signal.SIGCONT)
+        assert sent == 200
+        results = client.wait(handles, timeout=30)
+        client.close()
+        assert [results[h.id].value for h in handles] == [len(HUGE)] * 200
         assert "lost the subscriber connection" not in worker.output()

@@ -584,7 +584,7 @@ def _one_job_requeued_after_its_claim(client, namespace):
     client.hset(store.keys.dispatched, job_id, "t1 w1")  # published, as the first copy
     assert store.reap(3, now=time.time() + FAR) == ([job_id], [])  # its worker was lost: queued again
     failure = codec.encode_result(Result(job_id, "error", error={"type": "E", "message": "", "traceback": ""}))
-    return store, job_id, Outcome(job_id, "error", failure, "", "t1", "a", 2, 0.0)
+    return store, job_id, Outcome(job_id, "error", failure, "", "t1", task="a", max_retries=2, backoff=0.0)
 
 
 def test_late_failure_of_a_requeued_copy_does_not_schedule_a_second_run(store_redis, namespace):

@@ -483,8 +483,9 @@ class DispatchLog:
             message = self._pubsub.get_message(timeout=0.2)
             if message and message["type"] == "message":
                 doc = json.loads(message["data"])
-                self._seen.setdefault(doc["id"], (doc["fire"], time.time()))
-                self._sent[doc["id"]] = self._sent.get(doc["id"], 0) + 1
+                for job in doc.get("jobs", [doc]):  # one job, or a batch frame's
+                    self._seen.setdefault(job["id"], (job["fire"], time.time()))
+                    self._sent[job["id"]] = self._sent.get(job["id"], 0) + 1
 
     def fires(self):
         """``[(fire time, job id)]`` by fire time: one entry per job (a job sent again counts once)."""

@@ -65,7 +65,8 @@ class Peer:
         pass
 
 
-def parse_args(argv=None):
+def parse_args(argv=None, extra=None):
+    """The shared command line; ``extra(parser)`` adds a peer's own options."""
     p = argparse.ArgumentParser()
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/15",
                    help="the peer's Redis; run_peers.py gives each peer its own db number")
@@ -79,6 +80,8 @@ def parse_args(argv=None):
     # Worker side, set by the producer when it starts the worker subprocess.
     p.add_argument("--role", choices=["producer", "worker"], default="producer", help=argparse.SUPPRESS)
     p.add_argument("--tag", default=None, help=argparse.SUPPRESS)
+    if extra is not None:
+        extra(p)
     args = p.parse_args(argv)
     if args.jobs < 1 or args.round_trips < 1:
         p.error("--jobs and --round-trips must be at least 1")

@@ -1,4 +1,4 @@
-"""Run the no-op job benchmark through other job systems, each from a virtualenv of its own.
+"""Run the no-op job benchmark through other job systems, each from a virtualenv (or npm folder) of its own.
 
     python bench/peers/run_peers.py --redis-url redis://127.0.0.1:6379/0 --jobs 2000 --json
 
@@ -9,9 +9,13 @@ one worker of its system, measures, stops it and prints one JSON line; this
 script collects the lines. A peer that fails to install or run is reported as
 {"system": name, "error": "..."} and the others still run.
 
+BullMQ runs on Node.js: peer_bullmq.py needs no virtualenv (it runs with --python and the
+standard library); it npm-installs its pinned packages into <venv-dir>/bullmq itself, and
+reports itself skipped, with the reason, where node or npm is missing.
+
 Each peer gets a Redis db of its own on the server of --redis-url (celery 10,
-dramatiq 11, rq 12, arq 13, huey 14; --first-db moves the block) and, inside it,
-keys named after a per-run tag that the peer deletes when done. Nothing is flushed.
+dramatiq 11, rq 12, arq 13, huey 14, bullmq 15; --first-db moves the block) and, inside
+it, keys named after a per-run tag that the peer deletes when done. Nothing is flushed.
 
 Only the standard library is used here, so any Python 3.10+ can run it.
 """
@@ -36,6 +40,7 @@ PEERS = {
     "rq": ["rq==2.*"],
     "arq": ["arq==0.28.*"],
     "huey": ["huey==2.*", "redis==8.*", "gevent==26.*"],
+    "bullmq": None,  # Node.js: bench/peers/bullmq/package.json pins it, peer_bullmq.py installs it
 }
 
 INSTALL_TIMEOUT = 900  # seconds; a cold install of celery + gevent can take minutes
@@ -90,11 +95,11 @@ def ensure_venv(name, requirements, venv_dir, python, log):
     return py
 
 
-def run_peer(name, py, url, args):
+def run_peer(name, py, url, args, extra=()):
     """Run peer_<name>.py; return its JSON result (or an error record)."""
     cmd = [py, os.path.join(HERE, f"peer_{name}.py"), "--redis-url", url,
            "--jobs", str(args.jobs), "--round-trips", str(args.round_trips),
-           "--concurrency", str(args.concurrency), "--timeout", str(max(10, args.timeout - 20))]
+           "--concurrency", str(args.concurrency), "--timeout", str(max(10, args.timeout - 20)), *extra]
     # A session of its own, so a timeout can kill the script and its worker together.
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True, cwd=HERE)
@@ -122,7 +127,8 @@ def parse_args(argv=None):
     p.add_argument("--round-trips", type=int, default=200, help="sequential round trips for the latency figures")
     p.add_argument("--concurrency", type=int, default=100, help="greenlets / jobs at once in each worker")
     p.add_argument("--peers", default=",".join(PEERS), help=f"comma list out of {','.join(PEERS)}")
-    p.add_argument("--venv-dir", default=default_venv_dir(), help="where the peers' virtualenvs live")
+    p.add_argument("--venv-dir", default=default_venv_dir(),
+                   help="where the peers' virtualenvs (and BullMQ's npm packages) live")
     p.add_argument("--python", default=sys.executable, help="the interpreter the virtualenvs are made from")
     p.add_argument("--first-db", type=int, default=10, help="db number of the first peer; the others follow")
     p.add_argument("--timeout", type=int, default=300, help="seconds allowed for each peer's run")
@@ -145,10 +151,13 @@ def main(argv=None):
     for name in args.peers:
         url = with_db(args.redis_url, args.first_db + list(PEERS).index(name))
         try:
-            py = ensure_venv(name, PEERS[name], args.venv_dir, args.python, log)
+            if PEERS[name] is None:  # not Python: the script sets up its own runtime
+                py, extra = args.python, ["--node-dir", os.path.join(args.venv_dir, name)]
+            else:
+                py, extra = ensure_venv(name, PEERS[name], args.venv_dir, args.python, log), []
             log(f"{name}: running {args.jobs} jobs on db {urlsplit(url).path.lstrip('/')}")
             t0 = time.monotonic()
-            result = run_peer(name, py, url, args)
+            result = run_peer(name, py, url, args, extra)
             log(f"{name}: done in {time.monotonic() - t0:.1f} s")
         except Exception as exc:  # install or start-up failure: report it and go on
             result = {"system": name, "error": one_line(f"{type(exc).__name__}: {exc}")}

@@ -16,8 +16,10 @@
 -- ARGV[4] F               how many final results follow
 -- ARGV[5] trusted         '1': the master records results of jobs it holds itself; no token check
 -- ARGV[6] publish         'PUBLISH', or 'SPUBLISH' on a cluster (our channels share our keys' slot)
--- then id, status, payload, reply, token for each of the F results,
--- then id, status, payload, reply, token, task, max_retries, backoff for each failure that may retry
+-- then id, status, payload, reply, token, frames for each of the F results,
+-- then id, status, payload, reply, token, frames, task, max_retries, backoff for each failure that
+-- may retry; frames: 'R' = announce it to the master in the batch's result frame, 'C' = to its client
+-- in a reply frame (one per client per batch), else one message each (protocol.py)
 --
 -- A result counts only with the token of the job's dispatch in flight (``dispatched``): a stranger's
 -- message, or a late copy of a job dispatched again meanwhile, is dropped without a trace.
@@ -30,6 +32,28 @@ local prefix, ttl, channel, finals = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]
 local trusted = ARGV[5] == '1'
 local publish = ARGV[6]
 local recorded, counts, uniques = {}, {}, {}
+local result_frame, reply_frames = {}, {}
+local function announce(reply, payload, frames)
+  if reply ~= '' then
+    if string.find(frames, 'C', 1, true) then
+      local frame = reply_frames[reply]
+      if not frame then
+        frame = {}
+        reply_frames[reply] = frame
+      end
+      frame[#frame + 1] = payload
+    else
+      redis.call(publish, reply, payload)
+    end
+  end
+  if channel ~= '' then
+    if string.find(frames, 'R', 1, true) then
+      result_frame[#result_frame + 1] = payload
+    else
+      redis.call(publish, channel, payload)
+    end
+  end
+end
 local function stored(payload, body, dispatch)
   if not body or string.byte(payload, -1) ~= 125 then return payload end  -- 125: '}'
   if #body > 65536 then body = cjson.encode({omitted = #body}) end  -- a large record is not kept twice
@@ -40,29 +64,28 @@ local function stored(payload, body, dispatch)
   end
   return string.sub(payload, 1, -2) .. extra .. '}'
 end
-local function record(id, status, payload, reply, body, dispatch)
+local function record(id, status, payload, reply, frames, body, dispatch)
   if redis.call('SET', prefix .. id, stored(payload, body, dispatch), 'NX', 'EX', ttl) then
     recorded[#recorded + 1] = id
     counts[status] = (counts[status] or 0) + 1
     if body and string.find(body, '"uniq":', 1, true) then uniques[#uniques + 1] = body end
-    if reply ~= '' then redis.call(publish, reply, payload) end
-    if channel ~= '' then redis.call(publish, channel, payload) end
+    announce(reply, payload, frames)
   end
 end
-local last = 6 + finals * 5
+local last = 6 + finals * 6
 local dispatches, bodies = {}, {}
 if finals > 0 then  -- one HMGET each for every final result, not one HGET per job
   local ids = {}
-  for i = 7, last, 5 do ids[#ids + 1] = ARGV[i] end
+  for i = 7, last, 6 do ids[#ids + 1] = ARGV[i] end
   dispatches = redis.call('HMGET', KEYS[7], unpack(ids))
   bodies = redis.call('HMGET', KEYS[3], unpack(ids))
 end
 local n = 0
-for i = 7, last, 5 do
+for i = 7, last, 6 do
   n = n + 1
   local token, dispatch = ARGV[i + 4], dispatches[n]
   if trusted or (dispatch and string.sub(dispatch, 1, #token + 1) == token .. ' ') then
-    record(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], bodies[n], dispatch)
+    record(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 5], bodies[n], dispatch)
   end
 end
 local now
@@ -73,22 +96,20 @@ local function clock()
   end
   return now
 end
-for i = last + 1, #ARGV, 8 do
-  local id, token, task = ARGV[i], ARGV[i + 4], ARGV[i + 5]
-  local max_retries, backoff = tonumber(ARGV[i + 6]), tonumber(ARGV[i + 7])
+for i = last + 1, #ARGV, 9 do
+  local id, token, frames, task = ARGV[i], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
+  local max_retries, backoff = tonumber(ARGV[i + 7]), tonumber(ARGV[i + 8])
   local dispatch = redis.call('HGET', KEYS[7], id)
   if trusted or (dispatch and string.sub(dispatch, 1, #token + 1) == token .. ' ') then
     local retried = redis.call('HINCRBY', KEYS[5], id, 1)
     if retried > max_retries then
-      record(id, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], redis.call('HGET', KEYS[3], id), dispatch)
+      record(id, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], frames, redis.call('HGET', KEYS[3], id), dispatch)
     else
       -- Exponential backoff; the worker already scaled backoff by a random jitter factor.
       redis.call('ZADD', KEYS[6], clock() + math.min(3600, backoff * 2 ^ (retried - 1)), id)
       redis.call('ZREM', KEYS[2], id)
       redis.call('HDEL', KEYS[7], id)
-      if channel ~= '' then
-        redis.call(publish, channel, cjson.encode({v = 1, id = id, task = task, status = 'retry', tok = token}))
-      end
+      announce('', cjson.encode({v = 1, id = id, task = task, status = 'retry', tok = token}), frames)
     end
   end
 end
@@ -110,4 +131,10 @@ for _, body in ipairs(uniques) do
   end
 end
 for status, n in pairs(counts) do redis.call('HINCRBY', KEYS[1], status, n) end
+if #result_frame > 0 then
+  redis.call(publish, channel, '{"v":2,"results":[' .. table.concat(result_frame, ',') .. ']}')
+end
+for reply, frame in pairs(reply_frames) do
+  redis.call(publish, reply, '{"v":2,"results":[' .. table.concat(frame, ',') .. ']}')
+end
 return #recorded
