@@ -16,9 +16,9 @@ Built on redis-py's asyncio client. Importing this module imports no gevent and 
 it runs in any event loop; the workers and the master are separate processes.
 
 Many coroutines may use one client at once: submits made in the same moment (``asyncio.gather`` of
-a thousand) go to Redis as one transaction, result checks as one MGET, and one subscriber connection
-per client, read by one background task, hands each result to the futures awaiting it. A client
-belongs to the event loop that first uses it.
+a thousand) go to Redis as one transaction, and result checks as one MGET; one subscriber connection
+per client, read by one background task, hands each result to the futures awaiting it
+(``aioreplies.py``). A client belongs to the event loop that first uses it.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import asyncio
 import logging
 import os
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,14 +36,14 @@ import redis.asyncio as aioredis
 from redis import exceptions as rexc
 
 from geventsched import submission
-from geventsched.backoff import Backoff
-from geventsched.client import HEARD_LIMIT, ID_BLOCK, Spec
+from geventsched.aioreplies import Replies, settle
+from geventsched.client import ID_BLOCK, Spec
 from geventsched.config import DEFAULT_MAX_PAYLOAD
-from geventsched.errors import ConfigError, DecodeError, JobFailed, RedisUnavailable
+from geventsched.errors import ConfigError, JobFailed, RedisUnavailable
 from geventsched.keys import Keys
-from geventsched.protocol import RETRY, JsonCodec, Result
+from geventsched.protocol import JsonCodec, Result
 from geventsched.store import lua_script
-from geventsched.transport import COMMAND_TIMEOUT, PING_IDLE, PONG_TIMEOUT, RedisError, describe, redact
+from geventsched.transport import COMMAND_TIMEOUT, RedisError, describe, redact
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +54,6 @@ _OPTIONS = dict(protocol=2, socket_connect_timeout=5, socket_timeout=COMMAND_TIM
 _SENTINEL_SCHEMES = ("redis+sentinel://", "rediss+sentinel://")
 #: Jobs sent in one transaction at most; more waiting submits go in the next one.
 FLUSH_LIMIT = 10_000
-#: Seconds between reads of the stored result of a job submitted by another client (a unique key's
-#: holder): its announcement goes to that client's reply channel, not ours.
-POLL_INTERVAL = 0.5
 
 
 class AsyncJobHandle:
@@ -82,7 +79,7 @@ class AsyncJobHandle:
         or RedisUnavailable when Redis was away as the time ran out."""
         result = await self.wait(timeout)
         if result is None:
-            trouble = self._client._trouble
+            trouble = self._client._replies.trouble
             if trouble is not None:
                 raise RedisUnavailable(self._client._describe(trouble)) from None
             raise TimeoutError(f"job {self.id}: no result within {timeout}s")
@@ -133,19 +130,8 @@ class AsyncClient:
         self._spare_ids = deque()
         self._outbox = deque()  # _Submit requests for the next transaction
         self._flusher = None
-        # Waiting: job id -> [future, how many wait() calls await it]; results to read (id -> the
-        # announcement heard, or None); announcements of jobs nobody waits for yet (bounded).
-        self._waiting = {}
-        self._to_check = {}
-        self._checker = None
-        self._heard = OrderedDict()
-        self._polled = set()
-        self._poller = None
-        self._pubsub = None
-        self._reader = None
-        self._listen_lock = asyncio.Lock()
-        #: The error that keeps us from Redis while the reader reconnects (None while all is well).
-        self._trouble = None
+        self._checked = False  # not a cluster (see _ready)
+        self._replies = Replies(redis_client, self.keys, self.codec, self.reply_channel, self._describe)
 
     @classmethod
     def from_url(cls, url: str, namespace: str = "", **kwargs: Any) -> AsyncClient:
@@ -229,9 +215,8 @@ class AsyncClient:
         """Encode and enqueue the requests of ``batch``; each caller hears its own outcome (its handles,
         its bad input, or Redis's failure). A request answered has its jobs in Redis."""
         try:
-            if any(request.reply for request in batch):
-                # Listen before the jobs exist: without durability a result is only announced, never stored.
-                await self._listen()
+            # Listen before the jobs exist: without durability a result is only announced, never stored.
+            await self._ready(listen=any(request.reply for request in batch))
             ready = self._encode(batch, await self._new_ids(size))
             plain = [request for request in ready if request.options.plain]
             if plain:
@@ -241,13 +226,13 @@ class AsyncClient:
             for request in ready:
                 if not request.options.plain:
                     self._answer(request, await self._enqueue_scripted(request.encoded, request.options))
-        except Exception as exc:  # Redis away (also from _listen), a cluster refused: each caller hears it
+        except Exception as exc:  # Redis away, a cluster refused: each caller hears it
             failure = RedisUnavailable(self._describe(exc)) if isinstance(exc, RedisError) else exc
             for request in batch:
-                _settle(request.future, exception=failure)
+                settle(request.future, exception=failure)
         except BaseException:  # cancelled (the loop is going away): whether the jobs went is unknown
             for request in batch:
-                _settle(request.future, exception=RuntimeError("the AsyncClient stopped while submitting"))
+                settle(request.future, exception=RuntimeError("the AsyncClient stopped while submitting"))
             raise
 
     def _encode(self, batch, ids):
@@ -261,14 +246,14 @@ class AsyncClient:
                     self.codec, own, request.specs, request.options, request.timeout, request.key,
                     request.max_retries, request.reply, request.now, self.max_payload)
             except (TypeError, ValueError) as exc:
-                _settle(request.future, exception=exc)
+                settle(request.future, exception=exc)
                 continue
             ready.append(request)
         return ready
 
     def _answer(self, request, ids):
         """Hand a request its handles: ``ids`` are its jobs' own, or the job holding a unique key."""
-        _settle(request.future, [AsyncJobHandle(self, job_id, task, foreign=job_id != own_id)
+        settle(request.future, [AsyncJobHandle(self, job_id, task, foreign=job_id != own_id)
                                  for (own_id, _), job_id, (task, _, _) in zip(request.encoded, ids, request.specs)])
 
     async def _enqueue_plain(self, encoded):
@@ -328,259 +313,28 @@ class AsyncClient:
         if pending:
             if self._closed:
                 raise RuntimeError("this AsyncClient is closed")
-            await self._listen()
-            futures = {job_id: self._await(job_id, any(h._foreign for h in group))
-                       for job_id, group in pending.items()}
-            try:
-                await asyncio.wait(futures.values(), timeout=timeout)
-                await self._last_look([job_id for job_id, future in futures.items() if not future.done()])
-            finally:
-                self._leave(futures)
-            for job_id, future in futures.items():
-                if future.done():
-                    result = future.result()  # raises what close() set
-                    for handle in pending[job_id]:
-                        handle._result = result
+            await self._ready()
+            polled = {job_id: any(h._foreign for h in group) for job_id, group in pending.items()}
+            for job_id, result in (await self._replies.wait(polled, timeout)).items():
+                for handle in pending[job_id]:
+                    handle._result = result
         return {h.id: h._result for h in handles if h._result is not None}
 
-    async def _last_look(self, ids):
-        """The time is up for ``ids``: read their stored results once more, so that a short wait (0 s,
-        to see whether a job is done) still sees a result stored before it began."""
-        if not ids:
-            return
-        try:
-            found = await self._stored(dict.fromkeys(ids))
-        except RedisError:
-            return
-        for job_id, result in found:
-            self._resolve(job_id, result)
-
-    def _await(self, job_id, foreign):
-        """The future of ``job_id``'s result, checked against Redis once it is new."""
-        entry = self._waiting.get(job_id)
-        if entry is None:
-            entry = self._waiting[job_id] = [asyncio.get_running_loop().create_future(), 0]
-            # Subscribed first (wait() listens), then read what is stored: a result can't slip between.
-            self._check_later(job_id, self._heard.pop(job_id, None))
-        if foreign:
-            self._polled.add(job_id)
-            if self._poller is None:
-                self._poller = asyncio.create_task(self._poll())
-        entry[1] += 1
-        return entry[0]
-
-    def _leave(self, futures):
-        for job_id, future in futures.items():
-            entry = self._waiting.get(job_id)
-            if entry is not None and entry[0] is future:
-                entry[1] -= 1
-                if entry[1] <= 0:  # nobody waits any more: forget it (its result stays in Redis)
-                    del self._waiting[job_id]
-                    self._polled.discard(job_id)
-
-    def _resolve(self, job_id, result):
-        entry = self._waiting.pop(job_id, None)
-        self._polled.discard(job_id)
-        if entry is not None:
-            _settle(entry[0], result)
-
-    def _check_later(self, job_id, heard=None):
-        """Have the checker read ``job_id``'s stored result soon (with its announcement, if one came)."""
-        if heard is not None or job_id not in self._to_check:
-            self._to_check[job_id] = heard
-        if self._checker is None:
-            self._checker = asyncio.create_task(self._check())
-
-    async def _check(self):
-        """Read the stored results of the jobs in ``_to_check``, all that gathered meanwhile at once."""
-        backoff = Backoff(first=0.1, cap=2.0)
-        try:
-            while self._to_check:
-                batch, self._to_check = self._to_check, {}
-                batch = {job_id: heard for job_id, heard in batch.items() if job_id in self._waiting}
-                if not batch:
-                    continue
-                try:
-                    found = await self._stored(batch)
-                except RedisError as exc:
-                    log.debug("reading results failed (%s); trying again", self._describe(exc))
-                    for job_id, heard in batch.items():
-                        if self._to_check.get(job_id) is None:
-                            self._to_check[job_id] = heard
-                    await asyncio.sleep(backoff.next())
-                    continue
-                backoff.reset()
-                for job_id, result in found:
-                    self._resolve(job_id, result)
-        finally:
-            self._checker = None
-
-    async def _stored(self, batch):
-        """``[(id, Result)]`` for the jobs of ``batch`` (id -> announcement or None) that have an answer:
-        their stored result, or for a job with no record at all, its announcement (see the module
-        docstring). One round trip, two when announced jobs have no stored result."""
-        ids = list(batch)
-        prefix = self.keys.result_prefix
-        pipe = self.redis.pipeline(transaction=False)
-        for i in range(0, len(ids), 1000):
-            pipe.mget([prefix + job_id for job_id in ids[i:i + 1000]])
-        stored = [data for chunk in await pipe.execute() for data in chunk]
-        found, unstored = [], []
-        for job_id, data in zip(ids, stored):
-            if data is None:
-                if batch[job_id] is not None:
-                    unstored.append(job_id)
-                continue
+    async def _ready(self, listen=True):
+        """Once per client: refuse a Redis Cluster (this client speaks to one server). Then listen on
+        the reply channel (``Replies.listen``)."""
+        if not self._checked:
             try:
-                result = self.codec.decode_result(data, max_payload=None)  # ours, with its job's record
-            except DecodeError:
-                continue
-            if result.id == job_id:
-                found.append((job_id, result))
-        if unstored:
-            records = await self.redis.hmget(self.keys.jobs, unstored)
-            found += [(job_id, batch[job_id]) for job_id, record in zip(unstored, records) if record is None]
-        return found
-
-    async def _poll(self):
-        """Now and then, read the stored results of the jobs whose announcements go elsewhere."""
-        try:
-            while self._polled:
-                await asyncio.sleep(POLL_INTERVAL)
-                for job_id in list(self._polled):
-                    if job_id in self._waiting:
-                        self._check_later(job_id)
-        finally:
-            self._poller = None
-
-    # -- the reply channel -------------------------------------------------------------------------
-
-    async def _listen(self):
-        """Subscribed to the reply channel (confirmed by Redis) with the reader running. Raises
-        RedisUnavailable when Redis cannot be reached the first time; later losses are the reader's."""
-        if self._reader is not None:
-            return
-        async with self._listen_lock:
-            if self._reader is not None:
-                return
-            try:
-                await self._refuse_cluster()
-                pubsub = await self._subscribe()
+                info = await self.redis.info("cluster")
+            except rexc.ResponseError:  # a user not allowed INFO: taken for a plain server, as transport does
+                info = {}
             except RedisError as exc:
                 raise RedisUnavailable(self._describe(exc)) from None
-            self._reader = asyncio.create_task(self._read(pubsub))
-            self._reader.add_done_callback(self._reader_ended)
-
-    async def _refuse_cluster(self):
-        try:
-            info = await self.redis.info("cluster")
-        except rexc.ResponseError:  # a user not allowed INFO: taken for a plain server, as transport does
-            return
-        if info.get("cluster_enabled") == 1:
-            raise ConfigError("the asyncio client does not speak Redis Cluster yet: use geventsched.client.Client")
-
-    async def _subscribe(self):
-        """A PubSub subscribed to our reply channel, the subscription confirmed."""
-        pubsub = self.redis.pubsub()
-        self._pubsub = pubsub
-        try:
-            await pubsub.subscribe(self.reply_channel)
-            deadline = asyncio.get_running_loop().time() + COMMAND_TIMEOUT
-            while True:
-                left = deadline - asyncio.get_running_loop().time()
-                if left <= 0:
-                    raise rexc.TimeoutError("Redis did not confirm the subscription to the reply channel")
-                message = await pubsub.get_message(timeout=left)
-                if message is not None and message["type"] == "subscribe":
-                    return pubsub
-        except BaseException:
-            self._pubsub = None
-            await _close_quietly(pubsub)
-            raise
-
-    async def _read(self, pubsub):
-        """The reader: hands each announcement to the checker; when the connection is lost, subscribes
-        again (with a growing pause while Redis stays away) and reads what was stored meanwhile."""
-        backoff = Backoff(first=0.1, cap=2.0)
-        while True:
-            try:
-                if pubsub is None:
-                    pubsub = await self._subscribe()
-                    log.info("reply channel subscribed again")
-                    self._trouble = None
-                    backoff.reset()
-                    self._check_all()
-                await self._read_messages(pubsub)
-            except RedisError as exc:
-                if self._trouble is None:
-                    log.warning("reply channel lost (%s); subscribing again", self._describe(exc))
-                self._trouble = exc
-                if pubsub is not None:
-                    self._pubsub = None
-                    await _close_quietly(pubsub)
-                    pubsub = None
-                await asyncio.sleep(backoff.next())
-
-    async def _read_messages(self, pubsub):
-        """Read until the connection fails (raises). An idle connection is PINGed after ``PING_IDLE``
-        seconds and counts as dead when nothing comes back within ``PONG_TIMEOUT`` more."""
-        loop = asyncio.get_running_loop()
-        heard_at, pinged = loop.time(), False
-        while True:
-            message = await pubsub.get_message(timeout=PING_IDLE)
-            if message is None:
-                if pinged and loop.time() - heard_at >= PING_IDLE + PONG_TIMEOUT:
-                    raise rexc.ConnectionError("no reply to a PING on the reply channel's connection")
-                if not pinged:
-                    await pubsub.ping()
-                    pinged = True
-                continue
-            heard_at, pinged = loop.time(), False
-            kind = message["type"]
-            if kind == "message":
-                self._announced(message["data"])
-            elif kind == "subscribe":  # redis-py subscribed again after a reconnect of its own
-                self._check_all()
-
-    def _announced(self, data):
-        """An announcement (one result, or a reply frame of many) is a cue to read the stored results
-        (see the module docstring)."""
-        try:
-            results = self.codec.decode_results(data)[0]
-        except DecodeError:
-            return
-        heard = self._heard
-        for result in results:
-            if result.status == RETRY:
-                continue
-            if result.id in self._waiting:
-                self._check_later(result.id, result)
-            else:  # nobody waits for it yet: kept (bounded) for a wait to come, which checks it as any other
-                heard[result.id] = result
-        while len(heard) > HEARD_LIMIT:
-            heard.popitem(last=False)
-
-    def _check_all(self):
-        """After a (re)subscription: read the stored results of everything waited for (those that
-        finished while we were away were announced to nobody)."""
-        for job_id in self._waiting:
-            self._check_later(job_id)
-
-    def _reader_ended(self, task):
-        """The reader only ends on close() (cancelled) or by a bug: then fail the waits rather than
-        let them hang."""
-        if task.cancelled() or self._closed:
-            return
-        failure = task.exception() or RuntimeError("the reply channel's reader stopped")
-        log.error("reply channel reader stopped: %r", failure)
-        self._fail_waiting(failure)
-        self._reader = None
-
-    def _fail_waiting(self, failure):
-        waiting, self._waiting = self._waiting, {}
-        self._polled.clear()
-        for future, _ in waiting.values():
-            _settle(future, exception=failure)
+            if info.get("cluster_enabled") == 1:
+                raise ConfigError("the asyncio client does not speak Redis Cluster: use geventsched.client.Client")
+            self._checked = True
+        if listen:
+            await self._replies.listen()
 
     def _describe(self, exc):
         return describe(exc, self._url)
@@ -599,33 +353,9 @@ class AsyncClient:
         self._closed = True
         if self._flusher is not None:
             await asyncio.gather(self._flusher, return_exceptions=True)
-        for task in (self._reader, self._checker, self._poller):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-        self._reader = self._checker = self._poller = None
-        self._fail_waiting(RuntimeError("the AsyncClient was closed while waiting"))
-        if self._pubsub is not None:
-            await _close_quietly(self._pubsub)
-            self._pubsub = None
+        await self._replies.close(RuntimeError("the AsyncClient was closed while waiting"))
         if self._owns_redis:
             await self.redis.aclose()
 
     aclose = close
 
-
-def _settle(future, result=None, exception=None):
-    """Give ``future`` its result or exception, unless it already has one (or was cancelled)."""
-    if future.done():
-        return
-    if exception is not None:
-        future.set_exception(exception)
-    else:
-        future.set_result(result)
-
-
-async def _close_quietly(pubsub):
-    try:
-        await pubsub.aclose()
-    except RedisError:
-        pass

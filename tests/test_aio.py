@@ -166,7 +166,7 @@ def test_results_still_come_after_the_subscriber_connection_is_cut(fleet):
 async def main(client):
     slow = await client.submit("sleep", 1.0)
     await asyncio.sleep(0.2)
-    host, port = client._pubsub.connection._writer.get_extra_info("sockname")[:2]
+    host, port = client._replies._pubsub.connection._writer.get_extra_info("sockname")[:2]
     out(killed=await client.redis.execute_command("CLIENT", "KILL", "ADDR", f"{host}:{port}"))
     out(slow=await slow.result(timeout=30))
     out(after=await (await client.submit("echo", "after")).result(timeout=30))
@@ -219,8 +219,10 @@ def test_the_scripts_get_the_arguments_store_gives_them():
     store = Store(recorder, Keys("ns"))
     client = AsyncClient(redis.asyncio.Redis(protocol=2), "ns")
     encoded = [(str(n), b'{"v":1,"id":"%d"}' % n) for n in range(1, 1502)]
-    for opts in [submission.options(1000.0, delay=5, priority=3, unique_key="k"), submission.options(1000.0, priority=9)]:
+    for opts in [submission.options(1000.0, delay=5, priority=3, unique_key="k"),
+                 submission.options(1000.0, priority=9)]:
         recorder.calls.clear()
-        store.submit_with_options([(job_id, body, opts.priority, opts.due, opts.unique_key) for job_id, body in encoded])
+        store.submit_with_options([(job_id, body, opts.priority, opts.due, opts.unique_key)
+                                   for job_id, body in encoded])
         assert [tuple(call) for call in client._submit_calls(encoded, opts)] == [
             (keys, args) for keys, args in recorder.calls[lua_script("submit")]]
