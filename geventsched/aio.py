@@ -59,16 +59,17 @@ FLUSH_LIMIT = 10_000
 class AsyncJobHandle:
     """A submitted job: its id and task, and the way to its result (each method is a coroutine)."""
 
-    __slots__ = ("id", "task", "_client", "_result", "_foreign")
+    __slots__ = ("id", "task", "_client", "_result", "_polled")
 
-    def __init__(self, client: AsyncClient, job_id: str, task: str, foreign: bool = False) -> None:
+    def __init__(self, client: AsyncClient, job_id: str, task: str = "", polled: bool = True) -> None:
+        """A handle of any job, by id (``polled``, the default: waiting reads its stored result now and
+        then, as its result may be announced to another client, or to none). ``submit`` makes handles
+        of its own jobs, whose results this client hears announced, with ``polled=False``."""
         self._client = client
         self.id = job_id
         self.task = task
         self._result = None
-        #: Submitted by another client (this submit's unique key was taken): its result is announced
-        #: elsewhere, so waiting for it reads the stored result now and then.
-        self._foreign = foreign
+        self._polled = polled
 
     async def wait(self, timeout: float | None = None) -> Result | None:
         """The job's ``Result``, or None if none came within ``timeout`` seconds."""
@@ -253,8 +254,10 @@ class AsyncClient:
 
     def _answer(self, request, ids):
         """Hand a request its handles: ``ids`` are its jobs' own, or the job holding a unique key."""
-        settle(request.future, [AsyncJobHandle(self, job_id, task, foreign=job_id != own_id)
-                                 for (own_id, _), job_id, (task, _, _) in zip(request.encoded, ids, request.specs)])
+        # A job of another submit (the holder of a unique key), or one submitted with no reply, is
+        # announced to some other client or to none: its handle reads the stored result now and then.
+        settle(request.future, [AsyncJobHandle(self, job_id, task, polled=job_id != own_id or not request.reply)
+                                for (own_id, _), job_id, (task, _, _) in zip(request.encoded, ids, request.specs)])
 
     async def _enqueue_plain(self, encoded):
         """``[(id, record), ...]`` into Redis in one MULTI, as ``Store.submit``: HSET jobs, RPUSH
@@ -314,7 +317,7 @@ class AsyncClient:
             if self._closed:
                 raise RuntimeError("this AsyncClient is closed")
             await self._ready()
-            polled = {job_id: any(h._foreign for h in group) for job_id, group in pending.items()}
+            polled = {job_id: any(h._polled for h in group) for job_id, group in pending.items()}
             for job_id, result in (await self._replies.wait(polled, timeout)).items():
                 for handle in pending[job_id]:
                     handle._result = result

@@ -95,8 +95,12 @@ async def main(client):
     many = await client.submit_many([("echo", [i], {}) for i in range(100)])
     results = await client.wait(many, timeout=60)
     out(waited=sorted(r.value for r in results.values()) == list(range(100)))
+    # A job that replies to nobody, and a handle made from an id: their stored results are read.
+    quiet, = await client.submit_many([("echo", ["quiet"], {})], reply=False)
+    from geventsched.aio import AsyncJobHandle
+    out(quiet=await quiet.result(timeout=30), by_id=await AsyncJobHandle(client, handles[7].id).result(timeout=5))
 """
-    assert run_async(body, *fleet) == [{"ids": 1000, "right": True}, {"waited": True}]
+    assert run_async(body, *fleet) == [{"ids": 1000, "right": True}, {"waited": True}, {"quiet": "quiet", "by_id": 7}]
 
 
 def test_a_failed_job_raises_job_failed_and_a_slow_one_timeout_error(fleet):
