@@ -1,4 +1,4 @@
-"""Command line: ``geventsched worker|master|submit|status|requeue-dead|schedule|bench``.
+"""Command line: ``geventsched worker|master|submit|cancel|job|status|requeue-dead|schedule|dashboard|bench``.
 
 Parses arguments, builds the config, wires the parts and maps failures to exit codes. No scheduling
 logic lives here.
@@ -24,7 +24,7 @@ from geventsched.config import DURABILITY, MasterConfig, WorkerConfig, redis_url
 from geventsched.dispatch import STRATEGIES  # noqa: E402
 from geventsched.errors import ConfigError, GeventschedError  # noqa: E402
 from geventsched.keys import MAX_PRIORITY  # noqa: E402
-from geventsched.protocol import CODECS, Job, JsonCodec  # noqa: E402
+from geventsched.protocol import CANCELLED, CODECS, Job, JsonCodec  # noqa: E402
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 DEFAULT_WAIT = 60.0
@@ -273,11 +273,26 @@ def build_parser():
     j.add_argument("id", help="job id")
     j.add_argument("--json", action="store_true", help="machine-readable output")
 
+    c = sub.add_parser("cancel", parents=[common], help="cancel jobs",
+                       description="Cancel jobs: a scheduled or queued job never runs, a running one is "
+                                   "interrupted. Prints 'ID cancelled', 'ID finished' (too late: nothing "
+                                   "changed) or 'ID unknown' per id; exit 1 if an id was unknown.")
+    c.add_argument("ids", nargs="+", metavar="ID", help="job ids, as submit printed them")
+
     st = sub.add_parser("status", parents=[common], help="show workers, channels and job counts")
     st.add_argument("--json", action="store_true", help="machine-readable output")
 
     r = sub.add_parser("requeue-dead", parents=[common], help="move dead-lettered jobs back to the queue")
     r.add_argument("--task", help="only jobs of this task")
+
+    d = sub.add_parser("dashboard", parents=[common], help="serve the live web dashboard",
+                       description="A live web page on this Redis: workers, job counts, rates and latency, job "
+                                   "lists and pages, dead letters, schedules; requeue, delete and cancel.")
+    d.add_argument("--addr", default="127.0.0.1",
+                   help="address to listen on (default %(default)s; any other than loopback needs --token)")
+    d.add_argument("--port", type=port, default=9180, help="port to listen on (default %(default)s)")
+    d.add_argument("--token", help="every request must carry it (Authorization: Bearer TOKEN, or ?token=TOKEN "
+                                   "once in a browser)")
 
     sc = sub.add_parser("schedule", help="add, list or remove periodic schedules",
                         description="Periodic schedules, kept in Redis and fired by the active master.")
@@ -511,6 +526,10 @@ def cmd_submit(args):
             missing.add(handle.task)
         elif result.ok:
             print(result.value if result.raw else json.dumps(result.value))
+        elif result.status == CANCELLED:
+            how = (result.error or {}).get("message") or "cancelled"
+            print(f"job {handle.id} ({handle.task}) {how}", file=sys.stderr)
+            failed = True
         else:
             error = result.error or {}
             print(f"job {handle.id} ({handle.task}) {result.status}: {error.get('type')}: {error.get('message')}",
@@ -584,15 +603,30 @@ def _job_line(line):
 
 
 def cmd_job(args):
-    from geventsched.lookup import job_info, render_job
+    from geventsched.lookup import job_info, render_job, render_workflow, workflow_info
     from geventsched.store import Store
 
-    info = job_info(Store.for_namespace(_connect(args), args.namespace), args.id)
+    store = Store.for_namespace(_connect(args), args.namespace)
+    if args.id.startswith("w"):  # a workflow's id (client.run): its steps and their states
+        info = workflow_info(store, args.id)
+        if info is not None:
+            print(json.dumps(info, indent=2) if args.json else render_workflow(info))
+            return EXIT_OK
+    info = job_info(store, args.id)
     if info is None:
         print(f"error: no job {args.id!r} (unknown, or its result expired)", file=sys.stderr)
         return EXIT_FAILURE
     print(json.dumps(info, indent=2) if args.json else render_job(info))
     return EXIT_OK
+
+
+def cmd_cancel(args):
+    from geventsched.store import Store
+
+    words = Store.for_namespace(_connect(args), args.namespace).cancel(args.ids)
+    for job_id in args.ids:
+        print(f"{job_id} {words[job_id]}")
+    return EXIT_FAILURE if "unknown" in words.values() else EXIT_OK
 
 
 def cmd_status(args):
@@ -609,6 +643,18 @@ def cmd_requeue_dead(args):
     count = Store.for_namespace(_connect(args), args.namespace).requeue_dead(args.task)
     print(f"{count} dead job{'' if count == 1 else 's'} re-queued")
     return EXIT_OK
+
+
+def cmd_dashboard(args):
+    from geventsched import dashboard
+    from geventsched.store import Store
+
+    refusal = dashboard.refusal(args.addr, args.token)
+    if refusal:  # one line, before anything connects: serving every job's data to the network is no default
+        print(f"geventsched dashboard: error: {refusal}", file=sys.stderr)
+        return EXIT_USAGE
+    store = Store.for_namespace(_connect(args), args.namespace)
+    return dashboard.serve(store, args.addr, args.port, args.token, args.redis_url)
 
 
 def cmd_schedule(args):
@@ -653,9 +699,11 @@ COMMANDS = {
     "worker": cmd_worker,
     "master": cmd_master,
     "submit": cmd_submit,
+    "cancel": cmd_cancel,
     "status": cmd_status,
     "job": cmd_job,
     "requeue-dead": cmd_requeue_dead,
     "schedule": cmd_schedule,
+    "dashboard": cmd_dashboard,
     "bench": cmd_bench,
 }

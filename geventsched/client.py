@@ -4,6 +4,10 @@
     client = Client.from_url("redis://127.0.0.1:6379/0")
     handle = client.submit("echo", 42)
     handle.result(timeout=10)        # -> 42, or raises JobFailed / TimeoutError
+    handle.cancel()                  # -> "cancelled", "finished" (too late) or "unknown"
+
+    from geventsched.workflow import chain, sig
+    client.run(chain(sig("echo", 1), sig("myapp.add", 2))).result(10)     # -> 3 (see workflow.py)
 
 A job is in Redis (hash + intake list) before ``submit`` returns; the master need not run in this
 process, or at all yet. Results are stored with a TTL and also announced on this client's reply
@@ -23,11 +27,11 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from geventsched import submission, transport
+from geventsched import submission, transport, workflow
 from geventsched.backoff import Backoff
 from geventsched.config import DEFAULT_MAX_PAYLOAD
 from geventsched.errors import DecodeError, JobFailed, RedisUnavailable
-from geventsched.protocol import JsonCodec, Result
+from geventsched.protocol import STATUSES, JsonCodec, Result
 from geventsched.store import Store
 
 #: Job ids are reserved from Redis's counter this many at a time (see ``Client._new_ids``).
@@ -54,7 +58,7 @@ class JobHandle:
         return self._client.wait([self], timeout).get(self.id)
 
     def result(self, timeout: float | None = None) -> Any:
-        """The job's return value. Raises JobFailed (error, timeout, dead) or TimeoutError."""
+        """The job's return value. Raises JobFailed (error, timeout, cancelled, dead) or TimeoutError."""
         result = self.wait(timeout)
         if result is None:
             raise TimeoutError(f"job {self.id}: no result within {timeout}s")
@@ -62,8 +66,48 @@ class JobHandle:
             raise JobFailed(result)
         return result.value
 
+    def cancel(self) -> str:
+        """Cancel the job (see ``Client.cancel``): "cancelled", "finished" (it has its result already:
+        nothing changed) or "unknown"."""
+        return self._client.cancel([self.id])[self.id]
+
     def __repr__(self) -> str:
         return f"JobHandle({self.id!r}, {self.task!r})"
+
+
+class WorkflowHandle(JobHandle):
+    """A started workflow: its id (``w`` and digits) and the way to its result. ``result()`` is the
+    chain's last value, the group's list or the chord callback's value; JobFailed names the step that
+    failed it."""
+
+    __slots__ = ("shape",)
+
+    def __init__(self, client: Client, workflow_id: str, shape: str = "") -> None:
+        super().__init__(client, workflow_id, workflow.WORKFLOW_TASK)
+        self.shape = shape
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The workflow's value. Raises JobFailed (a step failed, or it was cancelled) or TimeoutError."""
+        result = self.wait(timeout)
+        if result is None:
+            raise TimeoutError(f"workflow {self.id}: no result within {timeout}s")
+        if not result.ok:
+            raise JobFailed(result)
+        return result.value
+
+    def cancel(self) -> str:
+        """Stop the workflow: nothing more of it starts, and its result says it was cancelled.
+        Returns "cancelled", "finished" (it had ended: nothing changed) or "unknown"."""
+        return self._client.cancel_workflow(self.id)
+
+    def info(self) -> dict | None:
+        """Its steps and their states (``lookup.workflow_info``)."""
+        from geventsched.lookup import workflow_info
+
+        return workflow_info(self._client.store, self.id)
+
+    def __repr__(self) -> str:
+        return f"WorkflowHandle({self.id!r}, {self.shape!r})"
 
 
 class Client:
@@ -134,6 +178,45 @@ class Client:
         given = self.store.submit_with_options(
             [(job_id, body, opts.priority, opts.due, opts.unique_key) for job_id, body in encoded])
         return [h if h.id == job_id else JobHandle(self, job_id, h.task) for h, job_id in zip(handles, given)]
+
+    def cancel(self, jobs: Iterable[str | JobHandle]) -> dict[str, str]:
+        """Cancel jobs, given by id or handle: ``{id: "cancelled" | "finished" | "unknown"}``.
+
+        A scheduled or queued job never runs. A running one is interrupted (``errors.Cancelled`` at its
+        next yield; a task in the thread pool runs on, and its result is dropped). Either way its result
+        is status ``cancelled``, which a waiting ``result()`` raises as JobFailed. A job that has its
+        result already, or is dead, is "finished" and stays as it was; a job Redis has no record of
+        (never submitted, or its result expired; without durability, once the master took it) is "unknown".
+        """
+        return self.store.cancel([getattr(job, "id", job) for job in jobs])
+
+    def run(self, flow: Any, *, timeout: float | None = None, max_retries: int | None = None,
+            priority: int = 0) -> WorkflowHandle:
+        """Start a workflow (``geventsched.workflow``: ``sig``, ``chain``, ``group``, ``chord``); returns
+        its WorkflowHandle. ``timeout``, ``max_retries`` and ``priority`` apply to every step that does
+        not set its own. Bad input (see ``workflow.py``) raises TypeError or ValueError, and nothing is
+        submitted. The steps that can start are queued at once; the others wait in Redis for the
+        results they need."""
+        plan = workflow.Plan(flow, priority)
+        self._listen()  # before the workflow exists, as for submit
+        self._drain()
+        ids = self._new_ids(plan.steps + 1)
+        workflow_id = "w" + ids[0]
+        nodes = plan.encode(workflow_id, ids[1:], self.codec, time.time(),
+                            timeout if timeout is not None else self.timeout, max_retries, self.max_payload)
+        self.store.run_workflow(workflow_id, self.reply_channel, nodes)
+        return WorkflowHandle(self, workflow_id, workflow.shape(flow))
+
+    def cancel_workflow(self, workflow_id: str) -> str:
+        """End a running workflow as cancelled: "cancelled", "finished" (it had ended) or "unknown".
+        Its steps already queued or running are cancelled too where the store can (``Store.cancel``);
+        otherwise they run to the end and their results are ignored."""
+        status = "cancelled" if "cancelled" in STATUSES else "error"
+        word, running = self.store.cancel_workflow(workflow_id, status)
+        cancel = getattr(self.store, "cancel", None)
+        if running and cancel is not None:
+            cancel(running)
+        return word
 
     def _new_ids(self, count):
         """``count`` job ids, from ids this client reserved earlier where it has enough: a submit is

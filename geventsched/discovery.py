@@ -5,7 +5,10 @@ lost (its channels go, its leases are freed, and ``on_lost(worker_id)`` lets the
 jobs back); a worker of the other durability mode is left out (said once); the channels of live,
 non-draining workers fill the master's ``ChannelTable``, each capped at its worker's advertised
 capacity over its channels (or ``--prefetch``). The tasks the workers registered give their time
-limits (for deadlines) and their names (for metric labels).
+limits (for deadlines), their rate limits and max_running (``limits.py``: handed to ``on_limits``)
+and their names (for metric labels). They are read when the set of workers changes: a worker
+registers its tasks before its channels, so the master knows a task's limits before it can send it a
+job of that task.
 
 Reading a heartbeat never trusts it: a value someone else wrote counts as no heartbeat, and a field of
 the wrong type as a cap of 1.
@@ -13,16 +16,18 @@ the wrong type as a cap of 1.
 
 import logging
 
+from geventsched.limits import limits_from
 from geventsched.protocol import FRAME
 
 log = logging.getLogger(__name__)
 
 
 class Discovery:
-    def __init__(self, store, table, config, hooks, on_lost, on_change):
+    def __init__(self, store, table, config, hooks, on_lost, on_change, on_limits=None):
         self.store, self.table, self.config, self.hooks = store, table, config, hooks
         self._on_lost = on_lost  # (worker id): its channels are gone; its jobs are the master's to send back
         self._on_change = on_change  # the channel set changed: dispatch may go on
+        self._on_limits = on_limits  # ({task: limits.Limit}) of the tasks registered with a limit
         self.workers = {}  # worker id -> last heartbeat, of live compatible workers
         self.task_timeouts = {}  # task name -> time limit, as the workers registered them
         self.stale = False  # a channel answered PUBLISH = 0: read the channel owners again
@@ -36,8 +41,8 @@ class Discovery:
         live = {w: beat for w, beat in workers.items() if beat is not None and self._compatible(w, beat)}
         if live.keys() != self.workers.keys() or gone or self.stale:
             self.stale = False
+            self.learn_tasks()
             self._refresh_channels(live)
-            self._learn_tasks()
         self._mismatched.intersection_update(workers)
         self.workers = live
 
@@ -54,10 +59,14 @@ class Discovery:
             self.table.remove(channel.name)  # before its jobs go back: none may be sent to it again
         self._on_lost(worker_id)
 
-    def _learn_tasks(self):
+    def learn_tasks(self):
+        """Read the tasks the workers registered (also once a second with static channels, where the
+        set of workers is not watched)."""
         options = self.store.task_options()
         self.task_timeouts = {name: float(o["timeout"]) for name, o in options.items()
                               if isinstance(o.get("timeout"), (int, float)) and 0 < o["timeout"] < 10**9}
+        if self._on_limits is not None:
+            self._on_limits(limits_from(options))
         self.hooks.on_tasks(sorted(options))
 
     def _compatible(self, worker_id, beat):

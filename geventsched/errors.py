@@ -36,11 +36,22 @@ class JobTimeout(GeventschedError):
     """Raised inside a job's greenlet when its time limit is reached."""
 
 
+class Cancelled(BaseException):
+    """Thrown into a running job's greenlet when the job is cancelled (``geventsched cancel``); the task
+    sees it at its next yield. A BaseException, as ``gevent.Timeout`` and a time limit's exception are,
+    so that a task's ``except Exception`` does not swallow it; ``finally`` blocks run as usual. The
+    cancel is already recorded as the job's result: nothing the task does after this is."""
+
+    def __init__(self, job_id=""):
+        super().__init__(f"job {job_id} was cancelled" if job_id else "the job was cancelled")
+        self.job_id = job_id
+
+
 class JobFailed(GeventschedError):
-    """Raised by ``JobHandle.result()`` for a job that ended in error, timeout or dead letter.
+    """Raised by ``JobHandle.result()`` for a job that ended in error, timeout, cancel or dead letter.
 
     ``type`` is the error's type name (the exception class a task raised, ``JobTimeout``,
-    ``DeadLetter``, ...; the result's status when it carries no error), ``message`` its text and
+    ``Cancelled``, ``DeadLetter``, ...; the result's status when it carries no error), ``message`` its text and
     ``traceback`` the task's traceback as the worker formatted it ("" where nothing raised). The
     whole ``Result`` is ``result``.
     """

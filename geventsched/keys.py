@@ -8,6 +8,8 @@ Channels (pub/sub; names from the original design, so its scripts keep working):
     CHANNEL_RESULT                results, read by the master
     geventsched:reply:<client>    results for one waiting client
     geventsched:wakeup            "the intake has new jobs", read by the master
+    geventsched:cancel            ids of jobs just cancelled that a worker may hold, read by every worker
+                                  (a cue: a worker believes the stored result, see worker.py)
 
 Keys:
 
@@ -30,15 +32,30 @@ Keys:
     geventsched:result:<id>       string, encoded result, with a TTL
     geventsched:finished          hash  status -> count of jobs finished (each job once)
     geventsched:done              list  ids of finished jobs, oldest first, while their results are kept
+    geventsched:held              set   names of tasks that have a held list (``limits.py``)
+    geventsched:held:<task>       list  ids of the task's jobs held back by its rate limit or max_running,
+                                  in the order they go (no attempt counted; state ``queued``)
+    geventsched:rate:<task>       list  "<time> <count>" per dispatched batch of the task, newest first: its
+                                  last N starts or more (its rate limit is N per period); expires a
+                                  period after the last one
+    geventsched:running:<task>    set   ids of the task's jobs dispatched (its max_running), for the next
+                                  master; holds finished ones until a master sees them finish
     geventsched:workers           set   ids of registered workers
     geventsched:worker:<id>       string, the worker's heartbeat (JSON), expires when it stops beating
     geventsched:channels          hash  channel -> id of the worker holding it (the channel lease)
     geventsched:master            string, id of the active master (lease with a TTL)
     geventsched:schedules         hash  name -> periodic schedule (JSON); fire:<name>:<time> claims a fire time
+    geventsched:wf:<wid>          hash  one workflow (``workflow.py``): its state, its reply channel and one
+                                  line per node of its tree (``n<i>``); expires with the results once
+                                  the workflow has ended
+    geventsched:wf:<wid>:t        hash  node -> job record of each step not released yet
+    geventsched:wf:<wid>:r        hash  "<group>:<position>" -> result JSON of a group's finished child
+    geventsched:wf:<wid>:p:<g>    set   positions of group g's children still pending (each leaves once)
+    geventsched:wfcounts          hash  started / ok / failed / cancelled -> workflows so far
 
 On a Redis Cluster (``cluster=True``) our own prefix is a hash tag, ``{geventsched}:`` (or
 ``{NS:geventsched}:``), and the result channel is ``{geventsched}:CHANNEL_RESULT``: every key, the
-result, reply and wake-up channels then live in one slot, so each Lua script stays on one shard
+result, reply, wake-up and cancel channels then live in one slot, so each Lua script stays on one shard
 and may publish (SPUBLISH) from inside. The dispatch channels keep their names and spread over
 every shard's slots: that is the traffic that grows with the fleet.
 """
@@ -59,6 +76,7 @@ class Keys:
         self.own = own
         self.result_channel = f"{own}CHANNEL_RESULT" if cluster else f"{self.prefix}CHANNEL_RESULT"
         self.wakeup_channel = own + "wakeup"
+        self.cancel_channel = own + "cancel"
         self.seq = own + "seq"
         self.jobs = own + "jobs"
         self.intake = own + "intake"
@@ -81,6 +99,23 @@ class Keys:
         self.channels = own + "channels"
         self.master = own + "master"
         self.schedules, self.fire_prefix = own + "schedules", own + "fire:"
+        #: Workflow keys (``lua/workflow.lua`` builds the same names from this prefix).
+        self.workflow_prefix = own + "wf:"
+        self.workflow_counts = own + "wfcounts"
+        self.held = own + "held"
+        self.held_prefix = own + "held:"
+
+    def held_for(self, task):
+        """The list of jobs of ``task`` held back by its limit."""
+        return self.held_prefix + task
+
+    def rate_for(self, task):
+        """The start times of ``task``'s recent dispatches (its rate limit's window)."""
+        return f"{self.own}rate:{task}"
+
+    def running_for(self, task):
+        """The ids of ``task``'s jobs dispatched and maybe still running (its max_running)."""
+        return f"{self.own}running:{task}"
 
     def intake_for(self, priority):
         """The intake list of jobs of ``priority`` (0..9); priority 0 keeps the original list."""
@@ -98,6 +133,18 @@ class Keys:
 
     def worker(self, worker_id):
         return self.worker_prefix + worker_id
+
+    def workflow(self, workflow_id):
+        return self.workflow_prefix + workflow_id
+
+    def workflow_templates(self, workflow_id):
+        return f"{self.workflow_prefix}{workflow_id}:t"
+
+    def workflow_results(self, workflow_id):
+        return f"{self.workflow_prefix}{workflow_id}:r"
+
+    def workflow_pending(self, workflow_id, node):
+        return f"{self.workflow_prefix}{workflow_id}:p:{node}"
 
     def reply_channel(self, client_id):
         return f"{self.own}reply:{client_id}"

@@ -10,6 +10,9 @@ Where a job is, by state (``keys.py``)::
     running     ``dispatched`` holds its dispatch: "<token> <time> <channel> <worker>"
     finished    ``result:<id>`` holds its result (ok, error, timeout, cancelled), with its record
     dead        in ``dead``; its result has status dead
+
+A workflow (``workflow.py``; its id is ``w`` and digits) has its own lookup, ``workflow_info``: its
+state, its result or the error that failed it, and its tree of steps with the state of each.
 """
 
 import datetime
@@ -199,3 +202,122 @@ def _when(seconds):
     except (TypeError, ValueError, OverflowError):
         return str(seconds)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# -- workflows --------------------------------------------------------------------------------------------
+
+#: ``workflow_info`` looks every step of a workflow up in detail (status, result, error) up to this many;
+#: past it, the failed step and the last one (a chord's callback). Every step has its state.
+STEP_DETAIL = 50
+_KINDS = {"s": "step", "c": "chain", "g": "group", "d": "chord"}
+_WORKFLOW_STATES = {"running": "running", "ok": "finished", "failed": "failed", "cancelled": "cancelled"}
+
+
+def workflow_info(store, workflow_id, detail=STEP_DETAIL):
+    """One workflow (``geventsched job wID``), as a JSON-ready dict, or None when Redis has no such
+    workflow (never started, or ended longer ago than the result TTL): ``id``, ``kind`` ("workflow"),
+    ``state`` (running, finished, failed, cancelled), ``status``, ``result``, ``error``, ``created``,
+    ``ended``, ``failed_step`` (its job id), ``steps`` (how many), ``counts`` (steps by state) and
+    ``nodes``: the tree in preorder, each ``{node, kind, parent, depth}`` and for a step ``job``,
+    ``task``, ``priority``, ``state`` (waiting: not released yet; skipped: never released, the
+    workflow having ended; else the job's state) and, for the steps looked up in detail, ``status``,
+    ``result`` and ``error``. A bounded number of round trips: two, plus one per thousand nodes."""
+    k, client = store.keys, store.client
+    key = k.workflow(workflow_id)
+    state, nodes, created, ended, failed = client.hmget(key, ["state", "nodes", "created", "ended", "failed"])
+    if state is None:
+        return None
+    state, failed = state.decode(), failed.decode() if failed else None
+    count = int(nodes or 0)
+    lines = []
+    for first in range(1, count + 1, 1000):
+        lines += client.hmget(key, [f"n{i}" for i in range(first, min(count, first + 999) + 1)])
+    tree = _tree(lines)
+    steps = [node for node in tree if node["kind"] == "step"]
+    pipe = client.pipeline(transaction=False)
+    pipe.get(k.result(workflow_id))
+    for step in steps:
+        pipe.exists(k.result(step["job"]))
+        pipe.hexists(k.dispatched, step["job"])
+        pipe.zscore(k.scheduled, step["job"])
+        pipe.hexists(k.jobs, step["job"])
+    result, *replies = pipe.execute()
+    for i, step in enumerate(steps):
+        has_result, running, due, recorded = replies[i * 4:i * 4 + 4]
+        step["state"] = ("finished" if has_result else "running" if running else "scheduled" if due is not None
+                         else "queued" if recorded else "waiting" if state == "running" else "skipped")
+    chosen = steps[:detail] + [s for s in steps[detail:] if s["job"] == failed or s is steps[-1]]
+    for step, info in zip(chosen, _infos(store, [s["job"] for s in chosen])):
+        if info is not None:
+            step.update(state=info["state"], status=info["status"], result=info["result"], error=info["error"])
+    counts = {}
+    for step in steps:
+        counts[step["state"]] = counts.get(step["state"], 0) + 1
+    result = _load_json(result) or {}
+    return {
+        "id": workflow_id,
+        "kind": "workflow",
+        "state": _WORKFLOW_STATES.get(state, state),
+        "status": result.get("status"),
+        "result": result.get("value") if result and result.get("error") is None else None,
+        "error": result.get("error"),
+        "created": float(created) if created else None,
+        "ended": float(ended) if ended else None,
+        "failed_step": failed,
+        "steps": len(steps),
+        "counts": counts,
+        "nodes": tree,
+    }
+
+
+def _tree(lines):
+    """The nodes of a workflow from their lines (``lua/workflow.lua``), each with its depth."""
+    tree = []
+    for number, line in enumerate(lines, 1):
+        text = line.decode(errors="replace") if line else "? 0 0 0"
+        kind, parent, _, _, *rest = text.split(" ", 6 if text.startswith("s ") else 4)
+        parent = int(parent) if parent.isdigit() else 0
+        node = {"node": number, "kind": _KINDS.get(kind, kind), "parent": parent,
+                "depth": tree[parent - 1]["depth"] + 1 if 0 < parent <= len(tree) else 0}
+        if kind == "s" and len(rest) == 3:
+            node.update(job=rest[0], priority=int(rest[1]) if rest[1].isdigit() else 0, task=rest[2])
+        tree.append(node)
+    return tree
+
+
+def render_workflow(info, limit=STEP_DETAIL):
+    """The text form of ``workflow_info``: a header, then the tree, one line per node (past ``limit``
+    steps, only the failed one and the last are shown, the others counted)."""
+    status = f" ({info['status']})" if info["status"] else ""
+    counts = ", ".join(f"{state} {n}" for state, n in sorted(info["counts"].items()))
+    lines = [f"workflow {info['id']}: {info['state']}{status}",
+             f"steps:     {info['steps']} ({counts})"]
+    for name in ("created", "ended"):
+        if info[name]:
+            lines.append(f"{name + ':':<10} {_when(info[name])}")
+    if info["error"]:
+        lines.append(f"error:     {info['error'].get('type')}: {info['error'].get('message')}")
+    elif info["state"] == "finished":
+        lines.append(f"result:    {_json(info['result'])}")
+    lines.append("")
+    shown, hidden, hidden_at = 0, 0, ""
+    last = max((n["node"] for n in info["nodes"] if n["kind"] == "step"), default=0)
+    for node in info["nodes"]:
+        indent = "  " * node["depth"]
+        if node["kind"] == "step" and shown >= limit and node["job"] != info["failed_step"] and node["node"] != last:
+            hidden, hidden_at = hidden + 1, indent
+            continue
+        if hidden:
+            lines.append(f"{hidden_at}... {hidden} more steps")
+            hidden = 0
+        if node["kind"] != "step":
+            lines.append(f"{indent}{node['kind']}")
+            continue
+        shown += 1
+        outcome = node["state"] + (f" ({node['status']})" if node.get("status") else "")
+        if node.get("error"):
+            outcome += f": {node['error'].get('type')}: {node['error'].get('message')}"
+        lines.append(f"{indent}{node['task']}  job {node['job']}  {outcome}")
+    if hidden:
+        lines.append(f"{hidden_at}... {hidden} more steps")
+    return "\n".join(lines)

@@ -7,9 +7,15 @@ Greenlets:
               with the strategy, and publishes the batch in one write. ``PUBLISH`` = 0 means nobody
               is subscribed there: the job goes back to the front of the line and the channel sits
               out until discovery (or, for static channels, a short cool-down) brings it back.
+              A job whose task's rate limit or max_running does not let it start now is parked on
+              its task's held list and taken back when the limit allows (``limits.py``); the others
+              go on meanwhile.
 * collector   reads CHANNEL_RESULT (and the intake's wake-up channel) through hiredis; each result
               that carries its dispatch's token frees its channel's slot (``ledger.py``). Others
-              (unknown jobs, stale copies, a stranger's) are counted and ignored.
+              (unknown jobs, stale copies, a stranger's) are counted and ignored. A job cancelled
+              while this master held it unsent has a result without a token (``lua/cancel.lua``),
+              believed only as stored: the job leaves the line unsent, or frees the slot it was
+              sent to as the cancel ran.
 * discovery   once a second (``discovery.py``): live workers and the channels they hold; a worker that
               stopped heartbeating loses its channels and its in-flight jobs go back to the intake.
 * timer       at the earliest due time of a scheduled job (a delayed job, a retry after its backoff)
@@ -43,9 +49,10 @@ from geventsched.errors import DecodeError, GeventschedError
 from geventsched.hooks import MasterHooks, guarded
 from geventsched.lease import Lease
 from geventsched.ledger import Ledger, new_token
+from geventsched.limits import Limiter
 from geventsched.loops import Loops
 from geventsched.outbox import Outbox
-from geventsched.protocol import RETRY, Job, JsonCodec, error_result, make_codec
+from geventsched.protocol import CANCELLED, RETRY, Job, JsonCodec, error_result, make_codec
 from geventsched.schedules import Scheduler
 from geventsched.store import Outcome, Store
 
@@ -53,6 +60,8 @@ log = logging.getLogger(__name__)
 
 #: A static channel that answered PUBLISH = 0 sits out this long.
 COOL_DOWN = 0.5
+#: While limits are in use, the held lists' lengths are read again this often (seconds).
+HELD_SYNC = 1.0
 
 
 class Master:
@@ -70,10 +79,13 @@ class Master:
         self.table = ChannelTable()
         self.pending = deque()  # claimed jobs waiting for a channel
         self.ledger = Ledger(self.table)
+        self.limits = Limiter(self.ledger.get)  # tasks' rate limits and max_running (limits.py)
+        self._held_read_at = 0.0  # when the held lists' lengths were last read
         self._wake = Event()
         self._timer = Event()  # a job was scheduled: the timer looks for the earliest due time again
         self._wakeup = self.keys.wakeup_channel.encode()  # the intake's cue, among the results
-        self.discovery = Discovery(self.store, self.table, config, self.hooks, self._lose_worker, self._wake.set)
+        self.discovery = Discovery(self.store, self.table, config, self.hooks, self._lose_worker, self._wake.set,
+                                   on_limits=self._apply_limits)
         self.scheduler = Scheduler(self.store, self.hooks)  # periodic schedules, fired while we hold the lease
         self._static = [self.keys.dispatch_channel(c) for c in config.channels]
         self._benched = {}  # static channel name -> (time it may come back, cap)
@@ -105,6 +117,8 @@ class Master:
                           self._reap if self.durable else self._expire)
         if not self._static:
             self._loops.spawn("discovery", self._every, self.config.discovery_interval, self.discovery.refresh)
+        else:  # no workers to watch; their tasks' limits may still change
+            self._loops.spawn("tasks", self._every, self.config.discovery_interval, self.discovery.learn_tasks)
         log.info("master: %d channels, strategy %s, codec %s, durability %s%s", len(self.table),
                  self.config.strategy, self.codec.name, self.config.durability,
                  ", Redis Cluster" if self.keys.cluster else "")
@@ -117,6 +131,9 @@ class Master:
             self.table.add(name.encode(), None, self.config.prefetch or self.config.static_prefetch)
         if not self._static:
             self.discovery.refresh()
+        else:
+            self.discovery.learn_tasks()
+        self._read_held()  # jobs an earlier master held back, also of tasks no longer limited
 
     # -- stepping (no greenlets: tests and embedding) ----------------------------------------------
 
@@ -183,6 +200,7 @@ class Master:
         self._close_connections()
         self.pending.clear()
         self.ledger.clear()
+        self.limits.reset()
         self.discovery.forget()
         self._stop = Event()
         self.lease_lost = False
@@ -202,10 +220,13 @@ class Master:
 
     def state(self):
         """What this master holds and sees, for metrics and status: jobs in flight, live workers and
-        channels (from memory), and jobs queued (claimed and waiting here, plus the intake) and dead
-        letters, read from Redis; those two are left out when Redis does not answer."""
-        state = {"in_flight": len(self.ledger), "workers": len(self.discovery.workers), "channels": len(self.table)}
-        pending = len(self.pending)  # read before the round trip, which lets the loops run
+        channels, jobs held back by a limit (from memory), and jobs queued (claimed and waiting here,
+        held back, plus the intake) and dead letters, read from Redis; those two are left out when
+        Redis does not answer."""
+        held = sum(self.limits.held.values())
+        state = {"in_flight": len(self.ledger), "workers": len(self.discovery.workers), "channels": len(self.table),
+                 "held": held}
+        pending = len(self.pending) + held  # read before the round trip, which lets the loops run
         try:
             intake, dead, scheduled = self.store.depths()
         except transport.RedisError as exc:
@@ -279,13 +300,30 @@ class Master:
                 self._stop.wait(backoff.delay)
                 continue
             if not progressed:
-                # Nothing to send, or no room: sleep until a result, a wake-up or a new channel.
-                self._wake.wait(1.0)
+                # Nothing to send, or no room: sleep until a result, a wake-up or a new channel (or
+                # until a rate limit lets a held job go).
+                self._wake.wait(self._idle_time())
+
+    def _idle_time(self):
+        if not self.limits.held:
+            return 1.0
+        now = time.time()
+        opening = self.limits.next_opening(now)
+        return 1.0 if opening is None else min(1.0, max(0.001, opening - now))
 
     def _claim(self):
         room = min(self.table.free_slots() - len(self.pending), self.config.claim_batch)
         if room <= 0:
             return
+        limits = self.limits
+        if limits.limits or limits.held:
+            now = time.time()
+            if now >= self._held_read_at + HELD_SYNC:
+                self._read_held(now)
+            if limits.held:
+                room -= self._release(room, now)
+                if room <= 0:
+                    return
         if self.durable:
             claimed = self.store.claim(room)
         else:
@@ -302,6 +340,92 @@ class Master:
             self.pending.append(job)
         if handed_back:
             self.hooks.on_redispatched("handed_back", handed_back)
+
+    # -- limits (limits.py) ------------------------------------------------------------------------
+
+    def _apply_limits(self, limits):
+        """Discovery read the tasks' limits (``{task: Limit}``). For tasks this master did not limit
+        yet, first load what Redis keeps for them: the start times of their recent dispatches, and
+        their jobs an earlier master left running; then apply them all."""
+        new = self.limits.new_tasks(limits)
+        starts, inherited, running_now = {}, {}, {}
+        if new:
+            counted = [task for task in new if limits[task].max_running is not None]
+            starts, inherited = self.store.limit_state(
+                {task: limits[task].rate for task in new if limits[task].rate is not None},
+                counted if self.durable else ())
+            if counted:  # jobs of theirs this master sent before it knew the limit
+                running_now = {task: [] for task in counted}
+                for job_id in self.ledger.ids():
+                    entry = self.ledger.get(job_id)
+                    if entry is not None and entry.job.task in running_now:
+                        running_now[entry.job.task].append(job_id)
+        if limits != self.limits.limits:
+            described = [_describe(task, limit) for task, limit in sorted(limits.items())]
+            log.info("master: task limits: %s", ", ".join(described) or "none")
+        self.limits.configure(limits, starts, inherited, running_now)
+        self._wake.set()
+
+    def _read_held(self, now=None):
+        """Read how many jobs each task has held back (exact; the dispatcher counts in between)."""
+        self.limits.held = self.store.held_counts()
+        self._held_read_at = now or time.time()
+
+    def _release(self, room, now):
+        """Take back held jobs that their limit lets start now, oldest first, at most ``room``: they
+        go ahead of what the intake holds. Returns how many were taken."""
+        limits, taken = self.limits, 0
+        for task, count in list(limits.held.items()):
+            n = min(count, room - taken, limits.allowance(task, now))
+            if n <= 0:
+                continue
+            claimed = self.store.claim_held(task, n, durable=self.durable)
+            if count > n:
+                limits.held[task] = count - n
+            else:
+                del limits.held[task]
+            taken += len(claimed)
+            limited = task in limits.limits  # else held by a limit since removed: they all go
+            for job_id, body, _ in claimed:
+                job = self._readable(job_id, body)
+                if job is not None:
+                    if limited:
+                        limits.released.add(job_id)
+                    self.pending.append(job)
+            if taken >= room:
+                break
+        return taken
+
+    def _park(self, jobs):
+        """Put jobs that their limit holds back on their tasks' held lists (one script call): those
+        taken from a list go back to its head, new ones to its tail."""
+        limits, groups = self.limits, {}
+        for job in jobs:
+            groups.setdefault((job.task, limits.park(job.id)), []).append(job)
+        encode = None if self.durable else self.stored.encode_job
+        try:
+            lengths = self.store.hold([(task, front, [(job.id, encode and encode(job)) for job in group])
+                                       for (task, front), group in groups.items()], self.durable)
+        except transport.RedisError:
+            # Still claimed (or, without durability, here only): they wait here for the next round.
+            for (_, front), group in groups.items():
+                if front:
+                    limits.released.update(job.id for job in group)
+            self.pending.extendleft(reversed(jobs))
+            raise
+        for (task, _), length in zip(groups, lengths):  # a task's last group saw its final length
+            limits.held[task] = length
+
+    def _prune_inherited(self):
+        """Jobs an earlier master left running stop counting against max_running once their dispatch
+        is gone from Redis (a result whose announcement we missed, a re-queue)."""
+        inherited = self.limits.inherited()
+        if not inherited:
+            return
+        ended = [job_id for (job_id, _), live in zip(inherited, self.store.current(inherited)) if not live]
+        if ended:
+            self.limits.drop_inherited(ended)
+            self._wake.set()
 
     def _readable(self, job_id, body):
         """The job of a claimed record, or None after recording why it cannot be dispatched: a record
@@ -339,15 +463,24 @@ class Master:
 
     def _dispatch(self):
         """Publish pending jobs to channels with room, in one write (``outbox.py``: a message per job,
-        or batch frames for workers that read them). Returns True if any job was sent."""
+        or batch frames for workers that read them); park those a limit holds back. Returns True if
+        any job was sent or parked."""
         pending, table, choose, ledger = self.pending, self.table, self.strategy, self.ledger
         budget = self.config.max_inflight_bytes
+        limits = self.limits
+        limited = limits.limits  # {task: Limit}, usually empty: one dict lookup per job otherwise
+        admitted, parked = [], []  # jobs of limited tasks that may start now, and those held back
         sent, full = [], {}  # full: channels of subscribers whose window is full -> cap
         token = new_token()  # one per batch: each job's dispatch record binds it to the job
         outbox = Outbox(self.codec, token, self.config.max_payload, self.durable)
         now, deadline_for = time.time(), self.deadline_for
         while pending:
             job = pending[0]
+            is_limited = limited and job.task in limited
+            if is_limited:
+                if not limits.may_start(job.task, job.id, now):
+                    parked.append(pending.popleft())
+                    continue
             channel = choose(table, job)
             if channel is None:
                 break
@@ -362,6 +495,9 @@ class Master:
                 channel.cap = 0
                 continue
             pending.popleft()
+            if is_limited:  # and may start (above): it counts now
+                limits.start(job.task, job.id, now)
+                admitted.append(job)
             entry = ledger.add(job, channel, len(piece), token, deadline_for(job, now))
             sent.append(entry)
             outbox.put(entry, piece)
@@ -369,11 +505,15 @@ class Master:
             channel.cap = cap
             table.total_cap += cap
         if not sent:
-            return False
+            if parked:
+                self._park(parked)
+            return bool(parked)
         commands = []
         if self.durable:  # in the same write: published jobs get their full deadline and their dispatch record
             commands.append(self.store.deadline_command([(int(e.deadline), e.job.id) for e in sent]))
             commands.append(self.store.dispatch_command([(e.job.id, e.channel) for e in sent], token, now))
+        if limited:  # and the limits' state that a master taking over needs
+            commands += self._limit_commands(admitted, now)
         messages = outbox.messages()
         try:
             replies = self._publisher.send([(name, payload) for name, payload, _ in messages], commands)
@@ -381,7 +521,9 @@ class Master:
             # Nothing is known to have gone out: the whole batch waits for the next connection.
             for entry in sent:
                 ledger.pop(entry.job.id)
-            pending.extendleft(reversed([entry.job for entry in sent]))
+            for job in admitted:
+                limits.revoke(job.task, job.id)
+            pending.extendleft(reversed([entry.job for entry in sent] + parked))
             raise
         if self._publisher_broken:
             self._publisher_broken = False
@@ -394,12 +536,33 @@ class Master:
                 continue
             reason = "redis_error" if transport.is_error(receivers) else "no_subscriber"
             for entry in entries:
+                job = entry.job
                 self.hooks.on_dispatch_failed(reason)
-                ledger.pop(entry.job.id)
-                missed.append(entry.job)
+                ledger.pop(job.id)
+                if limited and job.task in limited:  # it did not start: its slot in the window is free
+                    limits.revoke(job.task, job.id)
+                missed.append(job)
             self._bench(entries[0].channel, reason, receivers)
         pending.extendleft(reversed(missed))
-        return len(missed) < len(sent)
+        if parked:
+            self._park(parked)
+        return len(missed) < len(sent) or bool(parked)
+
+    def _limit_commands(self, admitted, now):
+        """The Redis side of ``admitted`` (jobs of limited tasks in this batch): their start times and,
+        for max_running, their ids; plus the ids seen finished since the last batch."""
+        limits, durable = self.limits.limits, self.durable
+        started, running = {}, {}
+        for job in admitted:
+            started[job.task] = started.get(job.task, 0) + 1
+            if durable and limits[job.task].max_running is not None:
+                running.setdefault(job.task, []).append(job.id)
+        starts = [(task, n, limits[task].rate, limits[task].period) for task, n in started.items()
+                  if limits[task].rate is not None]
+        gone = self.limits.take_gone()
+        if not durable:
+            gone = {}
+        return self.store.limit_commands(now, starts, running.items(), gone.items())
 
     def _bench(self, channel, reason, reply):
         if channel.name not in self.table:
@@ -436,16 +599,18 @@ class Master:
     def _take(self, messages):
         """Results read from CHANNEL_RESULT (wake-ups are only cues)."""
         wakeup = self._wakeup
-        raw_results = []
+        raw_results, cancels = [], []
         for channel, data in messages:
             if channel != wakeup:
-                self._collect(data, raw_results)
+                self._collect(data, raw_results, cancels)
             elif data == b"scheduled":
                 self._timer.set()
         if raw_results:
             self._record_raw(raw_results)
+        if cancels:
+            self._take_cancels(cancels)
 
-    def _collect(self, data, raw_results):
+    def _collect(self, data, raw_results, cancels):
         """The results of one message: a result, or a result frame."""
         try:
             results, errors = self.codec.decode_results(data)
@@ -455,7 +620,46 @@ class Master:
             log.warning("master: ignored an unreadable result: %s", exc)
             self.hooks.on_unknown_result()
         for result in results:
+            if result.token is None and result.status == CANCELLED:
+                cancels.append(result.id)  # no token to check it by: checked against Redis
+                continue
             self._take_result(result, raw_results)
+
+    def _take_cancels(self, ids):
+        """Jobs cancelled while this master held them claimed and unsent (``lua/cancel.lua``). Their
+        announcement carries no dispatch token, so the stored result is the one believed."""
+        try:
+            stored = self.store.get_results(ids)
+        except transport.RedisError as exc:  # the workers drop the jobs if they are sent: no harm done
+            log.warning("master: could not check %d cancelled jobs: %s", len(ids), transport.describe(exc))
+            return
+        for job_id, data in zip(ids, stored):
+            try:
+                cancelled = data is not None and self.stored.decode_result(data, None).status == CANCELLED
+            except DecodeError:
+                cancelled = False
+            if cancelled:
+                self._forget_cancelled(job_id)
+            else:
+                self.hooks.on_unknown_result()
+
+    def _forget_cancelled(self, job_id):
+        """A job cancelled before it was dispatched: out of the line if still there, or its slot freed
+        if it was sent as the cancel ran (the worker drops it unrun)."""
+        entry = self.ledger.pop(job_id)
+        job = entry.job if entry is not None else self._unqueue(job_id)
+        if job is None:  # claimed by a master before this one, or heard of twice
+            self.hooks.on_unknown_result()
+            return
+        self.hooks.on_finished(job, CANCELLED, time.time() - job.submitted_at)
+
+    def _unqueue(self, job_id):
+        """Take a claimed job off the line of jobs waiting for a channel. Returns it, or None."""
+        for job in self.pending:
+            if job.id == job_id:
+                self.pending.remove(job)
+                return job
+        return None
 
     def _take_result(self, result, raw_results, trusted=False):
         """A result frees its slot only if it answers the dispatch in flight: the same token (the raw
@@ -463,6 +667,8 @@ class Master:
         ledger = self.ledger
         entry = ledger.get(result.id)
         if entry is None or not (trusted or self.raw or result.token == entry.token):
+            if entry is None:  # one an earlier master sent, counted against a max_running?
+                self.limits.finished(result.id, result.token)
             self.hooks.on_unknown_result()
             return
         ledger.pop(result.id)
@@ -492,16 +698,22 @@ class Master:
 
     def _reconcile(self):
         """Results announced while we were not listening are lost to us, not to Redis: read the
-        stored results of every job we think in flight, and finish those that have one."""
-        if not self.durable or not len(self.ledger):
+        stored results of every job we think in flight, and finish those that have one; and of the jobs
+        claimed and waiting for a channel, of which only a cancel can have one."""
+        if not self.durable or not (len(self.ledger) or self.pending):
             return
-        ids = self.ledger.ids()
+        ids = self.ledger.ids() + [job.id for job in self.pending]
         stored = [data for data in self.store.get_results(ids) if data is not None]
         for data in stored:
             try:
-                self._take_result(self.stored.decode_result(data, max_payload=None), [], trusted=True)
+                result = self.stored.decode_result(data, max_payload=None)
             except DecodeError as exc:
                 log.warning("master: ignored an unreadable stored result: %s", exc)
+                continue
+            if self.ledger.get(result.id) is not None:
+                self._take_result(result, [], trusted=True)
+            elif result.status == CANCELLED:
+                self._forget_cancelled(result.id)
         if stored:
             log.info("master: %d results came in while the result connection was down", len(stored))
             self._wake.set()
@@ -552,6 +764,7 @@ class Master:
             log.warning("master: %d jobs ran out of attempts, dead-lettered", len(dead))
         self.store.trim_dead()
         self.store.trim_done()
+        self._prune_inherited()
 
     def _expire(self):
         """Without durability: forget dispatches past their deadline (their message was lost, refused,
@@ -594,3 +807,14 @@ class _Unreadable:
         self.token = None
         self.reply = None
         self.submitted_at = 0
+
+
+def _describe(task, limit):
+    """``task (20/s, 2 running)``: a limit as the log says it."""
+    parts = []
+    if limit.rate is not None:
+        unit = {1.0: "s", 60.0: "m", 3600.0: "h"}.get(limit.period, f"{limit.period:g}s")
+        parts.append(f"{limit.rate}/{unit}")
+    if limit.max_running is not None:
+        parts.append(f"{limit.max_running} running")
+    return f"{task} ({', '.join(parts)})"

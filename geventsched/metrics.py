@@ -46,8 +46,11 @@ BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
 UNKNOWN = "unknown"  # a task name that is not registered
 OTHER = "other"  # a status or reason outside its fixed set
 
-WORKER_STATUSES = ("ok", "error", "timeout")
-MASTER_STATUSES = ("ok", "error", "timeout", "dead")
+#: ``cancelled``: on a worker, a job interrupted by a cancel; on the master, a job it had claimed or
+#: dispatched that was cancelled (cancels of jobs still queued or scheduled are counted in Redis only:
+#: ``status --json``).
+WORKER_STATUSES = ("ok", "error", "timeout", "cancelled")
+MASTER_STATUSES = ("ok", "error", "timeout", "cancelled", "dead")
 #: ``DecodeError.reason`` values of ``protocol.py``, plus the worker's own ``unknown_task``.
 REJECT_REASONS = ("empty", "too_large", "not_utf8", "invalid_json", "not_an_object", "bad_version",
                   "missing_field", "bad_field", "unknown_task")
@@ -226,6 +229,77 @@ class ScrapeGauges:
             yield family
 
 
+class TaskGauge:
+    """A gauge with a ``task`` label, computed when Prometheus scrapes by calling ``read()`` ->
+    ``{task: value}``. Its series are bounded like the per-task counters': one per known task name
+    (0 when ``read`` has no value for it), anything else summed under ``unknown``. Nothing is
+    exported while unbound, or when ``read`` fails (logged)."""
+
+    def __init__(self, registry, name, doc, task_names):
+        self.name, self.doc = name, doc
+        self._known = set(task_names)
+        self._read = None
+        registry.register(self)
+
+    def bind(self, read):
+        self._read = read
+
+    def allow(self, names):
+        """Admit more task names (learnt at run time)."""
+        self._known.update(names)
+
+    def describe(self):
+        return [GaugeMetricFamily(self.name, self.doc, labels=["task"])]
+
+    def collect(self):
+        family = GaugeMetricFamily(self.name, self.doc, labels=["task"])
+        values = None
+        if self._read is not None:
+            try:
+                values = self._read()
+            except Exception:  # a scrape must never fail because of the object it looks at
+                log.exception("metrics: reading %s failed", self.name)
+        if values is not None:
+            series = dict.fromkeys(self._known, 0)
+            for task, value in values.items():
+                key = task if task in series else UNKNOWN
+                series[key] = series.get(key, 0) + value
+            for task, value in sorted(series.items()):
+                family.add_metric([task], value)
+        yield family
+
+
+class RedisCounters:
+    """Counters kept in Redis (workflows: counted by the scripts that start and end them, exactly
+    once whatever master runs), read when Prometheus scrapes by calling ``read()`` -> ``{value: n}``.
+    Exported as one counter family with one label; a scrape where Redis does not answer has no sample.
+    The counts are the namespace's: every master exports the same numbers (take max(), not sum())."""
+
+    def __init__(self, registry, name, doc, label, values):
+        self._name, self._doc, self._label, self._values = name, doc, label, tuple(values)
+        self._read = None
+        registry.register(self)
+
+    def bind(self, read):
+        self._read = read
+
+    def describe(self):
+        return [CounterMetricFamily(self._name, self._doc, labels=[self._label])]
+
+    def collect(self):
+        family = CounterMetricFamily(self._name, self._doc, labels=[self._label])
+        counts = None
+        if self._read is not None:
+            try:
+                counts = self._read()
+            except Exception:  # Redis away: no sample rather than a made-up one; never a failed scrape
+                log.warning("metrics: reading counters from Redis failed", exc_info=True)
+        if counts is not None:
+            for value in self._values:
+                family.add_metric([value], counts.get(value, 0))
+        yield family
+
+
 class WorkerMetrics(WorkerHooks):
     """The worker's metrics (SPEC: ``geventsched_worker_*``), fed by ``WorkerHooks`` calls.
 
@@ -240,7 +314,8 @@ class WorkerMetrics(WorkerHooks):
         tasks, statuses = [sorted(set(task_names))], [WORKER_STATUSES]
         self._received = Family(registry, "geventsched_worker_jobs_received_total",
                                 "Jobs received and queued for a runner.", ["task"], tasks, [UNKNOWN], eager=True)
-        self._finished = Family(registry, "geventsched_worker_jobs_finished_total", "Jobs run to the end, by outcome.",
+        self._finished = Family(registry, "geventsched_worker_jobs_finished_total",
+                                "Jobs run to the end, by outcome (cancelled: interrupted by a cancel).",
                                 ["task", "status"], tasks + statuses, [UNKNOWN, OTHER], eager=True)
         self._duration = Family(registry, "geventsched_worker_job_duration_seconds", "Time a job's function ran.",
                                 ["task"], tasks, [UNKNOWN], buckets=LATENCY_BUCKETS)
@@ -345,8 +420,12 @@ class MasterMetrics(MasterHooks):
         self._schedule_missed = Family(registry, "geventsched_master_schedule_missed_total",
                                        "Fire times that passed unfired (master away): each schedule fires "
                                        "once for its latest.").get()
+        self._held = TaskGauge(registry, "geventsched_master_jobs_held",
+                               "Jobs held back by their task's rate limit or max_running (part of the queued jobs).",
+                               tasks[0])
         self._gauges = ScrapeGauges(registry, {
-            "geventsched_master_jobs_queued": "Jobs waiting for dispatch (intake plus claimed, unsent).",
+            "geventsched_master_jobs_queued": "Jobs waiting for dispatch (intake, held back by a limit, claimed "
+                                              "and unsent).",
             "geventsched_master_jobs_in_flight": "Jobs dispatched and not finished.",
             "geventsched_master_workers": "Live registered workers.",
             "geventsched_master_channels": "Dispatch channels the master can send to.",
@@ -355,10 +434,15 @@ class MasterMetrics(MasterHooks):
             "geventsched_master_schedule_overdue_seconds": "How far the most overdue periodic schedule is past "
                                                            "its next fire time (0: none is).",
         })
+        self._workflows = RedisCounters(registry, "geventsched_master_workflows",
+                                        "Workflows started, and ended by outcome (ok, failed, cancelled), "
+                                        "counted in Redis.", "event", ("started", "ok", "failed", "cancelled"))
 
     def bind(self, master):
         """Read ``master``'s state at each scrape. Returns self."""
         self._gauges.bind(lambda: _read_master(master))
+        self._held.bind(lambda: dict(master.limits.held))
+        self._workflows.bind(master.store.workflow_counts)
         return self
 
     # -- hooks (hot path) ------------------------------------------------------------------------
@@ -392,6 +476,7 @@ class MasterMetrics(MasterHooks):
         names = [name for name in names if isinstance(name, str)][:MAX_LEARNT_TASKS]
         for family in self._by_task:
             family.allow(0, names)
+        self._held.allow(names)
 
     def on_reconnect(self, what):
         self._reconnects.get(what).inc()

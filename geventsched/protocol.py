@@ -49,7 +49,12 @@ FRAME = 2
 FRAMES = (1, 2)
 #: A job whose stored record is larger than this is dispatched by reference (a frame's ``{"ref": id}``).
 REF_THRESHOLD = 64 * 1024
-STATUSES = ("ok", "error", "timeout", "dead")
+#: A result frame goes out before it grows past this (a single larger result goes alone); the finish
+#: script has the same figure.
+FRAME_BYTES = 256 * 1024
+#: A cancelled job's result: recorded by the cancel itself (``lua/cancel.lua``), never by a worker.
+CANCELLED = "cancelled"
+STATUSES = ("ok", "error", "timeout", CANCELLED, "dead")
 #: Announced to the master when a failed job is scheduled to run again; never a job's result.
 RETRY = "retry"
 #: What a dispatch adds to a job's record (its token): a worker takes messages this much larger.
@@ -249,8 +254,18 @@ class JsonCodec:
         return _dumps(doc, result.value)
 
     def encode_results(self, payloads):
-        """A result frame of encoded results."""
-        return b'{"v":2,"results":[%s]}' % b",".join(payloads)
+        """Result frames of encoded results: as few as hold them, each under ``FRAME_BYTES`` unless
+        one result alone is larger."""
+        frames, chunk, size = [], [], 0
+        for payload in payloads:
+            if chunk and size + len(payload) > FRAME_BYTES:
+                frames.append(b'{"v":2,"results":[%s]}' % b",".join(chunk))
+                chunk, size = [], 0
+            chunk.append(payload)
+            size += len(payload) + 1
+        if chunk:
+            frames.append(b'{"v":2,"results":[%s]}' % b",".join(chunk))
+        return frames
 
     def decode_results(self, data, max_payload=-1):
         """The results of a result message of either version: ``(results, errors)``, with a

@@ -69,9 +69,10 @@ class Registration:
                 return None
 
     def register_tasks(self, registry):
-        """The tasks' names and time limits, for the master's deadlines and metric labels."""
+        """The tasks' names, time limits and limits (``Task.options``), for the master's deadlines,
+        dispatch limits and metric labels."""
         try:
-            self.store.register_tasks({name: {"timeout": task.timeout} for name, task in registry.tasks.items()})
+            self.store.register_tasks({name: task.options() for name, task in registry.tasks.items()})
         except transport.RedisError as exc:  # the master falls back to its default time limit
             log.warning("worker %s: could not register its tasks: %s", self.id, transport.describe(exc))
 

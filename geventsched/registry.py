@@ -16,6 +16,9 @@
     @app.task(max_retries=5, retry_backoff=2.0)   # on error or timeout: again after ~2, 4, 8... s
     def fetch(url): ...
 
+    @app.task(rate_limit="20/s", max_running=5)   # fleet-wide: 20 starts per second, 5 at once
+    def call_api(payload): ...
+
     @app.periodic(cron="0 3 * * *", tz="Europe/Berlin")   # a task that runs on a schedule
     def nightly_report(): ...
 
@@ -35,6 +38,7 @@ from dataclasses import dataclass
 
 from geventsched.config import DEFAULT_TIMEOUT
 from geventsched.errors import ConfigError
+from geventsched.limits import check_max_running, parse_rate
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +52,21 @@ class Task:
     max_retries: int = 0
     #: Seconds before the first retry; doubles with each one (with +-50% jitter), capped at an hour.
     retry_backoff: float = 1.0
+    #: "N/s", "N/m" or "N/h": at most N starts in any window of a second, minute or hour, fleet-wide
+    #: (the master applies it: ``limits.py``).
+    rate_limit: str | None = None
+    #: At most this many jobs of the task run at once, fleet-wide.
+    max_running: int | None = None
+
+    def options(self):
+        """What a worker registers for the master (``Store.register_tasks``): the time limit, and the
+        limits the master applies when it dispatches."""
+        options = {"timeout": self.timeout}
+        if self.rate_limit is not None:
+            options["rate_limit"] = self.rate_limit
+        if self.max_running is not None:
+            options["max_running"] = self.max_running
+        return options
 
 
 class App:
@@ -59,13 +78,24 @@ class App:
         self.schedules: dict = {}  # name -> schedules.Schedule
 
     def task(self, fn: Callable | None = None, *, name: str | None = None, timeout: float | None = DEFAULT_TIMEOUT,
-             blocking: bool = False, max_retries: int = 0, retry_backoff: float = 1.0) -> Callable:
-        """Register ``fn`` (``@app.task``), or return a decorator that does (``@app.task(...)``)."""
+             blocking: bool = False, max_retries: int = 0, retry_backoff: float = 1.0,
+             rate_limit: str | None = None, max_running: int | None = None) -> Callable:
+        """Register ``fn`` (``@app.task``), or return a decorator that does (``@app.task(...)``).
+        A malformed ``rate_limit`` or ``max_running`` raises ConfigError here, when the module that
+        declares the task is imported, not later on the master."""
         def register(fn):
             task_name = name or self._default_name(fn)
             if task_name in self.tasks and self.tasks[task_name].fn is not fn:
                 raise ConfigError(f"task {task_name!r} is registered twice")
-            self.tasks[task_name] = Task(task_name, fn, timeout, blocking, max_retries, retry_backoff)
+            try:
+                if rate_limit is not None:
+                    parse_rate(rate_limit)
+                if max_running is not None:
+                    check_max_running(max_running)
+            except ConfigError as exc:
+                raise ConfigError(f"task {task_name!r}: {exc}") from None
+            self.tasks[task_name] = Task(task_name, fn, timeout, blocking, max_retries, retry_backoff,
+                                         rate_limit and rate_limit.strip(), max_running)
             return fn
 
         return register(fn) if fn is not None else register
@@ -134,6 +164,8 @@ def load_apps(module_names: Iterable[str]) -> list[App]:
             module = importlib.import_module(module_name)
         except ImportError as exc:
             raise ConfigError(f"cannot import app module {module_name!r}: {exc}") from None
+        except ConfigError as exc:  # a task declared with a bad option: say which module
+            raise ConfigError(f"cannot load app module {module_name!r}: {exc}") from None
         found = [value for value in vars(module).values() if isinstance(value, App)]
         if not found:
             raise ConfigError(f"module {module_name!r} defines no geventsched App")

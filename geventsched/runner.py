@@ -12,6 +12,10 @@ by side, and a burst of short jobs does not stampede every idle runner.
 A runner that has held the hub for ``HOLD`` seconds of jobs that never yield (CPU-bound ones) yields
 once before the next job, so the reader, the writer and the heartbeat still get their turn: without it
 a backlog of such jobs starves the heartbeat until the master declares the worker dead.
+
+``stop(select)`` takes the jobs a cancel names off the queue unrun and interrupts the running ones:
+``errors.Cancelled`` is thrown into their runner from the hub, as a time limit's exception is
+(``deadlines.py``), only if that runner is still on the same job by then.
 """
 
 HOLD = 0.005
@@ -22,6 +26,8 @@ from collections import deque
 
 import gevent
 from gevent.event import Event
+
+from geventsched.errors import Cancelled
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +94,8 @@ class Runners:
                     current[me] = job
                     try:
                         self._execute(job)
+                    except Cancelled:  # thrown after ``execute`` let go of the job: nothing to undo
+                        pass
                     except Exception as exc:  # this runner lives on
                         self._crashed(job, exc)
                     finally:
@@ -117,6 +125,27 @@ class Runners:
         pending = list(self._queue)
         self._queue.clear()
         return pending
+
+    def stop(self, select):
+        """Stop the jobs ``select(job)`` is true of: queued ones leave the queue unrun, running ones get
+        ``Cancelled`` at their next yield (a job in the thread pool: its wait for the thread ends, the
+        thread runs on). Returns ``(dropped, interrupted)``, lists of jobs."""
+        dropped, kept = [], []
+        for job in self._queue:
+            (dropped if select(job) else kept).append(job)
+        if dropped:
+            self._queue.clear()
+            self._queue.extend(kept)
+        interrupted = [(runner, job) for runner, job in self._current.items() if select(job)]
+        hub = gevent.get_hub()
+        for runner, job in interrupted:
+            hub.loop.run_callback(self._interrupt, runner, job)
+        return dropped, [job for _, job in interrupted]
+
+    def _interrupt(self, runner, job):
+        # In the hub, so the runner is parked where it yielded: inside ``job``, if it still runs it.
+        if self._current.get(runner) is job and not runner.dead:
+            runner.throw(Cancelled(job.id))
 
     def close(self):
         """Take no more jobs. Returns the queued jobs no runner has started."""

@@ -16,13 +16,20 @@ A job's life::
     promote  scheduled jobs that are due -> intake                    (Master, at the due time)
     reap     in flight past its deadline -> back to the intake, or dead after the last attempt
                                                                       (Master, once a second)
+    cancel   a job not finished: result 'cancelled' recorded, record gone, then announced (Client)
 
 ``SET result NX`` makes the first result the only one recorded, so a job that ran twice (its worker
 was thought dead, or its deadline passed while it still ran) is counted once.
+
+A workflow's steps are jobs whose record names the workflow: ``run_workflow`` queues those that can
+start and keeps the others in Redis; ``finish`` (and ``reap``, for a dead step), on recording a step's
+result, releases what that result was waiting for in the same script call, so each next step or
+callback is queued exactly once (``lua/workflow.lua``).
 """
 
 import functools
 import json
+import math
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -30,6 +37,7 @@ from importlib import resources
 from geventsched import transport
 from geventsched.config import CLAIM_GRACE, DEFAULT_RESULT_TTL
 from geventsched.keys import Keys
+from geventsched.protocol import STATUSES
 
 
 # Scripts batch their writes: one ZADD/HDEL/ZREM for the whole batch, never one per job where a
@@ -49,6 +57,11 @@ def lua_script(name):
     """The source of ``geventsched/lua/<name>.lua``, read once per process (installed with the
     package as package data)."""
     return resources.files("geventsched").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+
+
+#: Scripts that move workflows on: ``workflow.lua`` (the engine) goes in front of each, since a Redis
+#: script cannot call another.
+WORKFLOW_SCRIPTS = ("finish", "reap", "cancel", "wf_run", "wf_cancel")
 
 
 @dataclass(slots=True)
@@ -85,7 +98,10 @@ class Store:
         self._publish_command = "SPUBLISH" if sharded else "PUBLISH"
 
         def register(name):
-            return client.register_script(lua_script(name))
+            source = lua_script(name)
+            if name in WORKFLOW_SCRIPTS:
+                source = lua_script("workflow") + "\n" + source
+            return client.register_script(source)
 
         self._submit = register("submit")
         self._claim = register("claim")
@@ -99,6 +115,11 @@ class Store:
         self._trim_done = register("trim_done")
         self._claim_channels = register("claim_channels")
         self._release_worker = register("release_worker")
+        self._cancel = register("cancel")
+        self._hold = register("hold")
+        self._held_counts = register("held_counts")
+        self._wf_run = register("wf_run")
+        self._wf_cancel = register("wf_cancel")
 
     # -- client side ---------------------------------------------------------------------------
 
@@ -139,6 +160,35 @@ class Store:
             out.extend(i.decode() for i in ids)
         return out
 
+    def run_workflow(self, workflow_id, reply, nodes):
+        """Start a workflow in one script call: ``nodes`` are ``[(line, job record or "", children or
+        ""), ...]`` in preorder (``workflow.py`` builds them, ``lua/workflow.lua`` says what they hold).
+        The steps that can run at once are queued and the master woken; the others wait in Redis for
+        the result that releases them. Returns how many were queued."""
+        k = self.keys
+        args = [workflow_id, reply or "", k.workflow_prefix, k.result_prefix, self.result_ttl,
+                self._publish_command, k.wakeup_channel]
+        for entry in nodes:
+            args.extend(entry)
+        return self._wf_run(keys=[k.jobs, k.intake, k.priority, k.workflow_counts, k.workflow(workflow_id),
+                                  k.workflow_templates(workflow_id)], args=args)
+
+    def cancel_workflow(self, workflow_id, status):
+        """End a running workflow as cancelled (its result gets ``status``): nothing more of it starts.
+        Returns ``(word, ids)``: "cancelled" and the ids of its steps already queued or running, or
+        "finished" (it had ended) or "unknown", with no ids."""
+        k = self.keys
+        reply = self._wf_cancel(keys=[k.workflow(workflow_id), k.jobs, k.workflow_counts],
+                                args=[workflow_id, k.workflow_prefix, k.result_prefix, self.result_ttl,
+                                      self._publish_command, status])
+        return reply[0].decode(), [job_id.decode() for job_id in reply[1:]]
+
+    def workflow_counts(self):
+        """``{outcome: workflows}`` for started, ok, failed and cancelled, kept in Redis."""
+        counts = {"started": 0, "ok": 0, "failed": 0, "cancelled": 0}
+        counts.update({o.decode(): int(n) for o, n in self.client.hgetall(self.keys.workflow_counts).items()})
+        return counts
+
     def get_results(self, ids):
         """Stored results for ``ids`` (None where there is none yet)."""
         prefix = self.keys.result_prefix
@@ -159,6 +209,26 @@ class Store:
         missing = [job_id for job_id, result in zip(ids, results) if result is None]
         recorded = dict(zip(missing, self.client.hmget(self.keys.jobs, missing))) if missing else {}
         return [(result, result is not None or recorded[job_id] is not None) for job_id, result in zip(ids, results)]
+
+    def cancel(self, ids, batch=200):
+        """Cancel jobs (``lua/cancel.lua``): ``{id: "cancelled" | "finished" | "unknown"}``, "finished"
+        for a job that already has its result or is dead (nothing changes then). A cancelled job never
+        runs again; the one running it is told to stop (see the script's header). ``batch`` ids per
+        script call: a queued job is looked for on the intake from its head, so a call that cancels
+        jobs at the far end of a long backlog holds Redis for a while (10,000 jobs newest first, in a
+        backlog of 10,000: about 30 ms per call of 200; oldest first, under 1 ms)."""
+        k = self.keys
+        ids = list(dict.fromkeys(ids))
+        words = {}
+        for i in range(0, len(ids), batch):
+            chunk = ids[i:i + batch]
+            replies = self._cancel(
+                keys=[k.jobs, k.scheduled, k.inflight, k.dispatched, k.attempts, k.retries, k.finished, k.intake,
+                      k.priority, k.unique, k.done, k.workflow_counts],
+                args=[k.result_prefix, self.result_ttl, k.result_channel, k.cancel_channel, self._publish_command,
+                      k.workflow_prefix, k.wakeup_channel, *chunk])
+            words.update(zip(chunk, (word.decode() for word in replies)))
+        return words
 
     # -- master side ---------------------------------------------------------------------------
 
@@ -227,9 +297,10 @@ class Store:
         """
         k = self.keys
         requeued, dead = self._reap(
-            keys=[k.inflight, k.jobs, k.attempts, k.intake, k.dead, k.finished, k.dispatched, k.priority],
+            keys=[k.inflight, k.jobs, k.attempts, k.intake, k.dead, k.finished, k.dispatched, k.priority,
+                  k.workflow_counts],
             args=[now or time.time(), limit, max_attempts, k.result_prefix, self.result_ttl,
-                  self._publish_command])
+                  self._publish_command, k.workflow_prefix, k.wakeup_channel])
         return [i.decode() for i in requeued], [i.decode() for i in dead]
 
     def requeue(self, dispatches, trusted=False):
@@ -249,6 +320,93 @@ class Store:
             self._wake_up(k.wakeup_channel, b"1")
         return total
 
+    # -- limits (limits.py) ------------------------------------------------------------------------
+
+    def hold(self, groups, durable=True):
+        """Park claimed jobs that their task's limit holds back on the task's held list: ``groups`` is
+        ``[(task, front, [(id, body), ...]), ...]`` (``front``: back to the head of the list; the
+        bodies are written back only without durability, whose take removed them). Returns the length
+        of each group's list afterwards."""
+        k = self.keys
+        keys, args = [k.inflight, k.jobs, k.held], ["1" if durable else "0"]
+        for task, front, jobs in groups:
+            keys.append(k.held_for(task))
+            args += (task, "1" if front else "0", len(jobs))
+            for job_id, body in jobs:
+                args.append(job_id)
+                if not durable:
+                    args.append(body)
+        return self._hold(keys=keys, args=args)
+
+    def claim_held(self, task, count, grace=CLAIM_GRACE, now=None, durable=True):
+        """``claim`` (or, without durability, ``take``) from the head of ``task``'s held list."""
+        k = self.keys
+        if not durable:
+            flat = self._take(keys=[k.jobs, k.priority, k.held_for(task)], args=[count])
+            return [(flat[i].decode(), flat[i + 1], 1) for i in range(0, len(flat), 2)]
+        flat = self._claim(keys=[k.jobs, k.inflight, k.attempts, k.held_for(task)],
+                           args=[count, (now or time.time()) + grace])
+        return [(flat[i].decode(), flat[i + 1], int(flat[i + 2])) for i in range(0, len(flat), 3)]
+
+    def held_counts(self):
+        """``{task: jobs in its held list}`` of the tasks that have held jobs."""
+        flat = self._held_counts(keys=[self.keys.held], args=[self.keys.held_prefix])
+        return {flat[i].decode(errors="replace"): int(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+    def limit_commands(self, now, starts=(), running=(), gone=()):
+        """Commands for the write that dispatches a batch (``transport.Publisher``), packed: the start
+        times of rate-limited tasks (``starts``: ``[(task, how many started at now, N, period), ...]``:
+        one entry "<time> <how many>" per batch, LPUSHed and trimmed to the newest N entries, which
+        hold N starts or more; the key expires a period after the last) and the ids of jobs of
+        max_running tasks dispatched (``running``: ``[(task, [id, ...]), ...]``) or seen finished
+        (``gone``, same shape)."""
+        k, out = self.keys, []
+        for task, count, keep, period in starts:
+            key = k.rate_for(task)
+            out.append(transport.pack("LPUSH", key, b"%.6f %d" % (now, count)))
+            out.append(transport.pack("LTRIM", key, 0, keep - 1))
+            out.append(transport.pack("PEXPIRE", key, int(period * 1000) + 1000))
+        for task, ids in running:
+            out.append(transport.pack("SADD", k.running_for(task), *ids))
+        for task, ids in gone:
+            out.append(transport.pack("SREM", k.running_for(task), *ids))
+        return out
+
+    def limit_state(self, rated, counted):
+        """What a master needs to apply limits it did not apply before: ``{task: [start time, ...]}``
+        for the rate-limited tasks ``rated`` (``{task: N}``: the newest N of its recorded starts), and
+        ``{task: {id: token}}`` for the max_running tasks ``counted``: the jobs of its ``running`` set
+        that ``dispatched`` still holds, with their dispatch tokens (the others leave the set)."""
+        k = self.keys
+        rated, counted = dict(rated), list(counted)
+        if not rated and not counted:
+            return {}, {}
+        pipe = self.client.pipeline(transaction=False)
+        for task, keep in rated.items():
+            pipe.lrange(k.rate_for(task), 0, keep - 1)
+        for task in counted:
+            pipe.smembers(k.running_for(task))
+        replies = pipe.execute()
+        starts = {task: _start_times(entries, rated[task]) for task, entries in zip(rated, replies)}
+        members = {task: sorted(m.decode() for m in ids) for task, ids in zip(counted, replies[len(rated):])}
+        everyone = [job_id for ids in members.values() for job_id in ids]
+        records = dict(zip(everyone, self.client.hmget(k.dispatched, everyone))) if everyone else {}
+        inherited, stale = {}, []
+        for task, ids in members.items():
+            inherited[task] = {}
+            for job_id in ids:
+                record = records.get(job_id)
+                if record:
+                    inherited[task][job_id] = record.split(b" ", 1)[0].decode()
+                else:
+                    stale.append((task, job_id))
+        if stale:
+            pipe = self.client.pipeline(transaction=False)
+            for task, job_id in stale:
+                pipe.srem(k.running_for(task), job_id)
+            pipe.execute()
+        return starts, inherited
+
     # -- worker side ---------------------------------------------------------------------------
 
     def finish(self, results, announce=True, retries=(), trusted=False):
@@ -264,14 +422,15 @@ class Store:
         """
         k = self.keys
         args = [k.result_prefix, self.result_ttl, k.result_channel if announce else "", len(results),
-                "1" if trusted else "0", self._publish_command]
+                "1" if trusted else "0", self._publish_command, k.workflow_prefix, k.wakeup_channel]
         for o in results:
             args += (o.id, o.status, o.payload, o.reply or "", o.token or "", _frames(o))
         for o in retries:
             args += (o.id, o.status, o.payload, o.reply or "", o.token or "", _frames(o), o.task, o.max_retries,
                      o.backoff)
         return self._finish(keys=[k.finished, k.inflight, k.jobs, k.attempts, k.retries, k.scheduled,
-                                  k.dispatched, k.done, k.priority, k.unique], args=args)
+                                  k.dispatched, k.done, k.priority, k.unique, k.intake, k.workflow_counts],
+                            args=args)
 
     def promote(self, limit=1000, now=None):
         """Move scheduled jobs that are due (delayed jobs, retries after their backoff) to their intake
@@ -372,7 +531,7 @@ class Store:
         pipe.hgetall(k.finished)
         pipe.zcard(k.scheduled)
         *queued, in_flight, dead, finished, scheduled = pipe.execute()
-        totals = {status: 0 for status in ("ok", "error", "timeout", "cancelled", "dead")}
+        totals = dict.fromkeys(STATUSES, 0)
         totals.update({s.decode(): int(n) for s, n in finished.items()})
         # "retrying" is the older name of "scheduled" (retries waiting for their backoff are scheduled).
         return {"queued": sum(queued), "in_flight": in_flight, "scheduled": scheduled, "retrying": scheduled,
@@ -428,6 +587,23 @@ def _round_up(deadline):
     """A deadline in whole seconds as stored: one second on, so Redis never reaps a job before the
     master's own deadline for it (the caller cut the fraction off)."""
     return deadline + 1
+
+
+def _start_times(entries, most):
+    """The newest ``most`` start times in a rate list's entries ("<time> <how many>", newest first),
+    oldest first. An entry that does not parse is skipped."""
+    times = []
+    for entry in entries:
+        stamp, _, count = entry.partition(b" ")
+        try:
+            at, count = float(stamp), int(count or 1)
+        except ValueError:
+            continue
+        if math.isfinite(at) and count > 0:
+            times.extend([at] * min(count, most - len(times)))
+        if len(times) >= most:
+            break
+    return sorted(times)
 
 
 def _load_json(data):

@@ -16,6 +16,15 @@ Greenlets, each with one job (watched by ``loops.Loops``: one that dies stops th
 Every result carries its dispatch's token (``protocol.py``), and only the dispatch in flight is
 recorded: a job a stranger published, or a copy the master already sent elsewhere, runs to no effect.
 
+Cancels (``lua/cancel.lua``) are recorded in Redis before any worker hears of them. The reader also
+listens on the cancel channel; a notice there is only a cue: the ids it names whose stored result
+says ``cancelled`` are stopped (``runners.stop``: dropped unrun, or interrupted with
+``errors.Cancelled``) and remembered for a while, so that a dispatch of one that comes later (the
+master sent it as the cancel was under way) is dropped unrun; a dispatch that comes while a notice
+naming its job is being checked waits for the answer. A worker never writes a result for a cancelled
+job. A notice lost with a connection is made up for after the reconnect (``_resync``): a job the
+worker holds whose dispatch is no longer in flight (cancelled, or sent elsewhere) is stopped.
+
 Shutdown is two-step (warm, then cold): the first SIGTERM/SIGINT unsubscribes, gives the channels up for
 a successor, hands queued jobs back, and lets running ones finish for ``grace`` seconds while the worker
 goes on heartbeating (``draining``), so the master never takes it for dead; a second signal or the end
@@ -27,19 +36,21 @@ import random
 import signal
 import time
 import traceback
+from collections import OrderedDict
 
 import gevent
+import orjson
 from gevent import getcurrent
 from gevent.event import Event
 
 from geventsched import transport
 from geventsched.backoff import Backoff
 from geventsched.deadlines import DeadlineExceeded, Deadlines
-from geventsched.errors import DecodeError
+from geventsched.errors import Cancelled, DecodeError
 from geventsched.hooks import WorkerHooks, guarded
 from geventsched.loops import Loops
 from geventsched.registration import LOST, MOVED, Registration, describe_host
-from geventsched.protocol import DISPATCH_ROOM, FRAMES, Result, error_result, make_codec
+from geventsched.protocol import CANCELLED, DISPATCH_ROOM, FRAMES, Result, error_result, make_codec
 from geventsched.runner import Runners
 from geventsched.store import Outcome, Store
 
@@ -56,6 +67,9 @@ PREFETCH_MULTIPLIER = 4
 RESYNC_SETTLE = 1.0
 #: A failed job is logged, at most this many lines a second (the rest are counted in the next line).
 FAILURE_LOG_RATE = 10
+#: Ids of cancelled jobs remembered (the oldest forgotten first), to drop a dispatch of one that comes
+#: after its cancel: that happens within milliseconds of the cancel, or not at all.
+CANCELLED_MEMORY = 10_000
 
 
 class Worker:
@@ -93,6 +107,12 @@ class Worker:
         self._loops = Loops(f"worker {self.id}", self._on_loop_death)
         self.registration = Registration(self.store, self.id, self.channels, config.heartbeat_ttl, self._heartbeat)
         self._seen = None  # ids received since a reconnect, while a resync is under way
+        self._refs = []  # (id, token) of jobs sent by reference, to read from Redis (the fetcher)
+        self._refs_ready = Event()
+        # Cancel notices are read only where there are records to check them against.
+        self._cancel_channel = self.keys.cancel_channel.encode() if self.recording else None
+        self._cancelled = OrderedDict()  # ids of jobs found cancelled (CANCELLED_MEMORY at most) -> None
+        self._checking = {}  # id named by a notice being checked -> jobs of that id that arrived meanwhile
         self._failures = _RateLimit(FAILURE_LOG_RATE)
         self.started_at = time.time()
 
@@ -107,6 +127,9 @@ class Worker:
         Redis does not answer, keeps trying (a service rides out an outage). Returns False if
         ``request_stop`` came first.
         """
+        # The tasks first: a master that sees this worker's channels finds their limits already there
+        # (again below, in case Redis did not answer yet).
+        self.registration.register_tasks(self.registry)
         if transport.keep_trying(lambda: self.registration.claim(self._stop), self._stop, f"worker {self.id}",
                                  retry_on=transport.ConnectionLost, what="registering") is None:
             return False
@@ -121,6 +144,7 @@ class Worker:
         self.registration.register_tasks(self.registry)
         self._loops.spawn("reader", self._read_loop)
         self._loops.spawn("writer", self._write_loop)
+        self._loops.spawn("fetcher", self._fetch_loop)
         self._loops.spawn("heartbeat", self._heartbeat_loop)
         log.info("worker %s: %d channels subscribed%s, concurrency %d, codec %s", self.id, len(self.channels),
                  " (sharded, Redis Cluster)" if self.keys.cluster else "", self.config.concurrency, self.codec.name)
@@ -131,10 +155,10 @@ class Worker:
     def open(self):
         """Claim the channels and subscribe without starting a loop, to be driven by ``run_once``.
         Returns False if ``request_stop`` came while waiting for a channel."""
+        self.registration.register_tasks(self.registry)  # before the channels: see start()
         if not self.registration.claim(self._stop):
             return False
         self._subscriber = self._subscribe()
-        self.registration.register_tasks(self.registry)
         return True
 
     def run_once(self, timeout=0.0):
@@ -144,6 +168,7 @@ class Worker:
         messages = self._subscriber.read(timeout)
         for channel, data in messages:
             self._accept(channel, data)
+        self._fetch()
         self.runners.wake()
         self.runners.join()
         self._write_pending()
@@ -236,7 +261,10 @@ class Worker:
 
     def _subscribe(self):
         channels = self.registration.owned()
-        subscriber = transport.subscribe(self.client, channels) if channels else _Idle()
+        # With jobs coming, their cancels too (a worker left without a channel gets no new job, and its
+        # running ones lost their dispatch with the channels: see ``_registration_lost``).
+        listen = [*channels, self.keys.cancel_channel] if channels and self.recording else channels
+        subscriber = transport.subscribe(self.client, listen) if channels else _Idle()
         self.hooks.on_subscribed(len(channels))
         return subscriber
 
@@ -264,7 +292,10 @@ class Worker:
             gevent.sleep(0)
 
     def _accept(self, channel, data, seen=None):
-        """Queue the jobs of one dispatch message (one job, or a batch frame)."""
+        """Queue the jobs of one dispatch message (one job, or a batch frame), or act on a cancel notice."""
+        if channel == self._cancel_channel:
+            self._cancel_notice(data)
+            return
         try:
             jobs, refs, errors = self.codec.decode_dispatch(data)
         except DecodeError as exc:
@@ -274,38 +305,56 @@ class Worker:
         if refs:
             if seen is not None:
                 seen.update(job_id for job_id, _ in refs)
-            gevent.spawn(self._fetch, channel, refs)
+            self._refs += refs
+            self._refs_ready.set()
+        held_back = self._cancelled or self._checking
         for job in jobs:
             if seen is not None:
                 seen.add(job.id)
             self.hooks.on_received(job)
+            if held_back and self._held_back(job):
+                continue
             self.runners.put(job)
 
     def _reject(self, channel, exc):
         self.hooks.on_rejected(exc.reason)
         log.warning("rejected a message on %s: %s", channel.decode(errors="replace"), exc)
 
-    def _fetch(self, channel, refs):
-        """Jobs sent by reference: their records, read from Redis in one round trip, then queued. A
-        record that is gone (the job finished, or was cancelled, meanwhile) is skipped; one that cannot
-        be read now comes back at its deadline."""
-        try:
-            records = self.client.hmget(self.keys.jobs, [job_id for job_id, _ in refs])
-        except transport.RedisError as exc:
-            log.warning("worker %s: could not read %d jobs sent by reference (%s); they come back at their "
-                        "deadline", self.id, len(refs), transport.describe(exc))
-            return
-        for (job_id, token), record in zip(refs, records):
-            if record is None:
-                continue
+    def _fetch_loop(self):
+        backoff = Backoff(first=0.1, cap=5.0)
+        while True:
+            self._refs_ready.wait()
+            self._refs_ready.clear()
             try:
-                job = self.codec.job_of_record(record, token)
-            except DecodeError as exc:
-                self._reject(channel, exc)
-                continue
-            self.hooks.on_received(job)
-            self.runners.put(job)
-        self.runners.wake()
+                self._fetch()
+                backoff.reset()
+            except transport.RedisError as exc:
+                log.warning("worker %s: reading %d jobs sent by reference failed (%s), retrying in %.1fs",
+                            self.id, len(self._refs), transport.describe(exc), backoff.delay)
+                self._refs_ready.set()
+                gevent.sleep(backoff.next())
+
+    def _fetch(self):
+        """Jobs sent by reference: their records, read from Redis (one HMGET per thousand), then queued.
+        A record that is gone (the job finished, or was cancelled, meanwhile) is skipped. Raises
+        RedisError with the refs still waiting."""
+        while self._refs:
+            refs = self._refs[:1000]
+            records = self.client.hmget(self.keys.jobs, [job_id for job_id, _ in refs])
+            del self._refs[:len(refs)]
+            for (job_id, token), record in zip(refs, records):
+                if record is None:
+                    continue
+                try:
+                    job = self.codec.job_of_record(record, token)
+                except DecodeError as exc:
+                    self._reject(b"(a job sent by reference)", exc)
+                    continue
+                self.hooks.on_received(job)
+                if (self._cancelled or self._checking) and self._held_back(job):
+                    continue
+                self.runners.put(job)
+            self.runners.wake()
 
     def _reconnect(self, exc):
         log.warning("worker %s: lost the subscriber connection (%s); reconnecting", self.id,
@@ -327,6 +376,9 @@ class Worker:
         their deadline, the jobs the master sent us that never arrived. We read its records of them
         after resubscribing; whatever it published before that has reached us within RESYNC_SETTLE."""
         try:
+            if transport.keep_trying(self._stop_stale, self._stop, f"worker {self.id}",
+                                     what="checking its jobs' dispatches") is None:
+                return
             sent = transport.keep_trying(lambda: self.store.owned_by(self.id), self._stop, f"worker {self.id}")
             if sent is None or self._stop.wait(RESYNC_SETTLE):
                 return
@@ -342,6 +394,106 @@ class Worker:
                         self.id, transport.describe(exc))
         finally:
             self._seen = None
+
+    # -- cancelling ------------------------------------------------------------------------------
+
+    def _cancel_notice(self, data):
+        """A cancel notice (``{"v": 1, "ids": [...]}``, published by ``lua/cancel.lua``): check the ids it
+        names against their stored results, in a greenlet of its own; the reader goes on meanwhile."""
+        try:
+            ids = orjson.loads(data)["ids"]
+            if type(ids) is not list:
+                raise TypeError("ids must be a list")
+        except (ValueError, TypeError, KeyError) as exc:
+            self.hooks.on_rejected("bad_field")
+            log.warning("worker %s: ignored an unreadable cancel notice: %s", self.id, exc)
+            return
+        ids = [job_id for job_id in ids[:CANCELLED_MEMORY] if type(job_id) is str and job_id not in self._cancelled]
+        fresh = [job_id for job_id in dict.fromkeys(ids) if job_id not in self._checking]
+        for job_id in fresh:
+            self._checking[job_id] = []
+        if fresh:
+            gevent.spawn(self._check_cancels, fresh)
+
+    def _held_back(self, job):
+        """Keep a dispatch of a cancelled job from running: dropped if its cancel is known, set aside
+        while a notice naming it is checked. True if it was."""
+        if job.id in self._cancelled:
+            self._release([job])
+            return True
+        waiting = self._checking.get(job.id)
+        if waiting is None:
+            return False
+        waiting.append(job)
+        return True
+
+    def _check_cancels(self, ids):
+        """Stop the jobs of ``ids`` whose stored result says they were cancelled; let the others run."""
+        try:
+            stored = self.store.get_results(ids)
+        except transport.RedisError as exc:
+            log.warning("worker %s: could not check a cancel notice (%s); its jobs run, and their results "
+                        "count only if they were not cancelled", self.id, transport.describe(exc))
+            stored = [None] * len(ids)
+        cancelled = {job_id for job_id, data in zip(ids, stored) if data is not None and self._says_cancelled(data)}
+        for job_id in cancelled:
+            self._cancelled[job_id] = None
+        while len(self._cancelled) > CANCELLED_MEMORY:
+            self._cancelled.popitem(last=False)
+        dropped, resumed = [], []
+        for job_id in ids:
+            (dropped if job_id in cancelled else resumed).extend(self._checking.pop(job_id, ()))
+        if resumed:
+            if self._stopping:
+                self._hand_back(resumed)
+            else:
+                for job in resumed:
+                    self.runners.put(job)
+                self.runners.wake()
+        if cancelled:
+            queued, interrupted = self.runners.stop(lambda job: job.id in cancelled)
+            dropped += queued
+            self._release(dropped + interrupted)
+            log.info("worker %s: cancelled: %d jobs interrupted, %d dropped unrun", self.id, len(interrupted),
+                     len(dropped))
+
+    def _says_cancelled(self, data):
+        try:
+            return self.codec.decode_result(data, None).status == CANCELLED
+        except DecodeError:
+            return False
+
+    def _release(self, jobs):
+        """Give up the dispatch records of cancelled jobs dropped or interrupted here. The cancel removed
+        those it found; a record the master wrote as the cancel ran would stay behind. The job is not
+        queued again: it has its result."""
+        if not jobs:
+            return
+
+        def release():
+            try:
+                self.store.requeue([(job.id, job.token) for job in jobs])
+            except transport.RedisError as exc:
+                log.warning("worker %s: could not clear the dispatch records of %d cancelled jobs: %s", self.id,
+                            len(jobs), transport.describe(exc))
+
+        gevent.spawn(release)
+
+    def _stop_stale(self):
+        """After a reconnect: stop the jobs held here whose dispatch is no longer in flight (cancelled,
+        or re-queued and maybe sent elsewhere), as a cancel notice lost with the connection would have.
+        Their records are read after the jobs were listed, so a job that arrives meanwhile is not taken
+        for one of them. Returns how many were stopped."""
+        held = self.runners.jobs()
+        current = self.store.current([(job.id, job.token) for job in held])
+        stale = {id(job) for job, mine in zip(held, current) if not mine}
+        if not stale:
+            return 0
+        dropped, interrupted = self.runners.stop(lambda job: id(job) in stale)
+        log.warning("worker %s: %d jobs it held lost their dispatch while its connection was down (cancelled, "
+                    "or sent elsewhere): %d interrupted, %d dropped unrun", self.id, len(stale), len(interrupted),
+                    len(dropped))
+        return len(stale)
 
     # -- running ---------------------------------------------------------------------------------
 
@@ -373,6 +525,9 @@ class Worker:
         except DeadlineExceeded:
             armed = None  # it fired: nothing left to disarm
             result = error_result(job, "timeout", "JobTimeout", f"job exceeded its {seconds:g}s time limit")
+        except Cancelled:  # its result, 'cancelled', is recorded already: there is nothing to write
+            self.hooks.on_finished(job, CANCELLED, time.perf_counter() - started)
+            return
         except Exception as exc:
             result = error_result(job, "error", type(exc).__name__, str(exc), traceback.format_exc())
         finally:
@@ -476,9 +631,8 @@ class Worker:
                 else:
                     messages.append((outcome.reply.encode(), outcome.payload))
         encode = self.codec.encode_results
-        if framed:
-            messages.append((channel, encode(framed)))
-        messages += [(reply, encode(payloads)) for reply, payloads in replies.items()]
+        messages += [(channel, frame) for frame in encode(framed)]
+        messages += [(reply, frame) for reply, payloads in replies.items() for frame in encode(payloads)]
         refused = [reply for reply in self._publisher.send(messages) if type(reply) is not int]  # PUBLISH: a count
         if refused:
             log.error("worker %s: Redis refused %d of %d result messages: %s", self.id, len(refused),

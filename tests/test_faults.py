@@ -385,9 +385,12 @@ def test_job_run_twice_is_recorded_and_counted_once(spawn, r, namespace, redis_u
 def test_slow_subscriber_disconnected_by_redis_reconnects_and_lost_jobs_come_back(
         spawn, r, namespace, redis_url, private_redis):
     (worker,) = start_workers(spawn, r, namespace, "1-3")
-    master, mport = start_master(spawn)
-    # The worker's subscriber: the only connection with 3 channels (it subscribes after registering).
-    (sub_id,) = wait_until(lambda: subscribers_with(r, 3), timeout=10, message="the worker to subscribe")
+    # A flow-control window (4 MiB by default) larger than the kernel's socket buffers can absorb
+    # (about as much on loopback), so Redis's own output buffer must grow.
+    master, mport = start_master(spawn, "--max-inflight-bytes", str(16 << 20))
+    # The worker's subscriber: the only connection with 4 channels, its 3 and the cancel channel (it
+    # subscribes after registering).
+    (sub_id,) = wait_until(lambda: subscribers_with(r, 4), timeout=10, message="the worker to subscribe")
     client = client_for(redis_url, namespace)
     big = "x" * 32_000
     n = 300  # ~10 MB: more than the kernel's socket buffers hold, so Redis's output buffer grows
@@ -431,7 +434,7 @@ def test_worker_with_thousands_of_channels_resubscribes_under_load_without_dropp
     wport = free_port()
     (worker,) = start_workers(spawn, r, namespace, f"1-{channels}", extra=("--metrics-port", str(wport)))
     master, mport = start_master(spawn)
-    wait_until(lambda: subscribers_with(r, channels), timeout=10, message="the worker to subscribe")
+    wait_until(lambda: subscribers_with(r, channels + 1), timeout=10, message="the worker to subscribe")  # + cancels
     client = client_for(redis_url, namespace)
     n = 30_000
     handles = client.submit_many([("sleep", (0.1,), {})] * n, reply=False)
@@ -439,7 +442,7 @@ def test_worker_with_thousands_of_channels_resubscribes_under_load_without_dropp
     def idle_subscriber():
         """The worker's subscriber id once Redis holds nothing for it: cut then, what sits in the kernel
         still arrives, so the kill itself loses no message."""
-        mine = [c for c in r.client_list() if int(c.get("sub", 0)) == channels]
+        mine = [c for c in r.client_list() if int(c.get("sub", 0)) == channels + 1]
         return mine and int(mine[0]["omem"]) == 0 and mine[0]["id"]
 
     for done in (3000, 9000, 15000):

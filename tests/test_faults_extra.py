@@ -54,13 +54,13 @@ def test_client_kill_of_the_workers_subscriber_mid_run_every_job_runs_and_finish
         spawn, r, namespace, redis_url, tmp_path):
     log = str(tmp_path / "runs.log")
     wport, mport = free_port(), free_port()
-    # 3 channels: the worker's subscriber is the only connection with sub=3 (the master's has 2: its
-    # result and wake-up channels; a client's has 1, its reply channel).
+    # 3 channels: the worker's subscriber is the only connection with sub=4, its 3 and the cancel channel
+    # (the master's has 2: its result and wake-up channels; a client's has 1, its reply channel).
     worker = spawn("worker", "--channels", "1-3", "--concurrency", "5", "--app", "faults",
                    "--metrics-port", str(wport), "--metrics-addr", "127.0.0.1", cwd=HERE)
     wait_until(workers_registered(r, namespace), timeout=20, message="worker registration")
     spawn("master", "--metrics-port", str(mport), "--metrics-addr", "127.0.0.1")
-    (victim,) = wait_until(lambda: [i for i, n in subscribers(r).items() if n == 3], timeout=10,
+    (victim,) = wait_until(lambda: [i for i, n in subscribers(r).items() if n == 4], timeout=10,
                            message="the worker's subscriber")
     (collector,) = wait_until(lambda: [i for i, n in subscribers(r).items() if n == 2], timeout=20,
                               message="the master's result subscriber")

@@ -57,8 +57,10 @@ def test_a_frame_round_trips_and_old_messages_still_decode():
     single = codec.encode_dispatch(Job("5", "echo", [5]), codec.dispatch_tail("t5"))
     (job,), refs, errors = codec.decode_dispatch(single)
     assert (job.id, job.token, job.framed, refs, errors) == ("5", "t5", False, [], [])
-    results = codec.encode_results([codec.encode_result(Result(str(i), "ok", i)) for i in range(2)])
+    (results,) = codec.encode_results([codec.encode_result(Result(str(i), "ok", i)) for i in range(2)])
     assert [r.value for r in codec.decode_results(results)[0]] == [0, 1]
+    big = [codec.encode_result(Result(str(i), "ok", "x" * 100_000)) for i in range(6)]
+    assert [len(codec.decode_results(frame)[0]) for frame in codec.encode_results(big)] == [2, 2, 2]
 
 
 def test_a_bad_entry_costs_only_itself():

@@ -224,12 +224,12 @@ def test_unknown_tasks_and_bogus_reasons_do_not_grow_the_label_sets():
 
     assert values("geventsched_worker_jobs_received_total", "task") == {*TASKS, "unknown"}
     assert values("geventsched_worker_jobs_finished_total", "task") == {*TASKS, "unknown"}
-    assert values("geventsched_worker_jobs_finished_total", "status") == {"ok", "error", "timeout", "other"}
+    assert values("geventsched_worker_jobs_finished_total", "status") == {"ok", "error", "timeout", "cancelled", "other"}
     assert values("geventsched_worker_job_duration_seconds_count", "task") == {"unknown"}
     assert values("geventsched_worker_messages_rejected_total", "reason") == {*metrics.REJECT_REASONS, "other"}
     assert values("geventsched_worker_reconnects_total", "what") == {"subscriber", "other"}
     assert values("geventsched_master_jobs_submitted_total", "task") == {*TASKS, "unknown"}
-    assert values("geventsched_master_jobs_finished_total", "status") == {"ok", "error", "timeout", "dead", "other"}
+    assert values("geventsched_master_jobs_finished_total", "status") == {"ok", "error", "timeout", "cancelled", "dead", "other"}
     assert values("geventsched_master_job_latency_seconds_count", "task") == {"unknown"}
     assert values("geventsched_master_dispatch_failures_total", "reason") == {"no_subscriber", "redis_error", "other"}
     assert values("geventsched_master_jobs_redispatched_total", "reason") == {*metrics.REDISPATCH_REASONS, "other"}

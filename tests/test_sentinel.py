@@ -222,7 +222,7 @@ def test_jobs_run_through_a_sentinel_url(spawn, r, namespace, redis_url, deploym
     assert [results[h.id].value for h in handles] == list(range(300))
     assert_settled(r, redis_url, namespace, ok=300)
     primary = deployment.node_at(deployment.primary())
-    assert len(subscribers(primary, 4)) == 1  # the worker's subscriber, on the primary
+    assert len(subscribers(primary, 5)) == 1  # the worker's subscriber (4 channels and cancels), on the primary
 
 
 def test_a_node_of_two_processes_runs_through_a_sentinel_url(spawn, r, namespace, redis_url):
@@ -315,7 +315,7 @@ def test_failover_mid_run_loses_no_job(spawn, r, namespace, redis_url, deploymen
     assert all(data is not None for data in stored)
     # Both processes went on with the new primary (the master dispatched the rest of the jobs there),
     # and neither restarted: the worker's subscriber moved over.
-    wait_until(lambda: len(subscribers(new, 4)) == 1, timeout=20, message="the worker's subscriber on the new primary")
+    wait_until(lambda: len(subscribers(new, 5)) == 1, timeout=20, message="the worker's subscriber on the new primary")
     assert worker.process.poll() is None and master.process.poll() is None, worker.output() + master.output()
     assert "resubscribed 4 channels" in worker.output()
 
@@ -343,5 +343,5 @@ def test_primary_kill9_mid_run(spawn, r, namespace, redis_url, deployment):
     all_results(client, handles + more, timeout=DEADLINE_GUARD)
     client.close()
     assert_settled(r, redis_url, namespace, ok=1100)
-    wait_until(lambda: len(subscribers(new, 4)) == 1, timeout=20, message="the worker's subscriber on the new primary")
+    wait_until(lambda: len(subscribers(new, 5)) == 1, timeout=20, message="the worker's subscriber on the new primary")
     assert worker.process.poll() is None and master.process.poll() is None, worker.output() + master.output()

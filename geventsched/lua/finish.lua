@@ -10,12 +10,16 @@
 -- KEYS[8] done        list of finished ids, oldest first (the index of finished jobs)
 -- KEYS[9] priority    hash id -> priority above 0
 -- KEYS[10] unique     hash unique key -> id of the job holding it
+-- KEYS[11] intake     the priority-0 intake list (priority p's is KEYS[11] .. ':' .. p): released steps
+-- KEYS[12] wfcounts   hash outcome -> workflows
 -- ARGV[1] result_prefix   result:<id> keys
 -- ARGV[2] ttl             seconds a result is kept
 -- ARGV[3] result_channel  '' = do not announce to the master
 -- ARGV[4] F               how many final results follow
 -- ARGV[5] trusted         '1': the master records results of jobs it holds itself; no token check
 -- ARGV[6] publish         'PUBLISH', or 'SPUBLISH' on a cluster (our channels share our keys' slot)
+-- ARGV[7] workflow_prefix wf:<wid> keys (workflow.lua, put in front of this script)
+-- ARGV[8] wakeup          the master's wake-up channel, told when a workflow step is released
 -- then id, status, payload, reply, token, frames for each of the F results,
 -- then id, status, payload, reply, token, frames, task, max_retries, backoff for each failure that
 -- may retry; frames: 'R' = announce it to the master in the batch's result frame, 'C' = to its client
@@ -27,31 +31,45 @@
 -- ``"worker"``, the worker it was dispatched to) added, so a finished job can still be looked up
 -- whole (a record over 64 KiB is replaced by ``{"omitted": its size}``). Announcements carry the
 -- result alone.
+-- A result of a workflow's step (its record ends with "wf" and "ws") moves its workflow on, in
+-- this same call: the next step is queued, or the workflow fails (workflow.lua).
 -- Returns how many results were new.
 local prefix, ttl, channel, finals = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local trusted = ARGV[5] == '1'
 local publish = ARGV[6]
-local recorded, counts, uniques = {}, {}, {}
-local result_frame, reply_frames = {}, {}
+local recorded, counts, uniques, steps = {}, {}, {}, {}
+WF.jobs, WF.priority, WF.intake, WF.counts = KEYS[3], KEYS[9], KEYS[11], KEYS[12]
+WF.result_prefix, WF.ttl, WF.publish, WF.prefix, WF.wakeup = prefix, ttl, publish, ARGV[7], ARGV[8]
+-- Frames being filled, per channel: {payloads, bytes}. A frame goes out before it passes FRAME_BYTES
+-- (a single large result goes alone), so no frame outgrows what a reader takes in one message.
+local FRAME_BYTES = 262144  -- protocol.FRAME_BYTES
+local frames_of = {}
+local function flush(to)
+  local frame = frames_of[to]
+  if frame and #frame[1] > 0 then
+    redis.call(publish, to, '{"v":2,"results":[' .. table.concat(frame[1], ',') .. ']}')
+    frames_of[to] = nil
+  end
+end
+local function add(to, payload)
+  local frame = frames_of[to]
+  if frame and frame[2] + #payload > FRAME_BYTES then
+    flush(to)
+    frame = nil
+  end
+  if not frame then
+    frame = {{}, 0}
+    frames_of[to] = frame
+  end
+  frame[1][#frame[1] + 1] = payload
+  frame[2] = frame[2] + #payload + 1
+end
 local function announce(reply, payload, frames)
   if reply ~= '' then
-    if string.find(frames, 'C', 1, true) then
-      local frame = reply_frames[reply]
-      if not frame then
-        frame = {}
-        reply_frames[reply] = frame
-      end
-      frame[#frame + 1] = payload
-    else
-      redis.call(publish, reply, payload)
-    end
+    if string.find(frames, 'C', 1, true) then add(reply, payload) else redis.call(publish, reply, payload) end
   end
   if channel ~= '' then
-    if string.find(frames, 'R', 1, true) then
-      result_frame[#result_frame + 1] = payload
-    else
-      redis.call(publish, channel, payload)
-    end
+    if string.find(frames, 'R', 1, true) then add(channel, payload) else redis.call(publish, channel, payload) end
   end
 end
 local function stored(payload, body, dispatch)
@@ -68,20 +86,24 @@ local function record(id, status, payload, reply, frames, body, dispatch)
   if redis.call('SET', prefix .. id, stored(payload, body, dispatch), 'NX', 'EX', ttl) then
     recorded[#recorded + 1] = id
     counts[status] = (counts[status] or 0) + 1
-    if body and string.find(body, '"uniq":', 1, true) then uniques[#uniques + 1] = body end
+    if body then
+      if string.find(body, '"uniq":', 1, true) then uniques[#uniques + 1] = body end
+      local wid, node = wf_of(body)
+      if wid then steps[#steps + 1] = {wid, node, id, status, payload} end
+    end
     announce(reply, payload, frames)
   end
 end
-local last = 6 + finals * 6
+local last = 8 + finals * 6
 local dispatches, bodies = {}, {}
 if finals > 0 then  -- one HMGET each for every final result, not one HGET per job
   local ids = {}
-  for i = 7, last, 6 do ids[#ids + 1] = ARGV[i] end
+  for i = 9, last, 6 do ids[#ids + 1] = ARGV[i] end
   dispatches = redis.call('HMGET', KEYS[7], unpack(ids))
   bodies = redis.call('HMGET', KEYS[3], unpack(ids))
 end
 local n = 0
-for i = 7, last, 6 do
+for i = 9, last, 6 do
   n = n + 1
   local token, dispatch = ARGV[i + 4], dispatches[n]
   if trusted or (dispatch and string.sub(dispatch, 1, #token + 1) == token .. ' ') then
@@ -131,10 +153,7 @@ for _, body in ipairs(uniques) do
   end
 end
 for status, n in pairs(counts) do redis.call('HINCRBY', KEYS[1], status, n) end
-if #result_frame > 0 then
-  redis.call(publish, channel, '{"v":2,"results":[' .. table.concat(result_frame, ',') .. ']}')
-end
-for reply, frame in pairs(reply_frames) do
-  redis.call(publish, reply, '{"v":2,"results":[' .. table.concat(frame, ',') .. ']}')
-end
+for _, step in ipairs(steps) do wf_guarded_step(unpack(step)) end
+wf_flush()
+for to in pairs(frames_of) do flush(to) end
 return #recorded
