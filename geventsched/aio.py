@@ -38,11 +38,11 @@ from redis import exceptions as rexc
 from geventsched import submission
 from geventsched.aioreplies import Replies, settle
 from geventsched.client import ID_BLOCK, Spec
-from geventsched.config import DEFAULT_MAX_PAYLOAD
+from geventsched.config import DEFAULT_MAX_PAYLOAD, DEFAULT_RESULT_TTL
 from geventsched.errors import ConfigError, JobFailed, RedisUnavailable
 from geventsched.keys import Keys
 from geventsched.protocol import JsonCodec, Result
-from geventsched.store import lua_script
+from geventsched.store import WORKFLOW_SCRIPTS, lua_script
 from geventsched.transport import COMMAND_TIMEOUT, RedisError, describe, redact
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,9 @@ _OPTIONS = dict(protocol=2, socket_connect_timeout=5, socket_timeout=COMMAND_TIM
 _SENTINEL_SCHEMES = ("redis+sentinel://", "rediss+sentinel://")
 #: Jobs sent in one transaction at most; more waiting submits go in the next one.
 FLUSH_LIMIT = 10_000
+#: Ids per call of the cancel script, as ``Store.cancel`` (a call that looks far down a long intake
+#: holds Redis for a while).
+CANCEL_BATCH = 200
 
 
 class AsyncJobHandle:
@@ -89,7 +92,8 @@ class AsyncJobHandle:
         return result.value
 
     async def cancel(self) -> str:
-        """Cancel the job: ``"cancelled"``, ``"finished"`` (too late: it has its result) or ``"unknown"``."""
+        """Cancel the job (see ``AsyncClient.cancel``): ``"cancelled"``, ``"finished"`` (it has its result
+        already: nothing changed) or ``"unknown"``."""
         return (await self._client.cancel([self.id]))[self.id]
 
     def __repr__(self) -> str:
@@ -124,7 +128,10 @@ class AsyncClient:
         self.timeout = timeout
         self.max_payload = max_payload
         self.reply_channel = self.keys.reply_channel(os.urandom(8).hex())
-        self._submit_script = redis_client.register_script(lua_script("submit"))
+        self._submit_script = _register(redis_client, "submit")
+        self._cancel_script = _register(redis_client, "cancel")
+        #: Seconds a cancelled job's result is kept (the workers' and the master's default).
+        self.result_ttl = DEFAULT_RESULT_TTL
         self._owns_redis = False
         self._url = ""  # for messages (passwords taken out by describe)
         self._closed = False
@@ -344,9 +351,36 @@ class AsyncClient:
 
     # -- cancel and close --------------------------------------------------------------------------
 
-    async def cancel(self, ids: Iterable[str]) -> dict[str, str]:
-        """Cancel jobs by id: ``{id: "cancelled" | "finished" | "unknown"}``."""
-        raise NotImplementedError("cancelling from the asyncio client needs lua/cancel.lua (not on main yet)")
+    async def cancel(self, jobs: Iterable[str | AsyncJobHandle]) -> dict[str, str]:
+        """Cancel jobs, given by id or handle: ``{id: "cancelled" | "finished" | "unknown"}``, as
+        ``Client.cancel`` does, with the same script (``lua/cancel.lua``).
+
+        A scheduled or queued job never runs; a running one is interrupted (a task in the thread pool
+        runs on, and its result is dropped). Either way its result is status ``cancelled``, which an
+        awaited ``result()`` raises as JobFailed. A job that has its result already, or is dead, is
+        "finished" and stays as it was; one Redis has no record of is "unknown".
+        """
+        ids = list(dict.fromkeys(getattr(job, "id", job) for job in jobs))
+        await self._ready(listen=False)
+        words = {}
+        try:
+            for i in range(0, len(ids), CANCEL_BATCH):
+                chunk = ids[i:i + CANCEL_BATCH]
+                keys, args = self._cancel_call(chunk)
+                replies = await self._cancel_script(keys=keys, args=args)
+                words.update(zip(chunk, (word.decode() for word in replies)))
+        except RedisError as exc:
+            raise RedisUnavailable(self._describe(exc)) from None
+        return words
+
+    def _cancel_call(self, ids):
+        """``(KEYS, ARGV)`` of ``cancel.lua`` for ``ids``, laid out as ``Store.cancel`` lays them out (a
+        test holds the two together)."""
+        k = self.keys
+        return ([k.jobs, k.scheduled, k.inflight, k.dispatched, k.attempts, k.retries, k.finished, k.intake,
+                 k.priority, k.unique, k.done, k.workflow_counts],
+                [k.result_prefix, self.result_ttl, k.result_channel, k.cancel_channel, "PUBLISH", k.workflow_prefix,
+                 k.wakeup_channel, *ids])
 
     async def close(self) -> None:
         """Send the submits already made, stop reading, fail the waits still open (RuntimeError) and
@@ -362,3 +396,11 @@ class AsyncClient:
 
     aclose = close
 
+
+def _register(redis_client, name):
+    """Script ``name`` on ``redis_client``, its source as ``Store`` registers it: the workflow engine in
+    front of the scripts that move workflows on (a Redis script cannot call another)."""
+    source = lua_script(name)
+    if name in WORKFLOW_SCRIPTS:
+        source = lua_script("workflow") + "\n" + source
+    return redis_client.register_script(source)

@@ -16,7 +16,7 @@ import pytest
 from conftest import ROOT, Proc, wait_until, workers_registered
 from geventsched import transport
 from geventsched.keys import Keys
-from geventsched.store import Store
+from geventsched.store import Store, lua_script
 
 ENV = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
@@ -178,6 +178,32 @@ async def main(client):
     assert run_async(body, *fleet) == [{"killed": True}, {"slow": 1.0}, {"after": "after"}]
 
 
+def test_cancel_from_asyncio_in_every_state(fleet):
+    body = """
+async def main(client):
+    later = await client.submit("echo", "never", _delay=60)
+    running = await client.submit("sleep", 60)
+    done = await client.submit("echo", "done")
+    await done.result(timeout=30)
+    waiting = asyncio.ensure_future(running.result(timeout=30))
+    await asyncio.sleep(0.5)  # the sleep runs by now (were it still queued, it would be cancelled all the same)
+    started = time.monotonic()
+    out(words=list((await client.cancel([later, running.id, done, "999999999"])).values()))
+    try:
+        await waiting
+    except JobFailed as exc:
+        out(type=exc.type, status=exc.result.status, told=time.monotonic() - started < 5)
+    try:
+        await later.result(timeout=5)
+    except JobFailed as exc:
+        out(later=exc.result.status)
+    out(again=await running.cancel())
+"""
+    assert run_async(body, *fleet) == [{"words": ["cancelled", "cancelled", "finished", "unknown"]},
+                                       {"type": "Cancelled", "status": "cancelled", "told": True},
+                                       {"later": "cancelled"}, {"again": "finished"}]
+
+
 def test_an_announcement_is_only_believed_for_a_job_redis_has_no_record_of(redis_server, namespace):
     # No master in this namespace: the job stays queued, with its record, and no result.
     body = """
@@ -198,35 +224,44 @@ async def main(client):
 
 
 class ScriptRecorder:
-    """Stands in for redis-py's client only to see what ``Store`` passes to a script: the asyncio
-    client must call the same scripts with the same KEYS and ARGV."""
+    """Stands in for redis-py's client only to see what ``Store`` registers and passes to its scripts:
+    the asyncio client must run the same scripts with the same KEYS and ARGV."""
 
-    def __init__(self):
-        self.calls = {}
-        self.publish = self.spublish = None
+    publish = spublish = None
 
     def register_script(self, text):
-        def call(keys, args):
-            self.calls.setdefault(text, []).append((list(keys), list(args)))
-            return [str(job_id).encode() for job_id in args[3::5]]
-        return call
+        return RecordedScript(text)
+
+
+class RecordedScript:
+    def __init__(self, text):
+        self.text = text
+        self.calls = []
+
+    def __call__(self, keys, args):
+        self.calls.append((list(keys), list(args)))
+        if self.text.endswith(lua_script("cancel")):
+            return [b"unknown"] * (len(args) - 7)
+        return [str(job_id).encode() for job_id in args[3::5]]  # submit.lua: each job's own id
 
 
 def test_the_scripts_get_the_arguments_store_gives_them():
     import redis.asyncio
 
     from geventsched import submission
-    from geventsched.aio import AsyncClient
-    from geventsched.store import lua_script
+    from geventsched.aio import CANCEL_BATCH, AsyncClient
 
-    recorder = ScriptRecorder()
-    store = Store(recorder, Keys("ns"))
+    store = Store(ScriptRecorder(), Keys("ns"))
     client = AsyncClient(redis.asyncio.Redis(protocol=2), "ns")
+    assert client._submit_script.script == store._submit.text and client._cancel_script.script == store._cancel.text
     encoded = [(str(n), b'{"v":1,"id":"%d"}' % n) for n in range(1, 1502)]
     for opts in [submission.options(1000.0, delay=5, priority=3, unique_key="k"),
                  submission.options(1000.0, priority=9)]:
-        recorder.calls.clear()
+        store._submit.calls.clear()
         store.submit_with_options([(job_id, body, opts.priority, opts.due, opts.unique_key)
                                    for job_id, body in encoded])
-        assert [tuple(call) for call in client._submit_calls(encoded, opts)] == [
-            (keys, args) for keys, args in recorder.calls[lua_script("submit")]]
+        assert client._submit_calls(encoded, opts) == store._submit.calls
+    ids = [job_id for job_id, _ in encoded]
+    store.cancel(ids)
+    assert [client._cancel_call(ids[i:i + CANCEL_BATCH]) for i in range(0, len(ids), CANCEL_BATCH)] == \
+        store._cancel.calls
