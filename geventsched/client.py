@@ -30,8 +30,8 @@ from typing import Any
 from geventsched import submission, transport, workflow
 from geventsched.backoff import Backoff
 from geventsched.config import DEFAULT_MAX_PAYLOAD
-from geventsched.errors import DecodeError, JobFailed, JobTooLarge, RedisUnavailable
-from geventsched.protocol import STATUSES, Job, JsonCodec, Result
+from geventsched.errors import DecodeError, JobFailed, RedisUnavailable
+from geventsched.protocol import STATUSES, JsonCodec, Result
 from geventsched.store import Store
 
 #: Job ids are reserved from Redis's counter this many at a time (see ``Client._new_ids``).
@@ -169,21 +169,9 @@ class Client:
         ids = self._new_ids(len(specs))
         timeout = timeout if timeout is not None else self.timeout
         reply_to = self.reply_channel if reply else None
-        encoded, handles = [], []
-        extra = opts.extra()
-        for job_id, (task, args, kwargs) in zip(ids, specs):
-            job = Job(job_id, task, list(args), dict(kwargs), timeout, reply_to, now, key, max_retries,
-                      reply_frames=reply)
-            try:
-                body = self.codec.encode_job(job, extra)
-            except (TypeError, ValueError) as exc:
-                raise TypeError(f"arguments of {task} are not JSON values: {exc}") from None
-            if len(body) > self.max_payload:
-                raise JobTooLarge(f"a job of {task} is {len(body)} bytes, over the max payload of "
-                                  f"{self.max_payload} (--max-payload): nothing was submitted; pass large "
-                                  f"data by reference (a key, a path, a URL)")
-            encoded.append((job_id, body))
-            handles.append(JobHandle(self, job_id, task))
+        encoded = submission.encode_jobs(self.codec, ids, specs, opts, timeout, key, max_retries, reply_to, now,
+                                         self.max_payload)
+        handles = [JobHandle(self, job_id, task) for (job_id, _), (task, _, _) in zip(encoded, specs)]
         if opts.plain:
             self.store.submit(encoded)
             return handles

@@ -1,4 +1,5 @@
-"""What a submit checks and writes, shared by the gevent client and the asyncio one. Pure: no Redis.
+"""What a submit checks and writes, shared by the gevent client and the asyncio one. Pure: no Redis,
+no gevent, no asyncio (``aio.py`` imports it in programs that must never import gevent).
 
 Options a job may carry besides its arguments:
 
@@ -18,7 +19,9 @@ import datetime
 import math
 from dataclasses import dataclass
 
+from geventsched.errors import JobTooLarge
 from geventsched.keys import MAX_PRIORITY
+from geventsched.protocol import Job
 
 #: ``at`` may lie this far in the past (clocks of different machines differ a little); further back
 #: it is refused as a mistake.
@@ -101,3 +104,43 @@ def parse_time(value):
 
 def _iso(seconds):
     return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def encode_jobs(codec, ids, specs, opts, timeout, key, max_retries, reply, now, max_payload):
+    """``[(id, record), ...]``: the stored record of each job of ``specs`` (``[(task, args, kwargs),
+    ...]``), with the fields of ``opts`` (an ``Options``). Raises TypeError for a task name that is not
+    a string (ValueError: an empty one) or arguments that are not JSON values, and JobTooLarge for a
+    record over ``max_payload`` bytes (which no worker takes), naming the task: then nothing of the
+    submit may be sent. A ``timeout`` or ``max_retries`` that no worker would take is a ValueError."""
+    _check_limits(timeout, max_retries)
+    extra = opts.extra()
+    encoded = []
+    for job_id, (task, args, kwargs) in zip(ids, specs):
+        if not isinstance(task, str):
+            raise TypeError(f"a task is named by a string, not {type(task).__name__}")
+        if not task:
+            raise ValueError("a task name must not be empty")
+        # Both clients read reply frames (``protocol``): a job that wants a reply says so.
+        job = Job(job_id, task, list(args), dict(kwargs), timeout, reply, now, key, max_retries,
+                  reply_frames=reply is not None)
+        try:
+            body = codec.encode_job(job, extra)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"arguments of {task} are not JSON values: {exc}") from None
+        if len(body) > max_payload:
+            raise JobTooLarge(f"a job of {task} is {len(body)} bytes, over the max payload of {max_payload} "
+                              f"(--max-payload): nothing was submitted; pass large data by reference (a key, "
+                              f"a path, a URL)")
+        encoded.append((job_id, body))
+    return encoded
+
+
+def _check_limits(timeout, max_retries):
+    """The bounds a worker checks a job's ``timeout`` and ``max_retries`` against (``protocol``), checked
+    before submitting: a job out of them would only fail once dispatched."""
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                or not 0 < timeout < 10**9):
+        raise ValueError(f"a job's timeout must be a number of seconds above 0, not {timeout!r}")
+    if max_retries is not None and (isinstance(max_retries, bool) or not isinstance(max_retries, int)
+                                    or not 0 <= max_retries <= 1000):
+        raise ValueError(f"max_retries must be a whole number from 0 to 1000, not {max_retries!r}")
