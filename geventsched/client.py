@@ -31,7 +31,7 @@ from geventsched import submission, transport, workflow
 from geventsched.backoff import Backoff
 from geventsched.config import DEFAULT_MAX_PAYLOAD
 from geventsched.errors import DecodeError, JobFailed, RedisUnavailable
-from geventsched.protocol import STATUSES, JsonCodec, Result
+from geventsched.protocol import CANCELLED, JsonCodec, Result
 from geventsched.store import Store
 
 #: Job ids are reserved from Redis's counter this many at a time (see ``Client._new_ids``).
@@ -209,13 +209,10 @@ class Client:
 
     def cancel_workflow(self, workflow_id: str) -> str:
         """End a running workflow as cancelled: "cancelled", "finished" (it had ended) or "unknown".
-        Its steps already queued or running are cancelled too where the store can (``Store.cancel``);
-        otherwise they run to the end and their results are ignored."""
-        status = "cancelled" if "cancelled" in STATUSES else "error"
-        word, running = self.store.cancel_workflow(workflow_id, status)
-        cancel = getattr(self.store, "cancel", None)
-        if running and cancel is not None:
-            cancel(running)
+        Its steps already queued or running are cancelled too (``cancel``)."""
+        word, running = self.store.cancel_workflow(workflow_id, CANCELLED)
+        if running:
+            self.store.cancel(running)
         return word
 
     def _new_ids(self, count):

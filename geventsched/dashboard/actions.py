@@ -7,6 +7,7 @@ races the master or a second click changes nothing twice.
 from importlib import resources
 
 from geventsched.keys import MAX_PRIORITY
+from geventsched.schedules import Scheduler
 
 
 def _script(name):
@@ -19,11 +20,6 @@ class Actions:
     def __init__(self, store):
         self.store = store
         self._dead_letter = store.client.register_script(_script("dead_letter"))
-
-    @property
-    def can_cancel(self):
-        """Cancelling needs ``Store.cancel`` (job control); without it the page offers no button."""
-        return callable(getattr(self.store, "cancel", None))
 
     def requeue(self, ids):
         """Dead letters back to the queue (on their priority's list). Returns how many went."""
@@ -41,16 +37,12 @@ class Actions:
         return self.store.requeue_dead(task or None)
 
     def cancel(self, ids):
-        """``Store.cancel(ids)``, returned as it answers (see ``can_cancel``)."""
+        """``Store.cancel(ids)``, returned as it answers."""
         return self.store.cancel(list(ids))
 
     def remove_schedule(self, name):
-        """Remove schedule ``name``: by the schedule module's own function once there is one, else by
-        deleting its entry in the ``schedules`` hash. Returns whether it was there."""
-        remove = getattr(self.store, "remove_schedule", None)
-        if callable(remove):
-            return bool(remove(name))
-        return bool(self.store.client.hdel(self.store.keys.schedules, name))
+        """Remove schedule ``name`` (``schedules.Scheduler.remove``). Returns whether it was there."""
+        return bool(Scheduler(self.store).remove(name))
 
     def _dead_letters(self, action, ids):
         if not ids:

@@ -163,7 +163,7 @@ class Dashboard:
         return {"csrf": self.guard.csrf_token, "redis_url": self.redis_url, "namespace": self.store.keys.namespace,
                 "here": _drop(request.here, "msg", "n"), "path": request.path,
                 "message": msg.format(n=n, s="" if n == 1 else "s") if msg else None,
-                "live_template": view.live if view else None, "can_cancel": self.actions.can_cancel,
+                "live_template": view.live if view else None,
                 "now": time.time()}
 
     def error_page(self, status, reason, headers=()):
@@ -280,14 +280,7 @@ class Dashboard:
         return "requeued", self.actions.requeue_all(_first(form, "task") or None)
 
     def do_cancel(self, form):
-        if not self.actions.can_cancel:
-            raise NotFound("cancelling jobs is not available in this version")
-        ids = form.get("id", [])
-        answer = self.actions.cancel(ids)
-        if isinstance(answer, int):
-            return "cancelled", answer
-        states = list(answer.values()) if isinstance(answer, dict) else list(answer or [])
-        states = [str(s).rsplit(" ", 1)[-1] for s in states]  # "ID cancelled" lines, or bare states
+        states = list(self.actions.cancel(form.get("id", [])).values())  # {id: cancelled|finished|unknown}
         cancelled = states.count("cancelled")
         if cancelled or not states:
             return "cancelled", cancelled
