@@ -84,24 +84,19 @@ def _whole_number(text):
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
 
 
-def positive_float(text):
+def positive_float(text, zero=False):
+    """A finite number of seconds above 0 (``zero``: or 0)."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    if not (0 <= value if zero else 0 < value) or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be {'a number >= 0' if zero else 'positive'}")
     return value
 
 
 def non_negative_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a number >= 0")
-    return value
+    return positive_float(text, zero=True)
 
 
 def priority(text):

@@ -59,14 +59,7 @@ local function where(id)
   return 'queued'  -- a record on no list: nothing runs it, but it goes all the same
 end
 
-local now
-local function clock()
-  if not now then
-    local t = redis.call('TIME')
-    now = tonumber(t[1]) + tonumber(t[2]) / 1e6
-  end
-  return now
-end
+local clock = wf_clock  -- Redis's clock, read once per call (lua/workflow.lua comes first)
 
 -- The cancel's result: announced as it is, stored with the job's record (and, for a job that was
 -- dispatched, its worker) as finish.lua stores results. It ends at the cancel ("t1"); a job that was

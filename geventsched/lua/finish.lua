@@ -110,14 +110,7 @@ for i = 9, last, 6 do
     record(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 5], bodies[n], dispatch)
   end
 end
-local now
-local function clock()
-  if not now then
-    local t = redis.call('TIME')
-    now = tonumber(t[1]) + tonumber(t[2]) / 1e6
-  end
-  return now
-end
+local clock = wf_clock  -- Redis's clock, read once per call (lua/workflow.lua comes first)
 for i = last + 1, #ARGV, 9 do
   local id, token, frames, task = ARGV[i], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
   local max_retries, backoff = tonumber(ARGV[i + 7]), tonumber(ARGV[i + 8])
