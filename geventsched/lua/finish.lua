@@ -29,8 +29,9 @@
 -- message, or a late copy of a job dispatched again meanwhile, is dropped without a trace.
 -- The stored result keeps the job's record: the result's JSON object with ``"job": <record>`` (and
 -- ``"worker"``, the worker it was dispatched to) added, so a finished job can still be looked up
--- whole (a record over 64 KiB is replaced by ``{"omitted": its size}``). Announcements carry the
--- result alone.
+-- whole (a record over 64 KiB is replaced by ``{"omitted": its size}``; a result over 16 KiB is
+-- stored alone: copying it inside the script cost more than the rest of the call). Announcements
+-- carry the result alone; one over 16 KiB goes in a message of its own, not in a frame.
 -- A result of a workflow's step (its record ends with "wf" and "ws") moves its workflow on, in
 -- this same call: the next step is queued, or the workflow fails (workflow.lua).
 -- Returns how many results were new.
@@ -52,6 +53,7 @@ local function flush(to)
   end
 end
 local function add(to, payload)
+  if #payload > 16384 then return redis.call(publish, to, payload) end  -- alone: copying costs more
   local frame = frames_of[to]
   if frame and frame[2] + #payload > FRAME_BYTES then
     flush(to)
@@ -73,7 +75,7 @@ local function announce(reply, payload, frames)
   end
 end
 local function stored(payload, body, dispatch)
-  if not body or string.byte(payload, -1) ~= 125 then return payload end  -- 125: '}'
+  if not body or #payload > 16384 or string.byte(payload, -1) ~= 125 then return payload end  -- 125: '}'
   if #body > 65536 then body = cjson.encode({omitted = #body}) end  -- a large record is not kept twice
   local extra = ',"job":' .. body
   if dispatch then
