@@ -446,6 +446,8 @@ class Subscriber:
                     self.channels.discard(channel)
                     self.moved.append(channel)
             elif isinstance(reply, hiredis.ReplyError):
+                if self.sharded and str(reply).startswith(SLOT_ERRORS):
+                    raise SlotMoved(f"a slot moved while subscribing its channels ({reply})")
                 raise rexc.ResponseError(str(reply))
             reply = reader.gets()
         return messages
@@ -458,6 +460,14 @@ class Subscriber:
 
 
 PING = b"*1\r\n$4\r\nPING\r\n"
+#: Replies of a cluster node asked for a slot it does not serve (now).
+SLOT_ERRORS = ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN")
+
+
+class SlotMoved(rexc.ConnectionError):
+    """A shard answered a sharded subscribe for a slot it does not serve: the slot map we hold is
+    behind. A lost connection to its callers (they subscribe again from scratch); the sharded
+    subscriber reads the map again first."""
 
 
 class ShardedSubscriber:
@@ -494,7 +504,11 @@ class ShardedSubscriber:
                     self._cluster.nodes_manager.initialize()  # the next try finds the new primaries
                     raise
                 self._shards[name] = shard
-            shard.subscribe(names, batch, timeout)
+            try:
+                shard.subscribe(names, batch, timeout)
+            except SlotMoved:
+                self._cluster.nodes_manager.initialize()
+                raise
             self.channels.update(names)
 
     def read(self, timeout=None):
@@ -520,10 +534,14 @@ class ShardedSubscriber:
             if deadline is not None and time.monotonic() >= deadline:
                 return []
         messages = []
-        for shard in ready:
-            messages += shard.receive(shard._pong_timeout) or []  # readable: returns at once
-            if shard.moved:
-                self._follow(shard)
+        try:
+            for shard in ready:
+                messages += shard.receive(shard._pong_timeout) or []  # readable: returns at once
+                if shard.moved:
+                    self._follow(shard)
+        except SlotMoved:
+            self._cluster.nodes_manager.initialize()
+            raise
         return messages
 
     def _follow(self, shard):

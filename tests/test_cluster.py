@@ -239,3 +239,21 @@ def test_a_dead_primary_fails_only_its_own_messages():
                 assert reply == 0, (name, reply)  # delivered to its shard, where nobody listens now
         publisher.close()
         client.close()
+
+
+def test_a_moved_reply_to_a_sharded_subscribe_is_a_lost_connection_not_a_crash(r):
+    """While a slot moves, the node a channel is subscribed on again may answer MOVED (its view, or
+    ours, of the slot map is behind). The subscriber then reads the map again and says the connection
+    is lost, so the worker subscribes again from scratch, rather than its reader dying of an error."""
+    subscriber = transport.ShardedSubscriber(r)
+    try:
+        subscriber.subscribe(["mine-1"])
+        (shard,) = subscriber._shards.values()
+        elsewhere = next(f"elsewhere-{i}" for i in range(1000)
+                         if r.get_node_from_key(f"elsewhere-{i}").name != r.get_node_from_key("mine-1").name)
+        shard.send_subscribe([elsewhere])  # as a subscribe on a node that no longer owns the slot
+        with pytest.raises(transport.ConnectionLost):
+            for _ in range(50):
+                subscriber.read(0.1)
+    finally:
+        subscriber.close()
