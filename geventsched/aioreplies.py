@@ -1,11 +1,12 @@
 """The reply channel of one asyncio client (``aio.AsyncClient``): the results it awaits, and how they
 come. Imports no gevent.
 
-One subscriber connection per client, read by one background task (the reader). An announcement on
-the channel (one result, or a reply frame of many) is only a cue: the checker then reads the stored
-results of every job announced or newly awaited meanwhile in one MGET and believes those, and only a
-job that has no record at all in Redis (``--durability none``) is answered by its announcement (see
-``client.py``). A job whose announcement goes to another client's channel (the holder of a unique
+One subscriber connection per client, read by one background task (the reader). A reply frame
+signed with this client's secret (``protocol.signed``; the reader keeps the secret in Redis for the
+script that records results) is believed as it is. Any other announcement on the channel is only a
+cue: the checker then reads the stored results of every job announced or newly awaited meanwhile in
+one MGET and believes those, and only a job that has no record at all in Redis (``--durability
+none``) is answered by its announcement (see ``client.py``). A job whose announcement goes to another client's channel (the holder of a unique
 key) has its stored result read now and then instead. After the connection is lost, the reader
 subscribes again and reads the stored results of every job awaited, since those that finished
 meanwhile were announced to nobody.
@@ -15,14 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections import OrderedDict
 
 from redis import exceptions as rexc
 
 from geventsched.backoff import Backoff
-from geventsched.client import HEARD_LIMIT
+from geventsched.client import HEARD_LIMIT, REPLY_KEY_TTL
 from geventsched.errors import DecodeError, RedisUnavailable
-from geventsched.protocol import RETRY
+from geventsched.protocol import RETRY, signed
 from geventsched.transport import COMMAND_TIMEOUT, PING_IDLE, PONG_TIMEOUT, RedisError
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,8 @@ class Replies:
         self._polled = set()
         self._checker = self._poller = self._reader = None
         self._pubsub = None
+        self._secret = os.urandom(16).hex().encode()
+        self._secret_due = 0.0  # loop time to write the secret (again)
         self._listen_lock = asyncio.Lock()
         self._closed = False
         #: The error that keeps us from Redis while the reader reconnects (None while all is well).
@@ -102,8 +106,12 @@ class Replies:
         entry = self._waiting.get(job_id)
         if entry is None:
             entry = self._waiting[job_id] = [asyncio.get_running_loop().create_future(), 0]
-            # Subscribed first (wait() listens first), then read what is stored: a result can't slip between.
-            self._check_later(job_id, self._heard.pop(job_id, None))
+            heard, sure = self._heard.pop(job_id, (None, False))
+            if sure:
+                settle(entry[0], heard)
+            else:
+                # Subscribed first (wait() listens first), then read what is stored: a result can't slip between.
+                self._check_later(job_id, heard)
         if poll:
             self._polled.add(job_id)
             if self._poller is None:
@@ -208,11 +216,22 @@ class Replies:
                     raise rexc.TimeoutError("Redis did not confirm the subscription to the reply channel")
                 message = await pubsub.get_message(timeout=left)
                 if message is not None and message["type"] == "subscribe":
+                    await self._keep_secret()
                     return pubsub
         except BaseException:
             self._pubsub = None
             await _close_quietly(pubsub)
             raise
+
+    async def _keep_secret(self):
+        """Put the secret our reply frames are signed with where the finish script finds it, as the
+        gevent client does (``Client._keep_secret``)."""
+        try:
+            await self.redis.set(self.keys.reply_key_prefix + self.channel, self._secret, ex=REPLY_KEY_TTL)
+        except rexc.ResponseError:  # not allowed: unsigned frames, every result read back
+            self._secret_due = float("inf")
+            return
+        self._secret_due = asyncio.get_running_loop().time() + REPLY_KEY_TTL / 2
 
     async def _read(self, pubsub):
         """The reader: hands each announcement to the checker; when the connection is lost, subscribes
@@ -243,6 +262,8 @@ class Replies:
         loop = asyncio.get_running_loop()
         heard_at, pinged = loop.time(), False
         while True:
+            if heard_at >= self._secret_due:
+                await self._keep_secret()
             message = await pubsub.get_message(timeout=PING_IDLE)
             if message is None:
                 if pinged and loop.time() - heard_at >= PING_IDLE + PONG_TIMEOUT:
@@ -259,20 +280,24 @@ class Replies:
                 self._check_all()
 
     def _announced(self, data):
-        """An announcement (one result, or a reply frame of many) is a cue to read the stored results
-        (see the module docstring)."""
+        """A signed reply frame is believed; any other announcement (one result, or a frame of many)
+        is a cue to read the stored results (see the module docstring)."""
         try:
             results = self.codec.decode_results(data)[0]
         except DecodeError:
             return
+        sure = signed(data, self._secret)
         heard = self._heard
         for result in results:
             if result.status == RETRY:
                 continue
             if result.id in self._waiting:
-                self._check_later(result.id, result)
-            else:  # nobody waits for it yet: kept (bounded) for a wait to come, which checks it as any other
-                heard[result.id] = result
+                if sure:
+                    self._resolve(result.id, result)
+                else:
+                    self._check_later(result.id, result)
+            elif sure or result.id not in heard:  # kept (bounded) for a wait to come; a signed one stays
+                heard[result.id] = (result, sure)
         while len(heard) > HEARD_LIMIT:
             heard.popitem(last=False)
 

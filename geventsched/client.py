@@ -13,10 +13,12 @@ A job is in Redis (hash + intake list) before ``submit`` returns; the master nee
 process, or at all yet. Results are stored with a TTL and also announced on this client's reply
 channel, so waiting works whether the result came before or after the wait began.
 
-An announcement is only a cue: the client reads the stored result and believes that, so a message
+A reply frame signed with this client's secret (``protocol.signed``; the secret waits in Redis for
+the script that records results, and never travels in a message) is believed as it is. Any other
+announcement is only a cue: the client reads the stored result and believes that, so a message
 someone else publishes on the reply channel (its name travels in every job) cannot pass for a
 result. Only a job with no record at all in Redis (``--durability none``, fire-and-forget) is
-answered by its announcement, which is then all there is.
+answered by an unsigned announcement, which is then all there is.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from geventsched import submission, transport, workflow
 from geventsched.backoff import Backoff
 from geventsched.config import DEFAULT_MAX_PAYLOAD
 from geventsched.errors import DecodeError, JobFailed, RedisUnavailable
-from geventsched.protocol import CANCELLED, JsonCodec, Result
+from geventsched.protocol import CANCELLED, JsonCodec, Result, signed
 from geventsched.store import Store
 
 #: Job ids are reserved from Redis's counter this many at a time (see ``Client._new_ids``).
@@ -39,6 +41,9 @@ ID_BLOCK = 100
 #: Announcements read ahead of a wait and kept for it, at most; the oldest go first (their results
 #: stay in Redis until their TTL).
 HEARD_LIMIT = 100_000
+#: Seconds the secret that signs this client's reply frames is kept in Redis; written again after
+#: half of that, and after every new subscription (Redis may have restarted without it meanwhile).
+REPLY_KEY_TTL = 24 * 3600
 #: One job to submit: ``(task name, positional arguments, keyword arguments)``, all JSON values.
 Spec = tuple[str, Sequence[Any], dict[str, Any]]
 
@@ -122,6 +127,8 @@ class Client:
         self.max_payload = max_payload
         self.timeout = timeout
         self.reply_channel = self.keys.reply_channel(os.urandom(8).hex())
+        self._secret = os.urandom(16).hex().encode()
+        self._secret_due = 0.0  # monotonic time to write the secret (again)
         self._subscriber = None
         self._results = {}  # results that came in for jobs nobody has waited for yet
         self._heard = OrderedDict()  # job id -> announced Result read ahead of any wait for it
@@ -244,8 +251,10 @@ class Client:
                 if not messages:
                     return
                 for _, data in messages:
-                    for result in self._decode(data):
-                        heard[result.id] = result
+                    results, sure = self._decode(data)
+                    for result in results:
+                        if sure or result.id not in heard:  # a signed result is never replaced
+                            heard[result.id] = (result, sure)
                     while len(heard) > HEARD_LIMIT:
                         heard.popitem(last=False)
         except transport.ConnectionLost:
@@ -257,7 +266,8 @@ class Client:
         deadline = None if timeout is None else time.monotonic() + timeout
         early = [self._heard.pop(job_id) for job_id in sorted(want) if job_id in self._heard]
         if early:
-            self._heard_of(early, want)
+            self._heard_of([result for result, sure in early if sure], True, want)
+            self._heard_of([result for result, sure in early if not sure], False, want)
             if not want:
                 return
         try:
@@ -276,7 +286,14 @@ class Client:
                 self._relisten(want, deadline)
                 continue
             if messages:
-                self._heard_of([result for _, data in messages for result in self._decode(data)], want)
+                unsigned = []
+                for _, data in messages:
+                    results, sure = self._decode(data)
+                    if sure:
+                        self._heard_of(results, True, want)
+                    else:
+                        unsigned += results
+                self._heard_of(unsigned, False, want)  # one read of what is stored, for all of them
 
     def _relisten(self, want, deadline):
         """Redis went away while we waited: listen again, then read what was stored meanwhile.
@@ -300,6 +317,19 @@ class Client:
     def _listen(self):
         if self._subscriber is None:
             self._subscriber = transport.subscribe(self.redis, [self.reply_channel])
+            self._secret_due = 0.0
+        if time.monotonic() >= self._secret_due:
+            self._keep_secret()
+
+    def _keep_secret(self):
+        """Put the secret our reply frames are signed with where the finish script finds it. A user
+        not allowed to write it gets unsigned frames, and reads every result back as before."""
+        try:
+            self.redis.set(self.keys.reply_key_prefix + self.reply_channel, self._secret, ex=REPLY_KEY_TTL)
+        except transport.ResponseError:
+            self._secret_due = float("inf")
+            return
+        self._secret_due = time.monotonic() + REPLY_KEY_TTL / 2
 
     def _read_stored(self, want):
         ids = sorted(want)
@@ -308,16 +338,24 @@ class Client:
                 self._keep(data, want)
 
     def _decode(self, data):
-        """The results an announcement (one result, or a reply frame) carries; none if it is unreadable."""
+        """``(results, signed)``: the results an announcement (one result, or a reply frame) carries,
+        none if it is unreadable, and whether it is a frame signed with our secret."""
         try:
-            return self.codec.decode_results(data)[0]
+            return self.codec.decode_results(data)[0], signed(data, self._secret)
         except DecodeError:
-            return ()
+            return (), False
 
-    def _heard_of(self, announced, want):
-        """Announced results: keep the stored result of each job we wait for (see the module
-        docstring), or the announcement itself for a job that has no record in Redis."""
+    def _heard_of(self, announced, sure, want):
+        """Announced results: those of a signed frame (``sure``) as they are; else the stored result
+        of each job we wait for (see the module docstring), or the announcement itself for a job
+        that has no record in Redis."""
         # Results of jobs nobody waits for are not kept: they stay in Redis until their TTL.
+        if sure:
+            for result in announced:
+                if result.id in want:
+                    self._results[result.id] = result
+                    want.discard(result.id)
+            return
         heard = {result.id: result for result in announced if result.id in want}
         if not heard:
             return

@@ -30,6 +30,8 @@ Keys:
     geventsched:scheduled         zset  id -> when a delayed job is due, or a failed one runs again (backoff)
     geventsched:dead              list  ids of dead-lettered jobs
     geventsched:result:<id>       string, encoded result, with a TTL
+    geventsched:replykey:<reply channel>  string, the secret a client's reply frames are signed with
+                                  (``protocol.reply_mac``), with a TTL the client renews
     geventsched:finished          hash  status -> count of jobs finished (each job once)
     geventsched:done              list  ids of finished jobs, oldest first, while their results are kept
     geventsched:held              set   names of tasks that have a held list (``limits.py``)
@@ -101,6 +103,8 @@ class Keys:
         self.schedules, self.fire_prefix = own + "schedules", own + "fire:"
         #: Workflow keys (``lua/workflow.lua`` builds the same names from this prefix).
         self.workflow_prefix = own + "wf:"
+        #: ``reply_key_prefix + reply channel``: the secret that signs that client's reply frames.
+        self.reply_key_prefix = own + "replykey:"
         self.workflow_counts = own + "wfcounts"
         self.held = own + "held"
         self.held_prefix = own + "held:"

@@ -29,12 +29,24 @@ master sends frames only to workers that list 2; a worker answers in a result fr
 that came in one (their master reads frames), and a client that reads reply frames says so in its
 jobs (``"rf": 2``). Version-1 messages are read by every side, always.
 
+A reply frame for a client that keeps a secret in Redis (``replykey:<its reply channel>``) is
+signed by the script that records its results::
+
+    reply:    {"v": 2, "results": [<result>, ...], "mac": "<40 hex digits>"}
+
+with ``mac = sha1(secret + results + secret)`` over the bytes between the brackets (``reply_mac``).
+The secret never travels in a message, so a stranger who can publish on the reply channel, or read
+every dispatch, cannot sign: the client believes a signed frame as it is (``signed``) and reads the
+stored result back only for what came unsigned.
+
 The ``raw`` codec speaks the original design's protocol: a dispatch message is the bare job id, and
 the worker publishes the same bytes back as the result.
 
 Nothing here ever unpickles: decoding only builds plain JSON values.
 """
 
+import hashlib
+import hmac
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -52,6 +64,8 @@ REF_THRESHOLD = 64 * 1024
 #: A result frame goes out before it grows past this (a single larger result goes alone); the finish
 #: script has the same figure.
 FRAME_BYTES = 256 * 1024
+_RESULTS_HEAD = b'{"v":2,"results":['
+_MAC_HEAD = b'],"mac":"'  # then 40 hex digits and '"}'
 #: A cancelled job's result: recorded by the cancel itself (``lua/cancel.lua``), never by a worker.
 CANCELLED = "cancelled"
 STATUSES = ("ok", "error", "timeout", CANCELLED, "dead")
@@ -306,6 +320,23 @@ class JsonCodec:
             raise DecodeError("bad_version", f"version {version!r}, this side reads "
                                              f"{'/'.join(map(str, versions))}")
         return doc
+
+
+def reply_mac(secret, results):
+    """The MAC of a reply frame's ``results`` (the bytes between its brackets) under ``secret``
+    (bytes): what ``lua/finish.lua`` computes with ``redis.sha1hex``. The secret on both sides
+    keeps a length extension from forging one."""
+    return hashlib.sha1(secret + results + secret).hexdigest()
+
+
+def signed(data, secret):
+    """True when ``data`` is a reply frame signed with ``secret`` (bytes): its results are then the
+    recorded ones, exactly as the script that recorded them announced them."""
+    if len(data) < len(_RESULTS_HEAD) + 51 or not data.startswith(_RESULTS_HEAD) \
+            or data[-51:-42] != _MAC_HEAD or data[-2:] != b'"}':
+        return False
+    mac = reply_mac(secret, data[len(_RESULTS_HEAD):-51]).encode()
+    return hmac.compare_digest(mac, data[-42:-2])
 
 
 def _job(doc, token, payload, framed=False):

@@ -422,7 +422,8 @@ class Store:
         """
         k = self.keys
         args = [k.result_prefix, self.result_ttl, k.result_channel if announce else "", len(results),
-                "1" if trusted else "0", self._publish_command, k.workflow_prefix, k.wakeup_channel]
+                "1" if trusted else "0", self._publish_command, k.workflow_prefix, k.wakeup_channel,
+                k.reply_key_prefix]
         for o in results:
             args += (o.id, o.status, o.payload, o.reply or "", o.token or "", _frames(o))
         for o in retries:

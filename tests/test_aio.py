@@ -223,6 +223,28 @@ async def main(client):
     assert run_async(body, redis_server, namespace) == [{"queued": True}, {"unrecorded": "forged"}]
 
 
+def test_a_signed_reply_frame_is_believed_as_it_is_and_a_forged_one_is_not(redis_server, namespace):
+    # No master: the jobs stay queued, recorded and without a result, so only a signed frame answers.
+    body = """
+from geventsched.protocol import reply_mac
+
+async def main(client):
+    def frame(job_id, value, secret=None):
+        results = json.dumps({"v": 1, "id": job_id, "task": "echo", "status": "ok", "value": value}).encode()
+        mac = b',"mac":"' + reply_mac(secret, results).encode() + b'"' if secret else b""
+        return b'{"v":2,"results":[' + results + b']' + mac + b'}'
+    believed, forged = await client.submit("echo", "a"), await client.submit("echo", "b")
+    secret = await client.redis.get(client.keys.reply_key_prefix + client.reply_channel)
+    out(kept=secret is not None and await client.redis.ttl(client.keys.reply_key_prefix + client.reply_channel) > 3600)
+    for data in (frame(forged.id, "wrong key", b"f" * 32), frame(forged.id, "no mac"),
+                 frame(believed.id, "signed", secret)):
+        await client.redis.publish(client.reply_channel, data)
+    out(believed=await believed.result(timeout=5))
+    out(forged=(await client.wait([forged], timeout=1.0)).get(forged.id) is None)
+"""
+    assert run_async(body, redis_server, namespace) == [{"kept": True}, {"believed": "signed"}, {"forged": True}]
+
+
 class ScriptRecorder:
     """Stands in for redis-py's client only to see what ``Store`` registers and passes to its scripts:
     the asyncio client must run the same scripts with the same KEYS and ARGV."""

@@ -16,6 +16,7 @@ from geventsched.config import MasterConfig, WorkerConfig
 from geventsched.hooks import MasterHooks, WorkerHooks
 from geventsched.keys import Keys
 from geventsched.master import Master
+from geventsched.protocol import reply_mac, signed
 from geventsched.registry import App
 from geventsched.worker import Worker
 
@@ -195,6 +196,53 @@ def test_a_waiting_client_trusts_the_stored_result_not_its_reply_channel(system)
     forged = json.dumps({"v": 1, "id": handle.id, "task": "hard.count", "status": "ok", "value": "forged"})
     system.redis.publish(client.reply_channel, forged)
     assert handle.result(10) == "real"
+
+
+def _reply_frame(*results, secret=None):
+    body = ",".join(json.dumps(result, separators=(",", ":")) for result in results).encode()
+    if secret is None:
+        return b'{"v":2,"results":[' + body + b']}'
+    return b'{"v":2,"results":[' + body + b'],"mac":"' + reply_mac(secret, body).encode() + b'"}'
+
+
+def test_the_finish_script_signs_reply_frames_with_the_secret_the_client_keeps_in_redis(system):
+    system.worker()
+    system.master()
+    client = system.client()
+    client.submit("hard.count", "warm").result(10)  # the client has subscribed and written its secret
+    spy = transport.subscribe(system.redis, [client.reply_channel])
+    try:
+        assert client.submit("hard.count", "real").result(10) == "real"
+        frames = [data for _, data in spy.read(5)]
+    finally:
+        spy.close()
+    assert frames and all(signed(data, client._secret) for data in frames)
+    assert not signed(frames[0], b"0" * 32)  # another client's secret does not verify them
+    secret_key = system.keys.reply_key_prefix + client.reply_channel
+    assert system.redis.get(secret_key) == client._secret and system.redis.ttl(secret_key) > 3600
+    # The secret never travels: not in a job record, so not in any dispatch message either.
+    handle = client.submit("hard.count", "queued", 0.5)
+    assert client._secret not in system.redis.hget(system.keys.jobs, handle.id)
+    handle.result(10)
+
+
+def test_a_signed_reply_frame_is_believed_as_it_is_and_a_forged_one_is_not(system):
+    client = system.client()  # no master: the jobs stay queued, recorded and without a result
+    believed, forged = client.submit("hard.count", "a"), client.submit("hard.count", "b")
+
+    def result_of(handle, value):
+        return {"v": 1, "id": handle.id, "task": "hard.count", "status": "ok", "value": value}
+
+    frames = [_reply_frame(result_of(believed, "signed"), secret=client._secret),
+              _reply_frame(result_of(forged, "wrong key"), secret=b"f" * 32),
+              _reply_frame(result_of(forged, "no mac"))]
+    tampered = bytearray(_reply_frame(result_of(forged, "tampered"), secret=client._secret))
+    tampered[tampered.index(b"tampered")] = ord("T")  # a genuine frame, changed on the way
+    for frame in [*frames, bytes(tampered)]:
+        system.redis.publish(client.reply_channel, frame)
+    # Not read back from Redis (where the job has no result): believed because it is signed.
+    assert believed.result(5) == "signed"
+    assert forged.wait(1.0) is None
 
 
 def test_forged_results_do_not_free_the_masters_flow_control_slots(system):
@@ -391,8 +439,9 @@ def test_the_master_labels_tasks_it_learnt_from_the_workers_registrations(system
     master = system.master(hooks=hooks)
     hooks.bind(master)
     assert system.client().submit("hard.count", "labelled").result(10) == "labelled"
-    text = generate_latest(registry).decode()
-    assert 'geventsched_master_jobs_finished_total{status="ok",task="hard.count"} 1.0' in text
+    # The client's reply and the master's result frame go out together: either may be read first.
+    counted = 'geventsched_master_jobs_finished_total{status="ok",task="hard.count"} 1.0'
+    wait_until(lambda: counted in generate_latest(registry).decode(), timeout=10, message="the master's count")
 
 
 # -- 15. one full worker does not stall the others ------------------------------------------------------

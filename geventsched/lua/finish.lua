@@ -20,6 +20,8 @@
 -- ARGV[6] publish         'PUBLISH', or 'SPUBLISH' on a cluster (our channels share our keys' slot)
 -- ARGV[7] workflow_prefix wf:<wid> keys (workflow.lua, put in front of this script)
 -- ARGV[8] wakeup          the master's wake-up channel, told when a workflow step is released
+-- ARGV[9] reply_keys      replykey:<channel> keys' prefix: a reply frame for a client that keeps its
+--                         secret there is signed with it ('' = sign nothing; protocol.reply_mac)
 -- then id, status, payload, reply, token, frames for each of the F results,
 -- then id, status, payload, reply, token, frames, task, max_retries, backoff for each failure that
 -- may retry; frames: 'R' = announce it to the master in the batch's result frame, 'C' = to its client
@@ -44,11 +46,28 @@ WF.result_prefix, WF.ttl, WF.publish, WF.prefix, WF.wakeup = prefix, ttl, publis
 -- Frames being filled, per channel: {payloads, bytes}. A frame goes out before it passes FRAME_BYTES
 -- (a single large result goes alone), so no frame outgrows what a reader takes in one message.
 local FRAME_BYTES = 262144  -- protocol.FRAME_BYTES
-local frames_of = {}
+local frames_of, secrets, reply_keys = {}, {}, ARGV[9]
+-- A reply frame ends with a MAC of its results under its client's secret, which only that client
+-- and Redis know: the client then believes the frame as it is, without reading the results back.
+local function secret_of(to)
+  local secret = secrets[to]
+  if secret == nil then
+    secret = to ~= channel and reply_keys ~= '' and redis.pcall('GET', reply_keys .. to)
+    if type(secret) ~= 'string' then secret = false end  -- none (or not ours to read): unsigned
+    secrets[to] = secret
+  end
+  return secret
+end
 local function flush(to)
   local frame = frames_of[to]
   if frame and #frame[1] > 0 then
-    redis.call(publish, to, '{"v":2,"results":[' .. table.concat(frame[1], ',') .. ']}')
+    local results, secret = table.concat(frame[1], ','), secret_of(to)
+    if secret then
+      redis.call(publish, to, '{"v":2,"results":[' .. results .. '],"mac":"'
+        .. redis.sha1hex(secret .. results .. secret) .. '"}')
+    else
+      redis.call(publish, to, '{"v":2,"results":[' .. results .. ']}')
+    end
     frames_of[to] = nil
   end
 end
@@ -96,16 +115,16 @@ local function record(id, status, payload, reply, frames, body, dispatch)
     announce(reply, payload, frames)
   end
 end
-local last = 8 + finals * 6
+local last = 9 + finals * 6
 local dispatches, bodies = {}, {}
 if finals > 0 then  -- one HMGET each for every final result, not one HGET per job
   local ids = {}
-  for i = 9, last, 6 do ids[#ids + 1] = ARGV[i] end
+  for i = 10, last, 6 do ids[#ids + 1] = ARGV[i] end
   dispatches = redis.call('HMGET', KEYS[7], unpack(ids))
   bodies = redis.call('HMGET', KEYS[3], unpack(ids))
 end
 local n = 0
-for i = 9, last, 6 do
+for i = 10, last, 6 do
   n = n + 1
   local token, dispatch = ARGV[i + 4], dispatches[n]
   if trusted or (dispatch and string.sub(dispatch, 1, #token + 1) == token .. ' ') then
