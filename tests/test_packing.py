@@ -43,3 +43,23 @@ def test_store_commands_run_on_redis(r, namespace):
     assert store.current([("1", "tok"), ("2", "tok"), ("1", "other")]) == [True, True, False]
     assert store.owned_by("w1") == {"1": "tok"}
     assert r.hget(store.keys.dispatched, "1") == b"tok 1767225600.250 CHANNEL_DISPATCH_1 w1"
+
+
+def test_a_stored_result_names_its_worker_in_json_whatever_the_name(r, namespace):
+    """The finish script writes the worker's name into the stored result itself: plain names as they
+    are, names with quotes, backslashes or control characters escaped."""
+    import json
+
+    from geventsched.store import Outcome
+
+    store = Store.for_namespace(r, namespace)
+    names = {"1": "w-host-12", "2": 'we"ird\\name\tx', "3": "h\u00f4te-\u2603"}
+    for job_id, worker in names.items():
+        r.hset(store.keys.jobs, job_id, json.dumps({"v": 1, "id": job_id, "task": "t"}))
+        r.hset(store.keys.dispatched, job_id, f"tok{job_id} 1700000000.5 CHANNEL_DISPATCH_1 {worker}")
+    outcomes = [Outcome(job_id, "ok", json.dumps({"v": 1, "id": job_id, "status": "ok", "value": 1}).encode(),
+                        None, f"tok{job_id}") for job_id in names]
+    assert store.finish(outcomes) == 3
+    for job_id, worker in names.items():
+        stored = json.loads(r.get(store.keys.result(job_id)))
+        assert stored["worker"] == worker and stored["job"]["id"] == job_id

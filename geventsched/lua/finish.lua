@@ -96,12 +96,11 @@ end
 local function stored(payload, body, dispatch)
   if not body or #payload > 16384 or string.byte(payload, -1) ~= 125 then return payload end  -- 125: '}'
   if #body > 65536 then body = cjson.encode({omitted = #body}) end  -- a large record is not kept twice
-  local extra = ',"job":' .. body
-  if dispatch then
-    local worker = string.match(dispatch, '^%S+ %S+ %S+ (.+)$')  -- token time channel worker
-    if worker then extra = extra .. ',"worker":' .. cjson.encode(worker) end
-  end
-  return string.sub(payload, 1, -2) .. extra .. '}'
+  local worker = dispatch and string.match(dispatch, '^%S+ %S+ %S+ (.+)$')  -- token time channel worker
+  if not worker then return string.sub(payload, 1, -2) .. ',"job":' .. body .. '}' end
+  -- One concatenation, and cjson only for a name that needs escaping: this runs once per job.
+  if string.find(worker, '[%c"\\]') then worker = cjson.encode(worker) else worker = '"' .. worker .. '"' end
+  return string.sub(payload, 1, -2) .. ',"job":' .. body .. ',"worker":' .. worker .. '}'
 end
 local function record(id, status, payload, reply, frames, body, dispatch)
   if redis.call('SET', prefix .. id, stored(payload, body, dispatch), 'NX', 'EX', ttl) then
