@@ -234,6 +234,9 @@ def build_parser():
                    help="max jobs in flight per channel (default: the worker's capacity over its channels)")
     m.add_argument("--max-attempts", type=positive_int, default=MasterConfig.max_attempts,
                    help="dispatches per job before it is dead")
+    m.add_argument("--deadline-slack", type=non_negative_float, default=MasterConfig.deadline_slack,
+                   metavar="SECONDS", help="how long past a job's time limit the master waits for its result "
+                                           f"before it runs the job again (default {MasterConfig.deadline_slack:g})")
     m.add_argument("--max-inflight-bytes", type=positive_int, default=MasterConfig.max_inflight_bytes,
                    help=f"bytes of jobs in flight per worker (default {mib(MasterConfig.max_inflight_bytes)}; "
                         "keep it under Redis's client-output-buffer-limit pubsub)")
@@ -448,7 +451,7 @@ def cmd_master(args):
 
     config = MasterConfig(channels=args.channels, namespace=args.namespace, codec=args.codec,
                           strategy=args.strategy, prefetch=args.prefetch, max_attempts=args.max_attempts,
-                          durability=args.durability, max_payload=args.max_payload,
+                          deadline_slack=args.deadline_slack, durability=args.durability, max_payload=args.max_payload,
                           max_inflight_bytes=args.max_inflight_bytes)
     registry = default_registry(_app_modules(args))
     client = _connect_role(args)

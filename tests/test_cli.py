@@ -73,6 +73,7 @@ def test_bad_arguments_exit_2_with_one_error_line(args):
 @pytest.mark.parametrize("args, says", [
     (["submit", "echo", "--max-retries", "-1"], "must be 0 or more"),
     (["worker", "--metrics-port", "99999"], "0..65535"),
+    (["master", "--deadline-slack", "-1"], "must be a number >= 0"),
     (["submit", "echo", HUGE], "64"),
     (["submit", "echo", "NaN"], "NaN"),
     (["submit", "echo", "not-json"], """quote strings: '"not-json"'"""),

@@ -19,5 +19,6 @@ def test_worker_options_default_to_worker_config():
 
 def test_master_options_default_to_master_config():
     defaults = _option_defaults("master", MasterConfig)
-    assert {"channels", "strategy", "prefetch", "max_attempts", "max_inflight_bytes", "durability"} <= set(defaults)
+    assert {"channels", "strategy", "prefetch", "max_attempts", "deadline_slack", "max_inflight_bytes",
+            "durability"} <= set(defaults)
     assert all(cli == config for cli, config in defaults.values()), defaults
