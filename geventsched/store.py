@@ -506,37 +506,34 @@ class Store:
     def depths(self):
         """``(queued, dead, scheduled)``: jobs in the intake lists, dead letters and scheduled jobs, in
         one round trip."""
-        k = self.keys
-        pipe = self.client.pipeline(transaction=False)
-        for intake in k.intakes:
-            pipe.llen(intake)
-        pipe.llen(k.dead)
-        pipe.zcard(k.scheduled)
-        *queued, dead, scheduled = pipe.execute()
+        queued, (dead, scheduled) = self._with_queues(("llen", self.keys.dead), ("zcard", self.keys.scheduled))
         return sum(queued), dead, scheduled
 
     def queued_by_priority(self):
         """``{priority: jobs in its intake list}`` for priorities 0..9."""
-        pipe = self.client.pipeline(transaction=False)
-        for intake in self.keys.intakes:
-            pipe.llen(intake)
-        return dict(zip(range(len(self.keys.intakes) - 1, -1, -1), pipe.execute()))
+        queued, _ = self._with_queues()
+        return dict(zip(range(len(queued) - 1, -1, -1), queued))
 
     def counts(self):
         k = self.keys
-        pipe = self.client.pipeline(transaction=False)
-        for intake in k.intakes:
-            pipe.llen(intake)
-        pipe.zcard(k.inflight)
-        pipe.llen(k.dead)
-        pipe.hgetall(k.finished)
-        pipe.zcard(k.scheduled)
-        *queued, in_flight, dead, finished, scheduled = pipe.execute()
+        queued, (in_flight, dead, finished, scheduled) = self._with_queues(
+            ("zcard", k.inflight), ("llen", k.dead), ("hgetall", k.finished), ("zcard", k.scheduled))
         totals = dict.fromkeys(STATUSES, 0)
         totals.update({s.decode(): int(n) for s, n in finished.items()})
         # "retrying" is the older name of "scheduled" (retries waiting for their backoff are scheduled).
         return {"queued": sum(queued), "in_flight": in_flight, "scheduled": scheduled, "retrying": scheduled,
                 "dead": dead, "finished": totals}
+
+    def _with_queues(self, *reads):
+        """In one round trip, the length of each intake list (highest priority first) and the replies
+        of ``reads``, ``(command, key)`` pairs: ``(lengths, replies)``."""
+        pipe = self.client.pipeline(transaction=False)
+        for intake in self.keys.intakes:
+            pipe.llen(intake)
+        for command, key in reads:
+            getattr(pipe, command)(key)
+        replies = pipe.execute()
+        return replies[:len(self.keys.intakes)], replies[len(self.keys.intakes):]
 
     def delete_namespace(self):
         """Delete every key of this namespace (hash-tagged ones too): the clean-up of a benchmark run
