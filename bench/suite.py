@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass  # noqa: E402
 import gevent  # noqa: E402
 
 from geventsched import transport  # noqa: E402
+from geventsched.config import tune_gc  # noqa: E402
 from geventsched.rig.rig import RedisFor, Rig, environment, percentiles, progress_bar  # noqa: E402
 from geventsched.keys import Keys  # noqa: E402
 
@@ -886,6 +887,7 @@ def main(argv=None):
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sizes = QUICK if args.quick else FULL
+    tune_gc()  # the rigs' masters run in this process: as `geventsched master` does
     started = datetime.datetime.now(datetime.timezone.utc)
     with RedisFor(args.redis_url) as url:
         env = {**environment(transport.connect(url)), "commit": source_commit(),

@@ -10,7 +10,6 @@ monkey.patch_all()  # before anything imports socket, ssl or threading
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
-import gc  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
@@ -20,7 +19,7 @@ from urllib.parse import urlsplit  # noqa: E402
 
 from geventsched import __version__, transport  # noqa: E402
 from geventsched.channels import parse_channels  # noqa: E402
-from geventsched.config import DURABILITY, MasterConfig, WorkerConfig, redis_url_from_env  # noqa: E402
+from geventsched.config import DURABILITY, MasterConfig, WorkerConfig, redis_url_from_env, tune_gc  # noqa: E402
 from geventsched.dispatch import STRATEGIES  # noqa: E402
 from geventsched.errors import ConfigError, GeventschedError  # noqa: E402
 from geventsched.keys import MAX_PRIORITY  # noqa: E402
@@ -331,7 +330,7 @@ def main(argv=None):
               file=sys.stderr)
         return EXIT_USAGE
     if args.command in ("worker", "master", "bench"):
-        tune_gc()
+        tune_gc()  # the bench's master and producer run in this process
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     command = COMMANDS[args.command]
@@ -380,14 +379,6 @@ def check_redis_url(url):
             reason = f"unknown option {unknown.group(1)!r}" if unknown else str(exc)
             raise ConfigError(f"bad Redis URL {transport.redact(url)!r}: {reason}") from None
     client.close()
-
-
-def tune_gc():
-    """Collect young objects less often. Every job allocates a few short-lived objects; with the
-    default threshold (700) the collector runs every few dozen jobs and walks every young object that a
-    busy master or worker holds in flight. Objects alive at start-up are frozen out of collections."""
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
 
 
 def _connect(args, wait=None):

@@ -22,3 +22,15 @@ def test_master_options_default_to_master_config():
     assert {"channels", "strategy", "prefetch", "max_attempts", "deadline_slack", "max_inflight_bytes",
             "durability"} <= set(defaults)
     assert all(cli == config for cli, config in defaults.values()), defaults
+
+
+def test_tune_gc_freezes_what_exists_and_raises_the_thresholds():
+    """What ``worker``, ``master``, ``bench`` and the suite do once started (in a process of its own
+    here: it would change this one's collector for the rest of the run)."""
+    import subprocess
+    import sys
+
+    code = ("import gc; from geventsched import config; config.tune_gc(); "
+            "print(gc.get_threshold() == config.GC_THRESHOLDS, gc.get_freeze_count() > 1000)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["True", "True"], done.stderr
