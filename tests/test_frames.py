@@ -106,3 +106,35 @@ def test_an_older_client_hears_one_result_per_message(system):  # noqa: F811
     # A client of today gets its results in reply frames.
     assert all(h.result(10) == i for i, h in enumerate(client.submit_many([("echo", [i], {}) for i in range(50)])))
     assert json.loads(codec.encode_job(Job("1", "echo", reply="r", reply_frames=True)))["rf"] == FRAME
+
+
+def test_a_large_result_reaches_its_client_whole_and_its_master_as_a_notice(r, namespace):
+    """A result over 16 KiB is stored and sent to its client whole, in a message of its own; the master,
+    which reads only a result's job, status and token, hears just those."""
+    from geventsched.store import Outcome, Store
+
+    store = Store.for_namespace(r, namespace)
+    keys, value = store.keys, "x" * 20_000
+    reply = keys.reply_channel("big")
+    spy = transport.subscribe(r, [keys.result_channel, reply])
+    try:
+        for job_id, token in (("1", "t1"), ("2", "t2")):
+            r.hset(keys.jobs, job_id, json.dumps({"v": 1, "id": job_id, "task": "echo"}))
+            r.hset(keys.dispatched, job_id, f"{token} 1700000000.5 CHANNEL_DISPATCH_1 w-1")
+        outcomes = [Outcome("1", "ok", codec.encode_result(Result("1", "ok", value, task="echo", token="t1")),
+                            reply, "t1", framed=True, reply_frames=True),
+                    Outcome("2", "ok", codec.encode_result(Result("2", "ok", "small", task="echo", token="t2")),
+                            reply, "t2", framed=True, reply_frames=True)]
+        assert store.finish(outcomes) == 2
+        heard = {}
+        while len(heard) < 4:
+            for channel, data in spy.read(5):
+                for result in codec.decode_results(data)[0]:
+                    heard[(channel.decode().rsplit(":", 1)[-1], result.id)] = result
+    finally:
+        spy.close()
+    assert heard[("CHANNEL_RESULT", "1")].value is None and heard[("CHANNEL_RESULT", "1")].token == "t1"
+    assert heard[("CHANNEL_RESULT", "1")].status == "ok"
+    assert heard[("big", "1")].value == value  # the client's copy is whole
+    assert heard[("CHANNEL_RESULT", "2")].value == heard[("big", "2")].value == "small"
+    assert json.loads(r.get(keys.result("1")))["value"] == value

@@ -33,7 +33,8 @@
 -- ``"worker"``, the worker it was dispatched to) added, so a finished job can still be looked up
 -- whole (a record over 64 KiB is replaced by ``{"omitted": its size}``; a result over 16 KiB is
 -- stored alone: copying it inside the script cost more than the rest of the call). Announcements
--- carry the result alone; one over 16 KiB goes in a message of its own, not in a frame.
+-- carry the result alone; one over 16 KiB goes to its client in a message of its own, not in a
+-- frame, and the master hears only its id, status and token (``notice``).
 -- A result of a workflow's step (its record ends with "wf" and "ws") moves its workflow on, in
 -- this same call: the next step is queued, or the workflow fails (workflow.lua).
 -- Returns how many results were new.
@@ -85,12 +86,24 @@ local function add(to, payload)
   frame[1][#frame[1] + 1] = payload
   frame[2] = frame[2] + #payload + 1
 end
-local function announce(reply, payload, frames)
+-- What the master hears of a result over 16 KiB: the job, its status and its dispatch token, all it
+-- reads of any result; the value stays in Redis for the client.
+local function notice(id, status, token)
+  return '{"v":1,"id":' .. cjson.encode(id) .. ',"status":' .. cjson.encode(status) .. ',"tok":'
+    .. cjson.encode(token) .. '}'
+end
+local function announce(reply, payload, frames, id, status, token)
   if reply ~= '' then
     if string.find(frames, 'C', 1, true) then add(reply, payload) else redis.call(publish, reply, payload) end
   end
   if channel ~= '' then
-    if string.find(frames, 'R', 1, true) then add(channel, payload) else redis.call(publish, channel, payload) end
+    if #payload > 16384 then
+      redis.call(publish, channel, notice(id, status, token))
+    elseif string.find(frames, 'R', 1, true) then
+      add(channel, payload)
+    else
+      redis.call(publish, channel, payload)
+    end
   end
 end
 local function stored(payload, body, dispatch)
@@ -102,7 +115,7 @@ local function stored(payload, body, dispatch)
   if string.find(worker, '[%c"\\]') then worker = cjson.encode(worker) else worker = '"' .. worker .. '"' end
   return string.sub(payload, 1, -2) .. ',"job":' .. body .. ',"worker":' .. worker .. '}'
 end
-local function record(id, status, payload, reply, frames, body, dispatch)
+local function record(id, status, payload, reply, frames, body, dispatch, token)
   if redis.call('SET', prefix .. id, stored(payload, body, dispatch), 'NX', 'EX', ttl) then
     recorded[#recorded + 1] = id
     counts[status] = (counts[status] or 0) + 1
@@ -111,7 +124,7 @@ local function record(id, status, payload, reply, frames, body, dispatch)
       local wid, node = wf_of(body)
       if wid then steps[#steps + 1] = {wid, node, id, status, payload} end
     end
-    announce(reply, payload, frames)
+    announce(reply, payload, frames, id, status, token)
   end
 end
 local last = 9 + finals * 6
@@ -127,7 +140,7 @@ for i = 10, last, 6 do
   n = n + 1
   local token, dispatch = ARGV[i + 4], dispatches[n]
   if trusted or (dispatch and string.sub(dispatch, 1, #token + 1) == token .. ' ') then
-    record(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 5], bodies[n], dispatch)
+    record(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 5], bodies[n], dispatch, token)
   end
 end
 local clock = wf_clock  -- Redis's clock, read once per call (lua/workflow.lua comes first)
@@ -138,7 +151,7 @@ for i = last + 1, #ARGV, 9 do
   if trusted or (dispatch and string.sub(dispatch, 1, #token + 1) == token .. ' ') then
     local retried = redis.call('HINCRBY', KEYS[5], id, 1)
     if retried > max_retries then
-      record(id, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], frames, redis.call('HGET', KEYS[3], id), dispatch)
+      record(id, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], frames, redis.call('HGET', KEYS[3], id), dispatch, token)
     else
       -- Exponential backoff; the worker already scaled backoff by a random jitter factor.
       redis.call('ZADD', KEYS[6], clock() + math.min(3600, backoff * 2 ^ (retried - 1)), id)
