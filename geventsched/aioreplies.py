@@ -6,10 +6,10 @@ signed with this client's secret (``protocol.signed``; the reader keeps the secr
 script that records results) is believed as it is. Any other announcement on the channel is only a
 cue: the checker then reads the stored results of every job announced or newly awaited meanwhile in
 one MGET and believes those, and only a job that has no record at all in Redis (``--durability
-none``) is answered by its announcement (see ``client.py``). A job whose announcement goes to another client's channel (the holder of a unique
-key) has its stored result read now and then instead. After the connection is lost, the reader
-subscribes again and reads the stored results of every job awaited, since those that finished
-meanwhile were announced to nobody.
+none``) is answered by its announcement (see ``client.py``). A job whose announcement goes to
+another client's channel (the holder of a unique key) has its stored result read now and then
+instead. After the connection is lost, the reader subscribes again and reads the stored results of
+every job awaited, since those that finished meanwhile were announced to nobody.
 """
 
 from __future__ import annotations

@@ -131,7 +131,7 @@ class Client:
         self._secret_due = 0.0  # monotonic time to write the secret (again)
         self._subscriber = None
         self._results = {}  # results that came in for jobs nobody has waited for yet
-        self._heard = OrderedDict()  # job id -> announced Result read ahead of any wait for it
+        self._heard = OrderedDict()  # job id -> (announced Result, signed?) read ahead of any wait for it
         self._spare_ids = deque()
 
     @classmethod

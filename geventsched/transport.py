@@ -246,9 +246,9 @@ class CommandPacker:
     redis-py's own packer first runs every argument through its ``Encoder`` in Python, a generator
     step and three type checks each; for a script call that carries a batch of results that cost
     9x hiredis's packing itself, and 20 % of a busy worker's CPU (measured with py-spy). hiredis
-    takes str (UTF-8), bytes, int and float (as ``repr``), exactly what the Encoder makes of them.
-    Anything else, a command name of two words (``SCRIPT LOAD``) and buffers, goes the usual way,
-    which also raises redis-py's DataError for a value that is none of those.
+    takes str (UTF-8), bytes, memoryview, int and float (as ``repr``), exactly what the Encoder
+    makes of them. Anything else (bool, None, bytearray) and a command name of two words (``SCRIPT
+    LOAD``) go the usual way, which also raises redis-py's DataError for a value Redis cannot take.
     """
 
     def __init__(self):
