@@ -189,7 +189,8 @@ class Replies:
                 found.append((job_id, result))
         if unstored:
             records = await self.redis.hmget(self.keys.jobs, unstored)
-            found += [(job_id, batch[job_id]) for job_id, record in zip(unstored, records) if record is None]
+            found += [(job_id, batch[job_id]) for job_id, record in zip(unstored, records)
+                      if record is None and not batch[job_id].cue]  # a cue is never the result itself
         return found
 
     async def _poll(self):

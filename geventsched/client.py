@@ -363,7 +363,7 @@ class Client:
         for job_id, (data, recorded) in zip(ids, self.store.results_and_records(ids)):
             if data is not None:
                 self._keep(data, want)
-            elif not recorded:
+            elif not recorded and not heard[job_id].cue:  # a cue is never the result itself
                 self._results[job_id] = heard[job_id]
                 want.discard(job_id)
 

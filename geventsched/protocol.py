@@ -35,6 +35,8 @@ signed by the script that records its results::
     reply:    {"v": 2, "results": [<result>, ...], "mac": "<40 hex digits>"}
 
 with ``mac = sha1(secret + results + secret)`` over the bytes between the brackets (``reply_mac``).
+A result over 16 KiB is announced alone, to its client and to the master, as a cue without its value
+(``{"v": 1, "id": "42", "status": "ok", "tok": "...", "cue": true}``): it is read from Redis.
 The secret never travels in a message, so a stranger who can publish on the reply channel, or read
 every dispatch, cannot sign: the client believes a signed frame as it is (``signed``) and reads the
 stored result back only for what came unsigned.
@@ -149,6 +151,8 @@ class Result:
     #: When the worker started and ended the run (unix seconds; 0 = not run by a worker).
     started: float = 0.0
     ended: float = 0.0
+    #: An announcement that carries no value (``"cue": true``: a result over 16 KiB): read the stored one.
+    cue: bool = False
 
     @property
     def ok(self):
@@ -356,7 +360,7 @@ def _result(doc):
     try:
         result = Result(doc["id"], doc["status"], doc.get("value"), doc.get("error"),
                         doc.get("task", ""), bool(doc.get("raw", False)), doc.get("tok"),
-                        _seconds(doc.get("t0")), _seconds(doc.get("t1")))
+                        _seconds(doc.get("t0")), _seconds(doc.get("t1")), doc.get("cue") is True)
     except KeyError as exc:
         raise DecodeError("missing_field", f"result has no {exc.args[0]!r}") from None
     if not isinstance(result.id, str) or (result.status not in STATUSES and result.status != RETRY):

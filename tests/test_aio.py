@@ -219,8 +219,14 @@ async def main(client):
     await asyncio.sleep(0.2)
     await client.redis.publish(client.reply_channel, forged("999999999"))
     out(unrecorded=await waiting)
+    # A cue (what a result over 16 KiB is announced as) has no value: never taken for the result.
+    cued = AsyncJobHandle(client, "999999998", "echo")
+    waiting = asyncio.ensure_future(client.wait([cued], timeout=1.0))
+    await asyncio.sleep(0.2)
+    await client.redis.publish(client.reply_channel, '{"v":1,"id":"999999998","status":"ok","cue":true}')
+    out(cued=(await waiting).get("999999998") is None)
 """
-    assert run_async(body, redis_server, namespace) == [{"queued": True}, {"unrecorded": "forged"}]
+    assert run_async(body, redis_server, namespace) == [{"queued": True}, {"unrecorded": "forged"}, {"cued": True}]
 
 
 def test_a_signed_reply_frame_is_believed_as_it_is_and_a_forged_one_is_not(redis_server, namespace):

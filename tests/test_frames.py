@@ -108,9 +108,9 @@ def test_an_older_client_hears_one_result_per_message(system):  # noqa: F811
     assert json.loads(codec.encode_job(Job("1", "echo", reply="r", reply_frames=True)))["rf"] == FRAME
 
 
-def test_a_large_result_reaches_its_client_whole_and_its_master_as_a_notice(r, namespace):
-    """A result over 16 KiB is stored and sent to its client whole, in a message of its own; the master,
-    which reads only a result's job, status and token, hears just those."""
+def test_a_large_result_is_announced_as_a_cue_and_read_whole_from_redis(r, namespace):
+    """Of a result over 16 KiB, its client and the master hear only a cue (id, status, token: all the
+    master reads of any result); the value is stored whole, for the client to read."""
     from geventsched.store import Outcome, Store
 
     store = Store.for_namespace(r, namespace)
@@ -126,15 +126,38 @@ def test_a_large_result_reaches_its_client_whole_and_its_master_as_a_notice(r, n
                     Outcome("2", "ok", codec.encode_result(Result("2", "ok", "small", task="echo", token="t2")),
                             reply, "t2", framed=True, reply_frames=True)]
         assert store.finish(outcomes) == 2
-        heard = {}
+        heard, sizes = {}, []
         while len(heard) < 4:
             for channel, data in spy.read(5):
+                sizes.append(len(data))
                 for result in codec.decode_results(data)[0]:
                     heard[(channel.decode().rsplit(":", 1)[-1], result.id)] = result
     finally:
         spy.close()
-    assert heard[("CHANNEL_RESULT", "1")].value is None and heard[("CHANNEL_RESULT", "1")].token == "t1"
-    assert heard[("CHANNEL_RESULT", "1")].status == "ok"
-    assert heard[("big", "1")].value == value  # the client's copy is whole
-    assert heard[("CHANNEL_RESULT", "2")].value == heard[("big", "2")].value == "small"
+    for where in ("CHANNEL_RESULT", "big"):
+        cue = heard[(where, "1")]
+        assert (cue.cue, cue.value, cue.status, cue.token) == (True, None, "ok", "t1")
+        assert (heard[(where, "2")].cue, heard[(where, "2")].value) == (False, "small")
+    assert max(sizes) < 1000  # no message carried the large value
     assert json.loads(r.get(keys.result("1")))["value"] == value
+
+
+def test_a_client_waits_for_a_large_result_through_its_cue(system):  # noqa: F811
+    system.worker()
+    system.master()
+    client = system.client()
+    value = "y" * 100_000
+    assert client.submit("echo", value).result(10) == value
+
+
+def test_a_cue_is_never_taken_for_the_result_itself(system):  # noqa: F811
+    """A job with no record in Redis is answered by its announcement (fire-and-forget has nothing
+    else), but never by a cue, which has no value."""
+    client = system.client()
+    client._listen()
+    system.redis.publish(client.reply_channel, b'{"v":1,"id":"8000001","status":"ok","cue":true}')
+    system.redis.publish(client.reply_channel, b'{"v":1,"id":"8000002","status":"ok","value":"told"}')
+    from geventsched.client import JobHandle
+
+    results = client.wait([JobHandle(client, "8000001", "echo"), JobHandle(client, "8000002", "echo")], 1.0)
+    assert {job_id: result.value for job_id, result in results.items()} == {"8000002": "told"}

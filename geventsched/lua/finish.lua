@@ -33,8 +33,9 @@
 -- ``"worker"``, the worker it was dispatched to) added, so a finished job can still be looked up
 -- whole (a record over 64 KiB is replaced by ``{"omitted": its size}``; a result over 16 KiB is
 -- stored alone: copying it inside the script cost more than the rest of the call). Announcements
--- carry the result alone; one over 16 KiB goes to its client in a message of its own, not in a
--- frame, and the master hears only its id, status and token (``notice``).
+-- carry the result alone; of one over 16 KiB, client and master hear only a cue (``cue``: its id,
+-- status and token, all the master reads of any result; the client reads the stored one), so no
+-- subscriber's buffer fills with large values.
 -- A result of a workflow's step (its record ends with "wf" and "ws") moves its workflow on, in
 -- this same call: the next step is queued, or the workflow fails (workflow.lua).
 -- Returns how many results were new.
@@ -45,7 +46,7 @@ local recorded, counts, uniques, steps = {}, {}, {}, {}
 WF.jobs, WF.priority, WF.intake, WF.counts = KEYS[3], KEYS[9], KEYS[11], KEYS[12]
 WF.result_prefix, WF.ttl, WF.publish, WF.prefix, WF.wakeup = prefix, ttl, publish, ARGV[7], ARGV[8]
 -- Frames being filled, per channel: {payloads, bytes}. A frame goes out before it passes FRAME_BYTES
--- (a single large result goes alone), so no frame outgrows what a reader takes in one message.
+-- (a result over 16 KiB is announced as a cue instead), so no frame outgrows what a reader takes.
 local FRAME_BYTES = 262144  -- protocol.FRAME_BYTES
 local frames_of, secrets, reply_keys = {}, {}, ARGV[9]
 -- A reply frame ends with a MAC of its results under its client's secret, which only that client
@@ -72,8 +73,7 @@ local function flush(to)
     frames_of[to] = nil
   end
 end
-local function add(to, payload)
-  if #payload > 16384 then return redis.call(publish, to, payload) end  -- alone: copying costs more
+local function add(to, payload)  -- (a payload over 16 KiB never comes here: see announce)
   local frame = frames_of[to]
   if frame and frame[2] + #payload > FRAME_BYTES then
     flush(to)
@@ -86,20 +86,23 @@ local function add(to, payload)
   frame[1][#frame[1] + 1] = payload
   frame[2] = frame[2] + #payload + 1
 end
--- What the master hears of a result over 16 KiB: the job, its status and its dispatch token, all it
--- reads of any result; the value stays in Redis for the client.
-local function notice(id, status, token)
+-- What client and master hear of a result over 16 KiB (protocol.py): the value stays in Redis.
+local function cue(id, status, token)
   return '{"v":1,"id":' .. cjson.encode(id) .. ',"status":' .. cjson.encode(status) .. ',"tok":'
-    .. cjson.encode(token) .. '}'
+    .. cjson.encode(token) .. ',"cue":true}'
 end
 local function announce(reply, payload, frames, id, status, token)
+  if #payload > 16384 then
+    local message = cue(id, status, token)
+    if reply ~= '' then redis.call(publish, reply, message) end
+    if channel ~= '' then redis.call(publish, channel, message) end
+    return
+  end
   if reply ~= '' then
     if string.find(frames, 'C', 1, true) then add(reply, payload) else redis.call(publish, reply, payload) end
   end
   if channel ~= '' then
-    if #payload > 16384 then
-      redis.call(publish, channel, notice(id, status, token))
-    elseif string.find(frames, 'R', 1, true) then
+    if string.find(frames, 'R', 1, true) then
       add(channel, payload)
     else
       redis.call(publish, channel, payload)
