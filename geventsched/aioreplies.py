@@ -263,7 +263,7 @@ class Replies:
         loop = asyncio.get_running_loop()
         heard_at, pinged = loop.time(), False
         while True:
-            if heard_at >= self._secret_due:
+            if loop.time() >= self._secret_due:  # (idle, this loop still turns every PING_IDLE)
                 await self._keep_secret()
             message = await pubsub.get_message(timeout=PING_IDLE)
             if message is None:
