@@ -352,9 +352,7 @@ class Client:
         # Results of jobs nobody waits for are not kept: they stay in Redis until their TTL.
         if sure:
             for result in announced:
-                if result.id in want:
-                    self._results[result.id] = result
-                    want.discard(result.id)
+                self._take(result, want)
             return
         heard = {result.id: result for result in announced if result.id in want}
         if not heard:
@@ -364,8 +362,7 @@ class Client:
             if data is not None:
                 self._keep(data, want)
             elif not recorded and not heard[job_id].cue:  # a cue is never the result itself
-                self._results[job_id] = heard[job_id]
-                want.discard(job_id)
+                self._take(heard[job_id], want)
 
     def _keep(self, data, want):
         """A stored result (with its job's record: no size limit applies, it is ours)."""
@@ -373,6 +370,10 @@ class Client:
             result = self.codec.decode_result(data, max_payload=None)
         except DecodeError:
             return
+        self._take(result, want)
+
+    def _take(self, result, want):
+        """``result`` answers the wait, if its job is one of those wanted."""
         if result.id in want:
             self._results[result.id] = result
             want.discard(result.id)

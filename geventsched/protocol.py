@@ -67,7 +67,8 @@ REF_THRESHOLD = 64 * 1024
 #: script has the same figure.
 FRAME_BYTES = 256 * 1024
 _RESULTS_HEAD = b'{"v":2,"results":['
-_MAC_HEAD = b'],"mac":"'  # then 40 hex digits and '"}'
+_MAC_HEAD = b'],"mac":"'  # then the MAC's 40 hex digits and '"}'
+_MAC_TAIL = len(_MAC_HEAD) + 40 + 2  # the bytes of a signed frame after its results
 #: A cancelled job's result: recorded by the cancel itself (``lua/cancel.lua``), never by a worker.
 CANCELLED = "cancelled"
 STATUSES = ("ok", "error", "timeout", CANCELLED, "dead")
@@ -336,11 +337,11 @@ def reply_mac(secret, results):
 def signed(data, secret):
     """True when ``data`` is a reply frame signed with ``secret`` (bytes): its results are then the
     recorded ones, exactly as the script that recorded them announced them."""
-    if len(data) < len(_RESULTS_HEAD) + 51 or not data.startswith(_RESULTS_HEAD) \
-            or data[-51:-42] != _MAC_HEAD or data[-2:] != b'"}':
+    if len(data) < len(_RESULTS_HEAD) + _MAC_TAIL or not data.startswith(_RESULTS_HEAD) \
+            or not data.startswith(_MAC_HEAD, len(data) - _MAC_TAIL) or not data.endswith(b'"}'):
         return False
-    mac = reply_mac(secret, data[len(_RESULTS_HEAD):-51]).encode()
-    return hmac.compare_digest(mac, data[-42:-2])
+    mac = reply_mac(secret, data[len(_RESULTS_HEAD):-_MAC_TAIL]).encode()
+    return hmac.compare_digest(mac, data[-_MAC_TAIL + len(_MAC_HEAD):-2])
 
 
 def _job(doc, token, payload, framed=False):

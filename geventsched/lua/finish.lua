@@ -48,6 +48,9 @@ WF.result_prefix, WF.ttl, WF.publish, WF.prefix, WF.wakeup = prefix, ttl, publis
 -- Frames being filled, per channel: {payloads, bytes}. A frame goes out before it passes FRAME_BYTES
 -- (a result over 16 KiB is announced as a cue instead), so no frame outgrows what a reader takes.
 local FRAME_BYTES = 262144  -- protocol.FRAME_BYTES
+-- A result larger than this is stored without its job's record (copying it inside the script cost
+-- more than the rest of the call) and announced as a cue, not in a frame.
+local LARGE = 16384
 local frames_of, secrets, reply_keys = {}, {}, ARGV[9]
 -- A reply frame ends with a MAC of its results under its client's secret, which only that client
 -- and Redis know: the client then believes the frame as it is, without reading the results back.
@@ -92,7 +95,7 @@ local function cue(id, status, token)
     .. cjson.encode(token) .. ',"cue":true}'
 end
 local function announce(reply, payload, frames, id, status, token)
-  if #payload > 16384 then
+  if #payload > LARGE then
     local message = cue(id, status, token)
     if reply ~= '' then redis.call(publish, reply, message) end
     if channel ~= '' then redis.call(publish, channel, message) end
@@ -110,7 +113,7 @@ local function announce(reply, payload, frames, id, status, token)
   end
 end
 local function stored(payload, body, dispatch)
-  if not body or #payload > 16384 or string.byte(payload, -1) ~= 125 then return payload end  -- 125: '}'
+  if not body or #payload > LARGE or string.byte(payload, -1) ~= 125 then return payload end  -- 125: '}'
   if #body > 65536 then body = cjson.encode({omitted = #body}) end  -- a large record is not kept twice
   local worker = dispatch and string.match(dispatch, '^%S+ %S+ %S+ (.+)$')  -- token time channel worker
   if not worker then return string.sub(payload, 1, -2) .. ',"job":' .. body .. '}' end
