@@ -19,6 +19,12 @@ announcement is only a cue: the client reads the stored result and believes that
 someone else publishes on the reply channel (its name travels in every job) cannot pass for a
 result. Only a job with no record at all in Redis (``--durability none``, fire-and-forget) is
 answered by an unsigned announcement, which is then all there is.
+
+What a wait reads from Redis: nothing for the jobs this client submitted while it listened, as it
+has listened since (the client's ``_epoch``, stamped on their handles): their announcements are
+on the reply channel or kept from it. For any other job (a handle made from an id, one submitted
+before the client last subscribed, or after it dropped announcements kept past ``HEARD_LIMIT``),
+the wait first reads the stored result, as the announcement may have gone by unheard.
 """
 
 from __future__ import annotations
@@ -51,12 +57,15 @@ Spec = tuple[str, Sequence[Any], dict[str, Any]]
 class JobHandle:
     """A submitted job: its id and task, and the way to its result."""
 
-    __slots__ = ("id", "task", "_client")
+    __slots__ = ("id", "task", "_client", "_epoch")
 
-    def __init__(self, client: Client, job_id: str, task: str) -> None:
+    def __init__(self, client: Client, job_id: str, task: str, epoch: int | None = None) -> None:
         self._client = client
         self.id = job_id
         self.task = task
+        #: The client's listening epoch when the job was submitted with replies to it (else None):
+        #: while it is the same, the job's announcement cannot have gone by unheard.
+        self._epoch = epoch
 
     def wait(self, timeout: float | None = None) -> Result | None:
         """The job's ``Result``, or None if none came within ``timeout`` seconds."""
@@ -132,6 +141,9 @@ class Client:
         self._subscriber = None
         self._results = {}  # results that came in for jobs nobody has waited for yet
         self._heard = OrderedDict()  # job id -> (announced Result, signed?) read ahead of any wait for it
+        #: Counts the times announcements may have gone by unheard: each new subscription, and each
+        #: announcement dropped from ``_heard`` (see the module docstring).
+        self._epoch = 0
         self._spare_ids = deque()
 
     @classmethod
@@ -169,16 +181,18 @@ class Client:
             return []
         now = time.time()
         opts = submission.options(now, delay, at, priority, unique_key)
+        epoch = None
         if reply:
             # Listen before the jobs exist: without durability a result is only announced, never stored.
             self._listen()
             self._drain()
+            epoch = self._epoch
         ids = self._new_ids(len(specs))
         timeout = timeout if timeout is not None else self.timeout
         reply_to = self.reply_channel if reply else None
         encoded = submission.encode_jobs(self.codec, ids, specs, opts, timeout, key, max_retries, reply_to, now,
                                          self.max_payload)
-        handles = [JobHandle(self, job_id, task) for (job_id, _), (task, _, _) in zip(encoded, specs)]
+        handles = [JobHandle(self, job_id, task, epoch) for (job_id, _), (task, _, _) in zip(encoded, specs)]
         if opts.plain:
             self.store.submit(encoded)
             return handles
@@ -236,7 +250,9 @@ class Client:
         handles = list(handles)
         want = {h.id for h in handles if h.id not in self._results}
         if want:
-            self._collect(want, timeout)
+            epoch = self._epoch
+            unsure = {h.id for h in handles if h.id in want and getattr(h, "_epoch", None) != epoch}
+            self._collect(want, unsure, timeout)
         results = self._results
         return {h.id: results.pop(h.id) for h in handles if h.id in results}
 
@@ -244,7 +260,6 @@ class Client:
         """Read what the reply channel holds now, without waiting: a producer that submits with
         replies and waits late, or never, must not let Redis's buffer for it grow until Redis cuts it
         off. What is read is kept (bounded) for a later wait, which checks it as any announcement."""
-        heard = self._heard
         try:
             while True:
                 messages = self._subscriber.read(0)
@@ -252,17 +267,25 @@ class Client:
                     return
                 for _, data in messages:
                     results, sure = self._decode(data)
-                    for result in results:
-                        if sure or result.id not in heard:  # a signed result is never replaced
-                            heard[result.id] = (result, sure)
-                    while len(heard) > HEARD_LIMIT:
-                        heard.popitem(last=False)
+                    self._keep_heard(results, sure)
         except transport.ConnectionLost:
             self._subscriber.close()
             self._subscriber = None
             self._listen()  # a wait reads the stored results of anything announced meanwhile
 
-    def _collect(self, want, timeout):
+    def _keep_heard(self, results, sure):
+        """Keep announced results for a wait to come (bounded: dropping one starts a new epoch)."""
+        heard = self._heard
+        for result in results:
+            if sure or result.id not in heard:  # a signed result is never replaced
+                heard[result.id] = (result, sure)
+        if len(heard) > HEARD_LIMIT:
+            self._epoch += 1
+            while len(heard) > HEARD_LIMIT:
+                heard.popitem(last=False)
+
+    def _collect(self, want, unsure, timeout):
+        """Take the results of ``want``; ``unsure``: those whose announcements may have gone by unheard."""
         deadline = None if timeout is None else time.monotonic() + timeout
         early = [self._heard.pop(job_id) for job_id in sorted(want) if job_id in self._heard]
         if early:
@@ -271,9 +294,14 @@ class Client:
             if not want:
                 return
         try:
+            epoch = self._epoch
             self._listen()
+            if self._epoch != epoch:  # listening again: anything may have gone by meanwhile
+                unsure = want
             # Subscribed first, then read what is stored: a result can't slip between the two.
-            self._read_stored(want)
+            unsure &= want
+            if unsure:
+                self._read_stored(unsure)
         except transport.ConnectionLost:  # (Redis restarting: LOADING is one) as later in the wait
             self._relisten(want, deadline)
         while want:
@@ -317,6 +345,7 @@ class Client:
     def _listen(self):
         if self._subscriber is None:
             self._subscriber = transport.subscribe(self.redis, [self.reply_channel])
+            self._epoch += 1
             self._secret_due = 0.0
         if time.monotonic() >= self._secret_due:
             self._keep_secret()
@@ -349,12 +378,15 @@ class Client:
         """Announced results: those of a signed frame (``sure``) as they are; else the stored result
         of each job we wait for (see the module docstring), or the announcement itself for a job
         that has no record in Redis."""
-        # Results of jobs nobody waits for are not kept: they stay in Redis until their TTL.
+        # Results of jobs not waited for yet are kept for their waits (``_keep_heard``).
         if sure:
-            for result in announced:
-                self._take(result, want)
+            later = [result for result in announced if not self._take(result, want)]
+            if later:
+                self._keep_heard(later, True)
             return
         heard = {result.id: result for result in announced if result.id in want}
+        if len(heard) < len(announced):
+            self._keep_heard([result for result in announced if result.id not in heard], False)
         if not heard:
             return
         ids = sorted(heard)
@@ -373,10 +405,12 @@ class Client:
         self._take(result, want)
 
     def _take(self, result, want):
-        """``result`` answers the wait, if its job is one of those wanted."""
+        """``result`` answers the wait, if its job is one of those wanted (returns whether it does)."""
         if result.id in want:
             self._results[result.id] = result
             want.discard(result.id)
+            return True
+        return False
 
     def close(self) -> None:
         if self._subscriber is not None:

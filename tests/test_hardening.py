@@ -245,6 +245,65 @@ def test_a_signed_reply_frame_is_believed_as_it_is_and_a_forged_one_is_not(syste
     assert forged.wait(1.0) is None
 
 
+def _signed_results(client, handles, value="v"):
+    return _reply_frame(*[{"v": 1, "id": h.id, "task": "hard.count", "status": "ok", "value": value}
+                          for h in handles], secret=client._secret)
+
+
+def _reads_of_results(system):
+    """MGETs Redis has run: how a client reads stored results back."""
+    return system.redis.info("commandstats").get("cmdstat_mget", {}).get("calls", 0)
+
+
+def test_results_heard_while_waiting_for_other_jobs_are_kept_for_their_own_wait(system):
+    """A producer waits for its jobs a chunk at a time; the frame that answers one chunk carries
+    results of the next. Those are kept, not dropped and read back from Redis later (which costs a
+    round trip and a decode each, and finds nothing once their TTL has passed)."""
+    client = system.client()  # no master: nothing is stored; the frame below is all there is
+    first, second = client.submit_many([("hard.count", ["a"], {}), ("hard.count", ["b"], {})])
+    system.redis.publish(client.reply_channel, _signed_results(client, [first, second]))
+    assert first.result(5) == "v"
+    assert second.wait(1.0) is not None
+
+
+def test_a_wait_for_its_own_jobs_reads_nothing_back_from_redis(system):
+    """Announcements of jobs submitted while the client listens cannot have been missed: a wait for
+    them reads the reply channel only (one round trip less on every ``result()``)."""
+    client = system.client()
+    handles = client.submit_many([("hard.count", [str(i)], {}) for i in range(3)])
+    system.redis.publish(client.reply_channel, _signed_results(client, handles))
+    before = _reads_of_results(system)
+    assert [h.result(5) for h in handles] == ["v"] * 3
+    assert _reads_of_results(system) == before
+
+
+def test_a_wait_reads_back_what_it_may_have_missed(system, monkeypatch):
+    """Results the client cannot be sure to have heard are read from Redis: a job it did not submit
+    (a handle made from an id), one heard while listening again, and one whose announcement was
+    dropped because too many were kept unclaimed."""
+    from geventsched import client as client_module
+    from geventsched.client import JobHandle
+
+    client = system.client()
+    stored = client.submit_many([("hard.count", [str(i)], {}) for i in range(3)])
+    for handle in stored:  # recorded as the finish script records them, never announced
+        system.redis.set(system.keys.result(handle.id), json.dumps(
+            {"v": 1, "id": handle.id, "task": "hard.count", "status": "ok", "value": "stored"}))
+    assert JobHandle(client, stored[0].id, "hard.count").result(5) == "stored"
+    client._subscriber.close()  # as a lost connection does: listening again, the client may have missed some
+    client._subscriber = None
+    client._listen()
+    assert stored[1].result(5) == "stored"
+    monkeypatch.setattr(client_module, "HEARD_LIMIT", 1)
+    late = client.submit_many([("hard.count", [str(i)], {}) for i in range(3)])
+    system.redis.set(system.keys.result(late[1].id), json.dumps(
+        {"v": 1, "id": late[1].id, "task": "hard.count", "status": "ok", "value": "stored"}))
+    system.redis.publish(client.reply_channel, _signed_results(client, late, value="heard"))
+    assert late[0].result(5) == "heard"  # late[1] and late[2] kept: one too many, late[1] is dropped
+    assert late[1].result(5) == "stored"
+    assert late[2].result(5) == "heard"
+
+
 def test_forged_results_do_not_free_the_masters_flow_control_slots(system):
     worker = system.worker(concurrency=100)
     system.master(prefetch=2)
