@@ -325,7 +325,7 @@ class Master:
                 if room <= 0:
                     return
         if self.durable:
-            claimed = self.store.claim(room)
+            claimed = self.store.claim(room, via=self._publisher)
         else:
             claimed = self.store.take(room)
         handed_back = 0

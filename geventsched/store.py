@@ -121,6 +121,19 @@ class Store:
         self._wf_run = register("wf_run")
         self._wf_cancel = register("wf_cancel")
 
+    def run_script(self, script, keys, args, via=None):
+        """Run a registered script: through ``via`` when given on one server (a
+        ``transport.Publisher``: EVALSHA packed for hiredis on a plain connection, a round trip with
+        none of redis-py's per-call work; loaded on NOSCRIPT), else through redis-py. Error replies
+        raise what redis-py raises for them."""
+        if via is None or self.keys.cluster:
+            return script(keys=keys, args=args)
+        call = b"".join(transport.PACKER.pack("EVALSHA", script.sha, len(keys), *keys, *args))
+        reply = via.run([call])[0]
+        if transport.is_error(reply) and str(reply).startswith("NOSCRIPT"):  # Redis restarted, or flushed its scripts
+            reply = via.run([transport.pack("SCRIPT", "LOAD", script.script), call])[1]
+        return transport.raise_for(reply)
+
     # -- client side ---------------------------------------------------------------------------
 
     def new_ids(self, count):
@@ -232,12 +245,13 @@ class Store:
 
     # -- master side ---------------------------------------------------------------------------
 
-    def claim(self, count, grace=CLAIM_GRACE, now=None):
+    def claim(self, count, grace=CLAIM_GRACE, now=None, via=None):
         """Move up to ``count`` jobs from the intake to in-flight, with a deadline ``grace`` seconds
-        away (see ``deadline_command``). Returns ``[(id, body, attempt), ...]``."""
+        away (see ``deadline_command``). Returns ``[(id, body, attempt), ...]``. ``via``: see
+        ``run_script``."""
         k = self.keys
-        flat = self._claim(keys=[k.jobs, k.inflight, k.attempts, *k.intakes],
-                           args=[count, (now or time.time()) + grace])
+        flat = self.run_script(self._claim, [k.jobs, k.inflight, k.attempts, *k.intakes],
+                               [count, (now or time.time()) + grace], via)
         return [(flat[i].decode(), flat[i + 1], int(flat[i + 2])) for i in range(0, len(flat), 3)]
 
     def deadline_command(self, deadlines):
@@ -409,7 +423,7 @@ class Store:
 
     # -- worker side ---------------------------------------------------------------------------
 
-    def finish(self, results, announce=True, retries=(), trusted=False):
+    def finish(self, results, announce=True, retries=(), trusted=False, via=None):
         """Record ``[Outcome, ...]`` (see ``Outcome``); the first result per job wins, and only a
         result with the token of the job's dispatch in flight counts (``trusted``: the master's own
         records of jobs it holds, checked against its ledger instead).
@@ -418,7 +432,7 @@ class Store:
         and ``backoff`` set; each is scheduled after ``backoff * 2**(n-1)`` seconds (n = its retry
         number) while n <= max_retries, and recorded like the others once out of retries. With
         ``announce`` each payload (or a ``retry`` notice) is published on CHANNEL_RESULT for the master.
-        Returns how many results were new.
+        Returns how many results were new. ``via``: see ``run_script``.
         """
         k = self.keys
         args = [k.result_prefix, self.result_ttl, k.result_channel if announce else "", len(results),
@@ -429,9 +443,9 @@ class Store:
         for o in retries:
             args += (o.id, o.status, o.payload, o.reply or "", o.token or "", _frames(o), o.task, o.max_retries,
                      o.backoff)
-        return self._finish(keys=[k.finished, k.inflight, k.jobs, k.attempts, k.retries, k.scheduled,
-                                  k.dispatched, k.done, k.priority, k.unique, k.intake, k.workflow_counts],
-                            args=args)
+        return self.run_script(self._finish, [k.finished, k.inflight, k.jobs, k.attempts, k.retries, k.scheduled,
+                                              k.dispatched, k.done, k.priority, k.unique, k.intake,
+                                              k.workflow_counts], args, via)
 
     def promote(self, limit=1000, now=None):
         """Move scheduled jobs that are due (delayed jobs, retries after their backoff) to their intake

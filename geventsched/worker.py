@@ -594,7 +594,7 @@ class Worker:
             while True:
                 try:
                     if self.recording:
-                        self.store.finish(batch, retries=retries)
+                        self.store.finish(batch, retries=retries, via=self._publisher)
                     else:
                         self._publish(batch)
                     self.hooks.on_results_written(len(batch) + len(retries))

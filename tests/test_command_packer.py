@@ -1,6 +1,7 @@
 """The command packer every client of ours uses (``transport.CommandPacker``): the bytes redis-py's
 own packer would send, made without its per-argument Python steps."""
 
+import hiredis
 import pytest
 import redis
 from redis.connection import Encoder, HiredisRespSerializer, PythonRespSerializer
@@ -44,3 +45,30 @@ def test_clients_use_it_and_values_round_trip(redis_url, namespace):
     assert client.lrange(key, 0, -1) == ["één ☃".encode(), b"\x00\xff", b"12", b"2.5"]
     assert client.eval("return redis.call('LLEN', KEYS[1])", 1, key) == 4
     client.delete(key)
+
+
+def test_hot_scripts_run_through_a_plain_connection_as_they_run_through_redis_py(private_redis):
+    """``Store.run_script`` with ``via`` (the master's claim, the worker's finish): the same replies
+    as redis-py's script call, the script loaded again after Redis forgot it, and error replies
+    raised as the exceptions redis-py raises for them."""
+    from geventsched.store import Store
+
+    client = transport.connect(private_redis.url)
+    store = Store.for_namespace(client, "hot")
+    via = transport.Publisher(client, store.keys.inflight)
+    try:
+        store.submit([("1", b'{"v":1,"id":"1","task":"echo","args":[],"kwargs":{}}'),
+                      ("2", b'{"v":1,"id":"2","task":"echo","args":[],"kwargs":{}}')])
+        client.script_flush()  # as after a restart: the first call finds no script
+        assert store.claim(1, via=via) == [("1", b'{"v":1,"id":"1","task":"echo","args":[],"kwargs":{}}', 1)]
+        assert store.claim(5, via=via) == store.claim(5) + [("2", b'{"v":1,"id":"2","task":"echo","args":[],"kwargs":{}}', 1)]
+        keys = [store.keys.jobs, store.keys.inflight, store.keys.attempts, *store.keys.intakes]
+        for runner in (None, via):  # a script's own error, the same way both ways
+            with pytest.raises(redis.ResponseError) as refused:
+                store.run_script(store._claim, keys, ["not a count", 1], runner)
+            assert "user_script" in str(refused.value) and transport.is_permanent(refused.value)
+        with pytest.raises(redis.exceptions.BusyLoadingError):  # a restart: a lost connection, to the roles
+            transport.raise_for(hiredis.ReplyError("LOADING Redis is loading the dataset in memory"))
+    finally:
+        via.close()
+        client.close()
