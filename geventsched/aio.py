@@ -62,7 +62,7 @@ CANCEL_BATCH = 200
 class AsyncJobHandle:
     """A submitted job: its id and task, and the way to its result (each method is a coroutine)."""
 
-    __slots__ = ("id", "task", "_client", "_result", "_polled")
+    __slots__ = ("id", "task", "_client", "_result", "_polled", "_epoch")
 
     def __init__(self, client: AsyncClient, job_id: str, task: str = "", polled: bool = True) -> None:
         """A handle of any job, by id (``polled``, the default: waiting reads its stored result now and
@@ -73,6 +73,8 @@ class AsyncJobHandle:
         self.task = task
         self._result = None
         self._polled = polled
+        #: The reply channel's epoch (``Replies.epoch``) this job was submitted in, for its own jobs.
+        self._epoch = None
 
     async def wait(self, timeout: float | None = None) -> Result | None:
         """The job's ``Result``, or None if none came within ``timeout`` seconds."""
@@ -225,15 +227,16 @@ class AsyncClient:
         try:
             # Listen before the jobs exist: without durability a result is only announced, never stored.
             await self._ready(listen=any(request.reply for request in batch))
+            epoch = self._replies.epoch
             ready = self._encode(batch, await self._new_ids(size))
             plain = [request for request in ready if request.options.plain]
             if plain:
                 await self._enqueue_plain([pair for request in plain for pair in request.encoded])
                 for request in plain:
-                    self._answer(request, [job_id for job_id, _ in request.encoded])
+                    self._answer(request, [job_id for job_id, _ in request.encoded], epoch)
             for request in ready:
                 if not request.options.plain:
-                    self._answer(request, await self._enqueue_scripted(request.encoded, request.options))
+                    self._answer(request, await self._enqueue_scripted(request.encoded, request.options), epoch)
         except Exception as exc:  # Redis away, a cluster refused: each caller hears it
             failure = RedisUnavailable(self._describe(exc)) if isinstance(exc, RedisError) else exc
             for request in batch:
@@ -259,12 +262,18 @@ class AsyncClient:
             ready.append(request)
         return ready
 
-    def _answer(self, request, ids):
-        """Hand a request its handles: ``ids`` are its jobs' own, or the job holding a unique key."""
+    def _answer(self, request, ids, epoch):
+        """Hand a request its handles: ``ids`` are its jobs' own, or the job holding a unique key;
+        ``epoch``: the reply channel's when the jobs were submitted."""
         # A job of another submit (the holder of a unique key), or one submitted with no reply, is
         # announced to some other client or to none: its handle reads the stored result now and then.
-        settle(request.future, [AsyncJobHandle(self, job_id, task, polled=job_id != own_id or not request.reply)
-                                for (own_id, _), job_id, (task, _, _) in zip(request.encoded, ids, request.specs)])
+        handles = []
+        for (own_id, _), job_id, (task, _, _) in zip(request.encoded, ids, request.specs):
+            handle = AsyncJobHandle(self, job_id, task, polled=job_id != own_id or not request.reply)
+            if not handle._polled:
+                handle._epoch = epoch
+            handles.append(handle)
+        settle(request.future, handles)
 
     async def _enqueue_plain(self, encoded):
         """``[(id, record), ...]`` into Redis in one MULTI, as ``Store.submit``: HSET jobs, RPUSH
@@ -324,8 +333,9 @@ class AsyncClient:
             if self._closed:
                 raise RuntimeError("this AsyncClient is closed")
             await self._ready()
-            polled = {job_id: any(h._polled for h in group) for job_id, group in pending.items()}
-            for job_id, result in (await self._replies.wait(polled, timeout)).items():
+            ids = {job_id: (any(h._polled for h in group), next((h._epoch for h in group if h._epoch), None))
+                   for job_id, group in pending.items()}
+            for job_id, result in (await self._replies.wait(ids, timeout)).items():
                 for handle in pending[job_id]:
                     handle._result = result
         return {h.id: h._result for h in handles if h._result is not None}

@@ -58,6 +58,10 @@ class Replies:
         self._secret_due = 0.0  # loop time to write the secret (again)
         self._listen_lock = asyncio.Lock()
         self._closed = False
+        #: Counts the times announcements may have gone by unheard: each subscription, and each
+        #: announcement dropped from ``_heard`` (as ``Client._epoch``). A job submitted to reply here
+        #: in the current epoch is not read from Redis when a wait for it begins.
+        self.epoch = 0
         #: The error that keeps us from Redis while the reader reconnects (None while all is well).
         self.trouble = None
 
@@ -77,11 +81,14 @@ class Replies:
             self._reader.add_done_callback(self._reader_ended)
 
     async def wait(self, ids, timeout):
-        """Await the results of ``ids`` (``{id: read its stored result now and then?}``). Returns
-        ``{id: Result}`` of those that came within ``timeout`` seconds (None: as long as it takes).
-        Raises what ``close()`` or a failed reader set."""
+        """Await the results of ``ids`` (``{id: (read its stored result now and then?, the epoch it
+        was submitted in to reply here, or None)}``). Returns ``{id: Result}`` of those that came
+        within ``timeout`` seconds (None: as long as it takes). Raises what ``close()`` or a failed
+        reader set."""
         await self.listen()
-        futures = {job_id: self._await(job_id, poll) for job_id, poll in ids.items()}
+        epoch = self.epoch
+        futures = {job_id: self._await(job_id, poll, heard_here == epoch)
+                   for job_id, (poll, heard_here) in ids.items()}
         try:
             await asyncio.wait(futures.values(), timeout=timeout)
             await self._last_look([job_id for job_id, future in futures.items() if not future.done()])
@@ -101,15 +108,16 @@ class Replies:
         for job_id, result in found:
             self._resolve(job_id, result)
 
-    def _await(self, job_id, poll):
-        """The future of ``job_id``'s result, checked against Redis once it is new."""
+    def _await(self, job_id, poll, will_hear=False):
+        """The future of ``job_id``'s result, checked against Redis once it is new, unless its
+        announcement cannot have gone by unheard (``will_hear``) and none came yet."""
         entry = self._waiting.get(job_id)
         if entry is None:
             entry = self._waiting[job_id] = [asyncio.get_running_loop().create_future(), 0]
             heard, sure = self._heard.pop(job_id, (None, False))
             if sure:
                 settle(entry[0], heard)
-            else:
+            elif heard is not None or not will_hear:
                 # Subscribed first (wait() listens first), then read what is stored: a result can't slip between.
                 self._check_later(job_id, heard)
         if poll:
@@ -217,6 +225,7 @@ class Replies:
                     raise rexc.TimeoutError("Redis did not confirm the subscription to the reply channel")
                 message = await pubsub.get_message(timeout=left)
                 if message is not None and message["type"] == "subscribe":
+                    self.epoch += 1
                     await self._keep_secret()
                     return pubsub
         except BaseException:
@@ -299,8 +308,10 @@ class Replies:
                     self._check_later(result.id, result)
             elif sure or result.id not in heard:  # kept (bounded) for a wait to come; a signed one stays
                 heard[result.id] = (result, sure)
-        while len(heard) > HEARD_LIMIT:
-            heard.popitem(last=False)
+        if len(heard) > HEARD_LIMIT:
+            self.epoch += 1
+            while len(heard) > HEARD_LIMIT:
+                heard.popitem(last=False)
 
     def _check_all(self):
         """After a (re)subscription: read the stored results of everything waited for (those that

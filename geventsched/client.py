@@ -253,8 +253,14 @@ class Client:
             epoch = self._epoch
             unsure = {h.id for h in handles if h.id in want and getattr(h, "_epoch", None) != epoch}
             self._collect(want, unsure, timeout)
-        results = self._results
-        return {h.id: results.pop(h.id) for h in handles if h.id in results}
+        results, found = self._results, {}
+        for h in handles:
+            result = results.pop(h.id, None)
+            if result is not None:
+                found[h.id] = result
+            if h.id in found:
+                h._epoch = None  # its announcement is spent: a wait for it again reads the stored result
+        return found
 
     def _drain(self):
         """Read what the reply channel holds now, without waiting: a producer that submits with

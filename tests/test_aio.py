@@ -251,6 +251,32 @@ async def main(client):
     assert run_async(body, redis_server, namespace) == [{"kept": True}, {"believed": "signed"}, {"forged": True}]
 
 
+def test_a_wait_for_its_own_jobs_reads_nothing_back_from_redis(redis_server, namespace):
+    """As the gevent client: jobs submitted while the client listens are announced to it; a wait for
+    them reads no stored result (a handle made from an id still does)."""
+    body = """
+from geventsched.aio import AsyncJobHandle
+from geventsched.protocol import reply_mac
+
+async def main(client):
+    async def reads():
+        return (await client.redis.info("commandstats")).get("cmdstat_mget", {}).get("calls", 0)
+    handles = await client.submit_many([("echo", [i], {}) for i in range(3)])
+    secret = await client.redis.get(client.keys.reply_key_prefix + client.reply_channel)
+    results = ",".join(json.dumps({"v": 1, "id": h.id, "task": "echo", "status": "ok", "value": "v"}) for h in handles)
+    frame = '{"v":2,"results":[' + results + '],"mac":"' + reply_mac(secret, results.encode()) + '"}'
+    before = await reads()
+    waiting = asyncio.ensure_future(client.wait(handles, timeout=5))
+    await asyncio.sleep(0.2)
+    await client.redis.publish(client.reply_channel, frame)
+    got = await waiting
+    out(values=[got[h.id].value for h in handles], reads=await reads() - before)
+    await client.wait([AsyncJobHandle(client, handles[0].id, "echo")], timeout=0.5)
+    out(by_id=await reads() - before >= 1)
+"""
+    assert run_async(body, redis_server, namespace) == [{"values": ["v"] * 3, "reads": 0}, {"by_id": True}]
+
+
 class ScriptRecorder:
     """Stands in for redis-py's client only to see what ``Store`` registers and passes to its scripts:
     the asyncio client must run the same scripts with the same KEYS and ARGV."""
