@@ -307,7 +307,7 @@ class Client:
             # Subscribed first, then read what is stored: a result can't slip between the two.
             unsure &= want
             if unsure:
-                self._read_stored(unsure)
+                self._read_stored(unsure, want)
         except transport.ConnectionLost:  # (Redis restarting: LOADING is one) as later in the wait
             self._relisten(want, deadline)
         while want:
@@ -339,7 +339,7 @@ class Client:
         while True:
             try:
                 self._listen()
-                self._read_stored(want)
+                self._read_stored(want, want)
                 return
             except transport.RedisError as exc:
                 self._subscriber = None
@@ -366,9 +366,9 @@ class Client:
             return
         self._secret_due = time.monotonic() + REPLY_KEY_TTL / 2
 
-    def _read_stored(self, want):
-        ids = sorted(want)
-        for data in self.store.get_results(ids):
+    def _read_stored(self, ids, want):
+        """Take the stored results of ``ids`` (of ``want``) there are."""
+        for data in self.store.get_results(sorted(ids)):
             if data is not None:
                 self._keep(data, want)
 
