@@ -30,6 +30,7 @@ the wait first reads the stored result, as the announcement may have gone by unh
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
@@ -145,6 +146,12 @@ class Client:
         #: announcement dropped from ``_heard`` (see the module docstring).
         self._epoch = 0
         self._spare_ids = deque()
+        # Plain jobs go in through a connection of their own, read by hiredis (``Store.submit``'s
+        # ``via``): a submit is then one round trip with none of redis-py's per-call work (on one
+        # server; on a cluster through redis-py). Opened on first use; one submit at a time.
+        self._writer = None
+        self._writer_pid = os.getpid()
+        self._writer_lock = threading.Lock()
 
     @classmethod
     def from_url(cls, url: str, namespace: str = "", **kwargs: Any) -> Client:
@@ -194,7 +201,12 @@ class Client:
                                          self.max_payload)
         handles = [JobHandle(self, job_id, task, epoch) for (job_id, _), (task, _, _) in zip(encoded, specs)]
         if opts.plain:
-            self.store.submit(encoded)
+            with self._writer_lock:
+                if self._writer_pid != os.getpid():  # forked since: the parent's socket is not ours
+                    self._writer, self._writer_pid = None, os.getpid()
+                if self._writer is None and not self.keys.cluster:
+                    self._writer = transport.Publisher(self.redis, self.keys.intake)
+                self.store.submit(encoded, via=self._writer)
             return handles
         given = self.store.submit_with_options(
             [(job_id, body, opts.priority, opts.due, opts.unique_key) for job_id, body in encoded])
@@ -422,3 +434,7 @@ class Client:
         if self._subscriber is not None:
             self._subscriber.close()
             self._subscriber = None
+        with self._writer_lock:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None

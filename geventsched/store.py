@@ -128,7 +128,7 @@ class Store:
         raise what redis-py raises for them."""
         if via is None or self.keys.cluster:
             return script(keys=keys, args=args)
-        call = b"".join(transport.PACKER.pack("EVALSHA", script.sha, len(keys), *keys, *args))
+        call = _packed("EVALSHA", script.sha, len(keys), *keys, *args)
         reply = via.run([call])[0]
         if transport.is_error(reply) and str(reply).startswith("NOSCRIPT"):  # Redis restarted, or flushed its scripts
             reply = via.run([transport.pack("SCRIPT", "LOAD", script.script), call])[1]
@@ -141,10 +141,25 @@ class Store:
         last = self.client.incrby(self.keys.seq, count)
         return [str(n) for n in range(last - count + 1, last + 1)]
 
-    def submit(self, encoded, front=False):
-        """Enqueue ``[(id, body), ...]`` atomically and wake the master (``front``: ahead of the rest)."""
+    def submit(self, encoded, front=False, via=None):
+        """Enqueue ``[(id, body), ...]`` atomically and wake the master (``front``: ahead of the rest).
+        ``via``: as for ``run_script``, one MULTI ... EXEC write read by hiredis."""
         k = self.keys
         if not encoded:
+            return
+        if via is not None and not k.cluster:
+            commands = [_MULTI]
+            for i in range(0, len(encoded), 1000):
+                chunk = encoded[i:i + 1000]
+                commands.append(_packed("HSET", k.jobs, *[part for pair in chunk for part in pair]))
+                ids = [job_id for job_id, _ in chunk]
+                commands.append(_packed("LPUSH", k.intake, *reversed(ids)) if front else _packed("RPUSH", k.intake, *ids))
+            commands += [transport.pack("PUBLISH", k.wakeup_channel, b"1"), _EXEC]
+            replies = via.run(commands)
+            for reply in replies[:-1]:  # OK, then QUEUED for each (an error: the EXEC is refused too)
+                transport.raise_for(reply)
+            for reply in transport.raise_for(replies[-1]):
+                transport.raise_for(reply)
             return
         pipe = self.client.pipeline(transaction=True)
         for i in range(0, len(encoded), 1000):
@@ -593,6 +608,13 @@ def _frames(outcome):
     """The finish script's flags for how an outcome is announced: R, in a result frame; C, in a reply
     frame to its client."""
     return ("R" if outcome.framed else "") + ("C" if outcome.reply_frames else "")
+
+
+_MULTI, _EXEC = transport.pack("MULTI"), transport.pack("EXEC")
+
+
+def _packed(*args):
+    return b"".join(transport.PACKER.pack(*args))
 
 
 def _round_up(deadline):

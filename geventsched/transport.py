@@ -703,10 +703,19 @@ class Publisher:
         if self._cluster:
             raise TypeError("Publisher.run is for one server; on a cluster run commands through redis-py")
         try:
-            return self._pipe(None).call(b"".join(commands), len(commands))
-        except ConnectionLost:
+            replies = self._pipe(None).call(b"".join(commands), len(commands))
+        except ConnectionLost as exc:
             self.close()
-            raise
+            if isinstance(exc, (rexc.ConnectionError, rexc.TimeoutError)):
+                raise
+            # A socket's own error, said as redis-py says it (a caller may be a user's submit).
+            raise (rexc.TimeoutError if isinstance(exc, socket.timeout) else rexc.ConnectionError)(
+                f"{type(exc).__name__}: {exc}") from exc
+        if any(is_error(reply) and str(reply).startswith("READONLY") for reply in replies):
+            # A replica now (a failover): the next call asks the pool again, which with Sentinel finds
+            # the new primary, as redis-py's own Sentinel connections do.
+            self.close()
+        return replies
 
     def _send_sharded(self, messages, commands):
         if self._stale:

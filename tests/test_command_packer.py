@@ -72,3 +72,48 @@ def test_hot_scripts_run_through_a_plain_connection_as_they_run_through_redis_py
     finally:
         via.close()
         client.close()
+
+
+def test_a_submit_through_a_plain_connection_writes_what_redis_py_writes(private_redis):
+    """``Store.submit`` with ``via`` (the client's plain jobs): one MULTI ... EXEC, the same keys as
+    through redis-py, errors raised as redis-py raises them."""
+    from geventsched.store import Store
+
+    client = transport.connect(private_redis.url)
+    via = transport.Publisher(client, "x")
+    try:
+        for runner, ns in ((None, "py"), (via, "lean")):
+            store = Store.for_namespace(client, ns)
+            wakeups = transport.subscribe(client, [store.keys.wakeup_channel])
+            store.submit([("1", b"one"), ("2", b"two")], via=runner)
+            store.submit([("3", b"three")], front=True, via=runner)
+            assert client.hgetall(store.keys.jobs) == {b"1": b"one", b"2": b"two", b"3": b"three"}
+            assert client.lrange(store.keys.intake, 0, -1) == [b"3", b"1", b"2"]
+            assert [data for _, data in wakeups.read(5) + wakeups.read(0.5)] == [b"1", b"1"]
+            wakeups.close()
+            client.delete(store.keys.jobs)
+            client.set(store.keys.jobs, "not a hash")  # an error inside the transaction
+            with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+                store.submit([("4", b"four")], via=runner)
+            assert client.llen(store.keys.intake) == 4  # Redis has no rollback: the rest ran, both ways
+    finally:
+        via.close()
+        client.close()
+
+
+def test_a_plain_connection_that_meets_a_replica_asks_for_a_new_one(private_redis):
+    """READONLY (a failover made the server a replica): the connection is dropped, so the next call
+    asks the pool again; with Sentinel that is the new primary, as redis-py's Sentinel connections do."""
+    client = transport.connect(private_redis.url)
+    via = transport.Publisher(client, "x")
+    try:
+        before = via.run([transport.pack("CLIENT", "ID")])[0]
+        client.replicaof("127.0.0.1", 1)  # a replica of nothing: read-only
+        with pytest.raises(redis.exceptions.ReadOnlyError):
+            transport.raise_for(via.run([transport.pack("SET", "k", "v")])[0])
+        client.replicaof("NO", "ONE")
+        after = via.run([transport.pack("CLIENT", "ID"), transport.pack("SET", "k", "v")])
+        assert after[0] != before and after[1] == b"OK"
+    finally:
+        via.close()
+        client.close()

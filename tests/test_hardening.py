@@ -3,6 +3,7 @@ cost no job, no slot and no worker. Master and workers run in this process, on a
 
 import json
 import logging
+import os
 import time
 
 import gevent
@@ -304,6 +305,26 @@ def test_a_wait_reads_back_what_it_may_have_missed(system, monkeypatch):
     assert late[1].result(5) == "stored"
     assert late[2].result(5) == "heard"
     assert time.monotonic() - started < 4, "each wait ends with its result read, not at its timeout"
+
+
+def test_a_forked_process_submits_through_a_connection_of_its_own(system):
+    """The client's submits go through a plain connection of its own: a process forked from one that
+    has submitted (a pre-forking server) must not write into the parent's socket."""
+    client = system.client()
+    client.submit_many([("hard.count", ["parent"], {})], reply=False)
+    parents = client._writer
+    pid = os.fork()
+    if pid == 0:  # the child: submit, and say whether it used a connection of its own
+        code = 2
+        try:
+            client.submit_many([("hard.count", ["child"], {})], reply=False)
+            code = 0 if client._writer is not parents else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    client.submit_many([("hard.count", ["parent again"], {})], reply=False)
+    assert system.redis.llen(system.keys.intake) == 3 and client._writer is parents
 
 
 def test_forged_results_do_not_free_the_masters_flow_control_slots(system):
