@@ -131,7 +131,8 @@ class Store:
         call = _packed("EVALSHA", script.sha, len(keys), *keys, *args)
         reply = via.run([call])[0]
         if transport.is_error(reply) and str(reply).startswith("NOSCRIPT"):  # Redis restarted, or flushed its scripts
-            reply = via.run([transport.pack("SCRIPT", "LOAD", script.script), call])[1]
+            loaded, reply = via.run([transport.pack("SCRIPT", "LOAD", script.script), call])
+            transport.raise_for(loaded)  # (a user not allowed SCRIPT LOAD hears that, not NOSCRIPT)
         return transport.raise_for(reply)
 
     # -- client side ---------------------------------------------------------------------------

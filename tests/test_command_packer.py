@@ -69,6 +69,18 @@ def test_hot_scripts_run_through_a_plain_connection_as_they_run_through_redis_py
             assert "user_script" in str(refused.value) and transport.is_permanent(refused.value)
         with pytest.raises(redis.exceptions.BusyLoadingError):  # a restart: a lost connection, to the roles
             transport.raise_for(hiredis.ReplyError("LOADING Redis is loading the dataset in memory"))
+        # A user who may not load scripts, after Redis forgot them: told that, not NOSCRIPT.
+        client.acl_setuser("noload", enabled=True, passwords=["+pw"], keys=["~*"], channels=["&*"],
+                           commands=["+@all", "-script|load"])
+        client.script_flush()
+        limited = transport.connect(private_redis.url.replace("redis://", "redis://noload:pw@"))
+        limited_via = transport.Publisher(limited, store.keys.inflight)
+        try:
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                Store.for_namespace(limited, "hot").claim(1, via=limited_via)
+        finally:
+            limited_via.close()
+            limited.close()
     finally:
         via.close()
         client.close()
