@@ -327,7 +327,7 @@ class Master:
         if self.durable:
             claimed = self.store.claim(room, via=self._publisher)
         else:
-            claimed = self.store.take(room)
+            claimed = self.store.take(room, via=self._publisher)
         handed_back = 0
         for job_id, body, attempt in claimed:
             job = self._readable(job_id, body)

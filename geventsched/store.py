@@ -313,11 +313,11 @@ class Store:
         for i in range(0, len(ids), 1000):
             self.client.zadd(self.keys.inflight, {job_id: deadline for job_id in ids[i:i + 1000]}, xx=True)
 
-    def take(self, count):
+    def take(self, count, via=None):
         """``--durability none``: remove up to ``count`` jobs from the intake, keeping no record.
-        Returns ``[(id, body, 1), ...]``."""
+        Returns ``[(id, body, 1), ...]``. ``via``: see ``run_script``."""
         k = self.keys
-        flat = self._take(keys=[k.jobs, k.priority, *k.intakes], args=[count])
+        flat = self.run_script(self._take, [k.jobs, k.priority, *k.intakes], [count], via)
         return [(flat[i].decode(), flat[i + 1], 1) for i in range(0, len(flat), 2)]
 
     def reap(self, max_attempts, limit=1000, now=None):
