@@ -263,7 +263,7 @@ class Client:
         want = {h.id for h in handles if h.id not in self._results}
         if want:
             epoch = self._epoch
-            unsure = {h.id for h in handles if h.id in want and getattr(h, "_epoch", None) != epoch}
+            unsure = {h.id for h in handles if h.id in want and h._epoch != epoch}
             self._collect(want, unsure, timeout)
         results, found = self._results, {}
         for h in handles:

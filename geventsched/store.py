@@ -128,7 +128,7 @@ class Store:
         raise what redis-py raises for them."""
         if via is None or self.keys.cluster:
             return script(keys=keys, args=args)
-        call = _packed("EVALSHA", script.sha, len(keys), *keys, *args)
+        call = transport.pack("EVALSHA", script.sha, len(keys), *keys, *args)
         reply = via.run([call])[0]
         if transport.is_error(reply) and str(reply).startswith("NOSCRIPT"):  # Redis restarted, or flushed its scripts
             loaded, reply = via.run([transport.pack("SCRIPT", "LOAD", script.script), call])
@@ -152,9 +152,10 @@ class Store:
             commands = [_MULTI]
             for i in range(0, len(encoded), 1000):
                 chunk = encoded[i:i + 1000]
-                commands.append(_packed("HSET", k.jobs, *[part for pair in chunk for part in pair]))
+                commands.append(transport.pack("HSET", k.jobs, *[part for pair in chunk for part in pair]))
                 ids = [job_id for job_id, _ in chunk]
-                commands.append(_packed("LPUSH", k.intake, *reversed(ids)) if front else _packed("RPUSH", k.intake, *ids))
+                commands.append(transport.pack("LPUSH", k.intake, *reversed(ids)) if front
+                                else transport.pack("RPUSH", k.intake, *ids))
             commands += [transport.pack("PUBLISH", k.wakeup_channel, b"1"), _EXEC]
             replies = via.run(commands)
             for reply in replies[:-1]:  # OK, then QUEUED for each (an error: the EXEC is refused too)
@@ -612,10 +613,6 @@ def _frames(outcome):
 
 
 _MULTI, _EXEC = transport.pack("MULTI"), transport.pack("EXEC")
-
-
-def _packed(*args):
-    return b"".join(transport.PACKER.pack(*args))
 
 
 def _round_up(deadline):

@@ -271,8 +271,8 @@ PACKER = CommandPacker()
 
 
 def pack(*args):
-    """RESP encoding of one command whose arguments are str, bytes or int."""
-    return b"*%d\r\n%s" % (len(args), b"".join(map(_bulk, args)))
+    """RESP encoding of one command, packed by ``PACKER``: arguments as redis-py takes them."""
+    return b"".join(PACKER.pack(*args))
 
 
 def pack_pairs(command, key, pairs, flags=(), shared=0, shared_value=None):
