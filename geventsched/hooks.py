@@ -1,7 +1,9 @@
 """Extension points. Master and worker call these at each step of a job; metrics subscribe here and
 never appear inline in the loops. Every method is a no-op; override the ones you need.
 
-The calls sit on the hot path: keep them cheap, and do not block in them.
+The calls sit on the hot path: keep them cheap, and do not block in them. The steps every job takes
+(received, submitted, dispatched, finished) are told once per batch, with a list: a call per job
+cost the master and the worker more than the metrics they fed (bench/README.md, "Metrics").
 """
 
 import logging
@@ -13,14 +15,15 @@ class WorkerHooks:
     def on_subscribed(self, channels):
         """``channels`` are now subscribed (after start or a reconnect)."""
 
-    def on_received(self, job):
-        """A job arrived and was queued for a runner."""
+    def on_received(self, jobs):
+        """``jobs`` arrived (one message: a job, or a batch frame) and were queued for runners."""
 
     def on_rejected(self, reason):
         """A message was refused; ``reason`` comes from a fixed set (see ``protocol.DecodeError``)."""
 
-    def on_finished(self, job, status, duration):
-        """A job ran to ``status`` ('ok', 'error', 'timeout') in ``duration`` seconds."""
+    def on_finished(self, finished):
+        """Jobs ran to the end: ``[(job, status, duration), ...]``, ``status`` 'ok', 'error', 'timeout'
+        or 'cancelled', ``duration`` in seconds; told as their results are written (one call a write)."""
 
     def on_reconnect(self, what):
         """A connection to Redis was lost and made again."""
@@ -30,12 +33,13 @@ class WorkerHooks:
 
 
 class MasterHooks:
-    def on_submitted(self, job):
-        """The master took a new job from the intake (first attempt)."""
+    def on_submitted(self, jobs):
+        """The master took new ``jobs`` from the intake (first attempts; one call a claim)."""
 
-    def on_dispatched(self, job, queue_wait, receivers=1):
-        """``job`` was published and ``receivers`` (>= 1) subscribers got it, ``queue_wait`` s after
-        its submission. More than one receiver means a second subscriber listens on a dispatch channel."""
+    def on_dispatched(self, jobs, sent_at, duplicates=0):
+        """``jobs`` were published at ``sent_at`` (``time.time()``; a job's queue wait is ``sent_at -
+        job.submitted_at``) and a worker got each (one call a batch). ``duplicates`` of them were
+        heard by more than one subscriber: a second subscriber listens on a dispatch channel."""
 
     def on_dispatch_failed(self, reason):
         """A publish did not reach a worker (``reason``: 'no_subscriber', 'redis_error')."""
@@ -43,8 +47,9 @@ class MasterHooks:
     def on_redispatched(self, reason, count):
         """``count`` jobs went back to the queue (``reason``: 'deadline', 'worker_lost', 'handed_back')."""
 
-    def on_finished(self, job, status, latency):
-        """A result came back: submit-to-result ``latency`` in seconds."""
+    def on_finished(self, finished):
+        """Results came back: ``[(job, status, latency), ...]``, ``latency`` from submission to result
+        in seconds (one call per read of results)."""
 
     def on_unknown_result(self):
         """A result for a job this master is not waiting for (unknown, already finished, or without

@@ -328,7 +328,7 @@ class Master:
             claimed = self.store.claim(room, via=self._publisher)
         else:
             claimed = self.store.take(room, via=self._publisher)
-        handed_back = 0
+        handed_back, new = 0, []
         for job_id, body, attempt in claimed:
             job = self._readable(job_id, body)
             if job is None:
@@ -336,8 +336,10 @@ class Master:
             if self.ledger.pop(job_id) is not None:  # handed back by its worker, or re-queued
                 handed_back += 1
             if attempt == 1:
-                self.hooks.on_submitted(job)
+                new.append(job)
             self.pending.append(job)
+        if new:
+            self.hooks.on_submitted(new)
         if handed_back:
             self.hooks.on_redispatched("handed_back", handed_back)
 
@@ -453,7 +455,7 @@ class Master:
             return
         self.store.finish([Outcome(job.id, "error", self.stored.encode_result(result), job.reply, None)],
                           announce=False, trusted=True)
-        self.hooks.on_finished(job, "error", time.time() - job.submitted_at if job.submitted_at else 0.0)
+        self.hooks.on_finished([(job, "error", time.time() - job.submitted_at if job.submitted_at else 0.0)])
 
     def deadline_for(self, job, now=None):
         """When a dispatch of ``job`` counts as lost: its time limit (the job's, else its task's as the
@@ -528,11 +530,12 @@ class Master:
         if self._publisher_broken:
             self._publisher_broken = False
             self.hooks.on_reconnect("dispatch")
-        missed = []
+        missed, dispatched, duplicates = [], [], 0
         for (_, _, entries), receivers in zip(messages, replies):
             if receivers and not transport.is_error(receivers):
-                for entry in entries:
-                    self.hooks.on_dispatched(entry.job, now - entry.job.submitted_at, receivers)
+                dispatched += [entry.job for entry in entries]
+                if receivers > 1:
+                    duplicates += len(entries)
                 continue
             reason = "redis_error" if transport.is_error(receivers) else "no_subscriber"
             for entry in entries:
@@ -543,6 +546,8 @@ class Master:
                     limits.revoke(job.task, job.id)
                 missed.append(job)
             self._bench(entries[0].channel, reason, receivers)
+        if dispatched:
+            self.hooks.on_dispatched(dispatched, now, duplicates)
         pending.extendleft(reversed(missed))
         if parked:
             self._park(parked)
@@ -599,18 +604,20 @@ class Master:
     def _take(self, messages):
         """Results read from CHANNEL_RESULT (wake-ups are only cues)."""
         wakeup = self._wakeup
-        raw_results, cancels = [], []
+        raw_results, cancels, finished = [], [], []
         for channel, data in messages:
             if channel != wakeup:
-                self._collect(data, raw_results, cancels)
+                self._collect(data, raw_results, cancels, finished)
             elif data == b"scheduled":
                 self._timer.set()
+        if finished:
+            self.hooks.on_finished(finished)
         if raw_results:
             self._record_raw(raw_results)
         if cancels:
             self._take_cancels(cancels)
 
-    def _collect(self, data, raw_results, cancels):
+    def _collect(self, data, raw_results, cancels, finished):
         """The results of one message: a result, or a result frame."""
         try:
             results, errors = self.codec.decode_results(data)
@@ -623,7 +630,7 @@ class Master:
             if result.token is None and result.status == CANCELLED:
                 cancels.append(result.id)  # no token to check it by: checked against Redis
                 continue
-            self._take_result(result, raw_results)
+            self._take_result(result, raw_results, finished)
 
     def _take_cancels(self, ids):
         """Jobs cancelled while this master held them claimed and unsent (``lua/cancel.lua``). Their
@@ -651,7 +658,7 @@ class Master:
         if job is None:  # claimed by a master before this one, or heard of twice
             self.hooks.on_unknown_result()
             return
-        self.hooks.on_finished(job, CANCELLED, time.time() - job.submitted_at)
+        self.hooks.on_finished([(job, CANCELLED, time.time() - job.submitted_at)])
 
     def _unqueue(self, job_id):
         """Take a claimed job off the line of jobs waiting for a channel. Returns it, or None."""
@@ -661,9 +668,10 @@ class Master:
                 return job
         return None
 
-    def _take_result(self, result, raw_results, trusted=False):
+    def _take_result(self, result, raw_results, finished, trusted=False):
         """A result frees its slot only if it answers the dispatch in flight: the same token (the raw
-        codec has none), or ``trusted`` (read back from Redis, where only such results are recorded)."""
+        codec has none), or ``trusted`` (read back from Redis, where only such results are recorded).
+        Its job goes on ``finished`` for the hooks."""
         ledger = self.ledger
         entry = ledger.get(result.id)
         if entry is None or not (trusted or self.raw or result.token == entry.token):
@@ -678,7 +686,7 @@ class Master:
             return
         if self.raw:
             raw_results.append(Outcome(job.id, "ok", self.stored.encode_result(result), job.reply, entry.token))
-        self.hooks.on_finished(job, result.status, time.time() - job.submitted_at)
+        finished.append((job, result.status, time.time() - job.submitted_at))
 
     def _record_raw(self, results):
         """The original slaves record nothing: in raw mode the master writes their results."""
@@ -704,6 +712,7 @@ class Master:
             return
         ids = self.ledger.ids() + [job.id for job in self.pending]
         stored = [data for data in self.store.get_results(ids) if data is not None]
+        finished = []
         for data in stored:
             try:
                 result = self.stored.decode_result(data, max_payload=None)
@@ -711,9 +720,11 @@ class Master:
                 log.warning("master: ignored an unreadable stored result: %s", exc)
                 continue
             if self.ledger.get(result.id) is not None:
-                self._take_result(result, [], trusted=True)
+                self._take_result(result, [], finished, trusted=True)
             elif result.status == CANCELLED:
                 self._forget_cancelled(result.id)
+        if finished:
+            self.hooks.on_finished(finished)
         if stored:
             log.info("master: %d results came in while the result connection was down", len(stored))
             self._wake.set()
@@ -756,10 +767,13 @@ class Master:
             log.warning("master: %d jobs re-queued (%s)", len(requeued), reason.replace("_", " "))
             self.hooks.on_redispatched(reason, len(requeued))
             self._wake.set()
+        finished = []
         for job_id in dead:
             entry = self.ledger.pop(job_id)
             if entry is not None:
-                self.hooks.on_finished(entry.job, "dead", time.time() - entry.job.submitted_at)
+                finished.append((entry.job, "dead", time.time() - entry.job.submitted_at))
+        if finished:
+            self.hooks.on_finished(finished)
         if dead:
             log.warning("master: %d jobs ran out of attempts, dead-lettered", len(dead))
         self.store.trim_dead()

@@ -97,6 +97,7 @@ class Worker:
         self._out = []  # Outcomes to record
         self._retry_out = []  # failures that may run again (Store.finish ``retries``)
         self._writing = []  # the Outcomes of the write under way
+        self._finished = []  # (job, status, seconds) of jobs run, for the hooks: told by the writer
         self._out_ready = Event()
         self._stop = Event()
         self._hard_stop = Event()
@@ -307,11 +308,12 @@ class Worker:
                 seen.update(job_id for job_id, _ in refs)
             self._refs += refs
             self._refs_ready.set()
+        if jobs:
+            self.hooks.on_received(jobs)
         held_back = self._cancelled or self._checking
         for job in jobs:
             if seen is not None:
                 seen.add(job.id)
-            self.hooks.on_received(job)
             if held_back and self._held_back(job):
                 continue
             self.runners.put(job)
@@ -342,15 +344,17 @@ class Worker:
             refs = self._refs[:1000]
             records = self.client.hmget(self.keys.jobs, [job_id for job_id, _ in refs])
             del self._refs[:len(refs)]
+            jobs = []
             for (job_id, token), record in zip(refs, records):
                 if record is None:
                     continue
                 try:
-                    job = self.codec.job_of_record(record, token)
+                    jobs.append(self.codec.job_of_record(record, token))
                 except DecodeError as exc:
                     self._reject(b"(a job sent by reference)", exc)
-                    continue
-                self.hooks.on_received(job)
+            if jobs:
+                self.hooks.on_received(jobs)
+            for job in jobs:
                 if (self._cancelled or self._checking) and self._held_back(job):
                     continue
                 self.runners.put(job)
@@ -526,7 +530,8 @@ class Worker:
             armed = None  # it fired: nothing left to disarm
             result = error_result(job, "timeout", "JobTimeout", f"job exceeded its {seconds:g}s time limit")
         except Cancelled:  # its result, 'cancelled', is recorded already: there is nothing to write
-            self.hooks.on_finished(job, CANCELLED, time.perf_counter() - started)
+            self._finished.append((job, CANCELLED, time.perf_counter() - started))
+            self._out_ready.set()  # for the hooks
             return
         except Exception as exc:
             result = error_result(job, "error", type(exc).__name__, str(exc), traceback.format_exc())
@@ -535,7 +540,7 @@ class Worker:
                 self._deadlines.disarm(me, armed)
         elapsed = time.perf_counter() - started
         result.started, result.ended = began, began + elapsed
-        self.hooks.on_finished(job, result.status, elapsed)
+        self._finished.append((job, result.status, elapsed))  # told with its result's write
         if result.status != "ok":
             self._log_failure(job, result.error["type"])
         self._emit(job, result, task)
@@ -576,7 +581,11 @@ class Worker:
                 return
 
     def _write_pending(self):
-        """Write every result waiting, ``WRITE_BATCH`` to a script call."""
+        """Write every result waiting, ``WRITE_BATCH`` to a script call, having told the hooks of
+        the jobs that ran."""
+        finished, self._finished = self._finished, []
+        if finished:
+            self.hooks.on_finished(finished)
         batch, self._out = self._out, []
         retries, self._retry_out = self._retry_out, []
         for i in range(0, max(len(batch), 1), WRITE_BATCH):

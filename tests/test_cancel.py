@@ -76,16 +76,16 @@ class _WorkerSeen(WorkerHooks):
     def __init__(self):
         self.received = []
 
-    def on_received(self, job):
-        self.received.append(job.id)
+    def on_received(self, jobs):
+        self.received += [job.id for job in jobs]
 
 
 class _MasterSeen(MasterHooks):
     def __init__(self):
         self.finished = []
 
-    def on_finished(self, job, status, latency):
-        self.finished.append((job.id, status))
+    def on_finished(self, finished):
+        self.finished += [(job.id, status) for job, status, _ in finished]
 
 
 # -- before it runs ------------------------------------------------------------------------------------

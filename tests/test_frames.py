@@ -21,8 +21,8 @@ class Received(WorkerHooks):
     def __init__(self):
         self.jobs = []
 
-    def on_received(self, job):
-        self.jobs.append(job)
+    def on_received(self, jobs):
+        self.jobs += jobs
 
 
 class _OneJobCodec(JsonCodec):

@@ -118,14 +118,14 @@ def test_an_unknown_task_with_retries_is_answered_and_its_runner_lives_on(system
 class _BrokenWorkerHooks(WorkerHooks):
     safe = True  # used as it is, unguarded: a fault here reaches the reader loop
 
-    def on_received(self, job):
+    def on_received(self, jobs):
         raise RuntimeError("a bug in a hook")
 
 
 class _BrokenMasterHooks(MasterHooks):
     safe = True
 
-    def on_dispatched(self, job, queue_wait, receivers=1):
+    def on_dispatched(self, jobs, sent_at, duplicates=0):
         raise RuntimeError("a bug in a hook")
 
 
@@ -535,7 +535,7 @@ class _FirstJob(WorkerHooks):
         self.system = system
         self.finished_before = None
 
-    def on_received(self, job):
+    def on_received(self, jobs):
         if self.finished_before is None:
             self.finished_before = int(self.system.redis.hget(self.system.keys.finished, "ok") or 0)
 

@@ -45,8 +45,8 @@ MASTER_SPEC = {
 TASKS = ("echo", "fail", "sleep")
 
 
-def job(task="echo", job_id="1"):
-    return Job(job_id, task, submitted_at=time.time())
+def job(task="echo", job_id="1", submitted_at=None):
+    return Job(job_id, task, submitted_at=time.time() if submitted_at is None else submitted_at)
 
 
 def families(registry):
@@ -74,17 +74,17 @@ def total(registry, sample_name, **match):
 
 
 def exercise_worker(hooks):
-    hooks.on_received(job())
+    hooks.on_received([job()])
     hooks.on_rejected("invalid_json")
-    hooks.on_finished(job(), "ok", 0.001)
+    hooks.on_finished([(job(), "ok", 0.001)])
 
 
 def exercise_master(hooks):
-    hooks.on_submitted(job())
-    hooks.on_dispatched(job(), 0.001)
+    hooks.on_submitted([job()])
+    hooks.on_dispatched([job(submitted_at=100.0)], 100.001)
     hooks.on_dispatch_failed("no_subscriber")
     hooks.on_redispatched("deadline", 1)
-    hooks.on_finished(job(), "ok", 0.002)
+    hooks.on_finished([(job(), "ok", 0.002)])
 
 
 @pytest.mark.parametrize("role", ["worker", "master"])
@@ -108,8 +108,9 @@ def test_metrics_have_the_spec_names_types_and_labels(role):
 def test_histogram_buckets_resolve_50_microseconds_to_60_seconds():
     registry = CollectorRegistry()
     hooks = metrics.WorkerMetrics(registry, TASKS)
-    for seconds in (0.00004, 0.00007, 0.001, 45.0, 100.0):
-        hooks.on_finished(job(), "ok", seconds)
+    hooks.on_finished([(job(), "ok", 0.00004), (job(), "ok", 0.00007)])  # a batch, and more batches
+    for seconds in (0.001, 45.0, 100.0):
+        hooks.on_finished([(job(), "ok", seconds)])
 
     bucket = "geventsched_worker_job_duration_seconds_bucket"
     value = registry.get_sample_value
@@ -139,12 +140,9 @@ def test_worker_hooks_move_the_counters_and_histograms():
     hooks = metrics.WorkerMetrics(registry, TASKS)
     value = registry.get_sample_value
 
-    for i in range(3):
-        hooks.on_received(job("echo", str(i)))
-    hooks.on_received(job("fail"))
-    hooks.on_finished(job("echo"), "ok", 0.25)
-    hooks.on_finished(job("echo"), "ok", 0.5)
-    hooks.on_finished(job("fail"), "error", 0.001)
+    hooks.on_received([job("echo", str(i)) for i in range(2)])
+    hooks.on_received([job("fail"), job("echo", "2")])  # a batch of two tasks
+    hooks.on_finished([(job("echo"), "ok", 0.25), (job("fail"), "error", 0.001), (job("echo"), "ok", 0.5)])
     hooks.on_rejected("too_large")
     hooks.on_rejected("too_large")
     hooks.on_reconnect("subscriber")
@@ -172,16 +170,14 @@ def test_master_hooks_move_the_counters_and_histograms():
     hooks = metrics.MasterMetrics(registry, TASKS)
     value = registry.get_sample_value
 
-    for i in range(4):
-        hooks.on_submitted(job("echo", str(i)))
-        hooks.on_dispatched(job("echo", str(i)), 0.0002)
-    hooks.on_dispatched(job("echo"), 0.003, 2)  # heard by two subscribers
+    hooks.on_submitted([job("echo", str(i)) for i in range(4)])
+    hooks.on_dispatched([job("echo", str(i), submitted_at=100.0) for i in range(4)], 100.0002)
+    hooks.on_dispatched([job("echo", submitted_at=100.0)], 100.003, 1)  # heard by two subscribers
     hooks.on_dispatch_failed("no_subscriber")
     hooks.on_dispatch_failed("redis_error")
     hooks.on_redispatched("worker_lost", 3)
     hooks.on_redispatched("deadline", 1)
-    hooks.on_finished(job("echo"), "ok", 0.01)
-    hooks.on_finished(job("sleep"), "dead", 20.0)
+    hooks.on_finished([(job("echo"), "ok", 0.01), (job("sleep"), "dead", 20.0)])
     hooks.on_unknown_result()
     hooks.on_reconnect("collector")
 
@@ -209,13 +205,13 @@ def test_unknown_tasks_and_bogus_reasons_do_not_grow_the_label_sets():
 
     for i in range(50):
         bogus = job(f"attacker-{i}")
-        worker.on_received(bogus)
-        worker.on_finished(bogus, f"status-{i}", 0.1)
+        worker.on_received([bogus])
+        worker.on_finished([(bogus, f"status-{i}", 0.1)])
         worker.on_rejected(f"reason-{i}")
         worker.on_reconnect(f"what-{i}")
-        master.on_submitted(bogus)
-        master.on_dispatched(bogus, 0.1)
-        master.on_finished(bogus, f"status-{i}", 0.1)
+        master.on_submitted([bogus])
+        master.on_dispatched([bogus], bogus.submitted_at + 0.1)
+        master.on_finished([(bogus, f"status-{i}", 0.1)])
         master.on_dispatch_failed(f"reason-{i}")
         master.on_redispatched(f"reason-{i}", 1)
 
@@ -277,7 +273,7 @@ def test_loop_lag_monitor_sees_a_blocked_hub():
 
 def test_serve_exposes_the_registry_and_port_0_turns_it_off():
     registry = metrics.new_registry()
-    metrics.WorkerMetrics(registry, TASKS).on_received(job())
+    metrics.WorkerMetrics(registry, TASKS).on_received([job()])
     assert metrics.serve(registry, 0, "127.0.0.1") is None
 
     port = free_port()

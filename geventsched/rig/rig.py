@@ -24,12 +24,14 @@ its jobs, unless ``intake=True``. Redis figures are the whole server's: run agai
 at the end when nothing answers there.
 """
 
+import itertools
 import os
 import platform
 import resource
 import subprocess
 import sys
 import time
+from operator import attrgetter, itemgetter
 from urllib.parse import urlparse
 
 import gevent
@@ -47,6 +49,8 @@ SUBMIT_BATCH = 5000
 #: Results a producer waits for at once, in submission order: a chunk's results are in its hands when
 #: its ``Client.wait`` returns, so this is also the grain of the end-to-end latencies.
 WAIT_CHUNK = 1000
+_id = attrgetter("id")
+_job, _status, _latency = itemgetter(0), itemgetter(1), itemgetter(2)
 
 
 class Recorder(MasterHooks):
@@ -66,11 +70,11 @@ class Recorder(MasterHooks):
         self.astray = {}
         self.done.clear()
 
-    def on_finished(self, job, status, latency):
-        self.finished[job.id] = time.time()
-        self.latencies.append(latency)
-        if status != "ok":
-            self.failed += 1
+    def on_finished(self, finished):
+        jobs, statuses = list(map(_job, finished)), list(map(_status, finished))
+        self.finished.update(zip(map(_id, jobs), itertools.repeat(time.time())))
+        self.latencies += map(_latency, finished)
+        self.failed += len(statuses) - statuses.count("ok")
         if self.expected is not None and len(self.latencies) >= self.expected and not self.done.is_set():
             self.done_at = time.perf_counter()
             self.done.set()
