@@ -17,13 +17,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections import OrderedDict
 
 from redis import exceptions as rexc
 
 from geventsched.backoff import Backoff
-from geventsched.client import HEARD_LIMIT, REPLY_KEY_TTL
+from geventsched.client import REPLY_KEY_TTL
 from geventsched.errors import DecodeError, RedisUnavailable
+from geventsched.heard import Heard
 from geventsched.protocol import RETRY, signed
 from geventsched.transport import COMMAND_TIMEOUT, PING_IDLE, PONG_TIMEOUT, RedisError
 
@@ -50,7 +50,7 @@ class Replies:
         # Results to read: id -> the announcement heard, or None; announcements of jobs nobody waits
         # for yet (bounded); jobs whose stored results are read now and then.
         self._to_check = {}
-        self._heard = OrderedDict()
+        self._heard = Heard()
         self._polled = set()
         self._checker = self._poller = self._reader = None
         self._pubsub = None
@@ -58,12 +58,14 @@ class Replies:
         self._secret_due = 0.0  # loop time to write the secret (again)
         self._listen_lock = asyncio.Lock()
         self._closed = False
-        #: Counts the times announcements may have gone by unheard: each subscription, and each
-        #: announcement dropped from ``_heard`` (as ``Client._epoch``). A job submitted to reply here
-        #: in the current epoch is not read from Redis when a wait for it begins.
-        self.epoch = 0
         #: The error that keeps us from Redis while the reader reconnects (None while all is well).
         self.trouble = None
+
+    @property
+    def epoch(self):
+        """The listening epoch (``heard.Heard``): a job submitted to reply here in the current one is
+        not read from Redis when a wait for it begins."""
+        return self._heard.epoch
 
     async def listen(self):
         """Subscribed to the reply channel (confirmed by Redis) with the reader running. Raises
@@ -86,7 +88,7 @@ class Replies:
         within ``timeout`` seconds (None: as long as it takes). Raises what ``close()`` or a failed
         reader set."""
         await self.listen()
-        epoch = self.epoch
+        epoch = self._heard.epoch
         futures = {job_id: self._await(job_id, poll, heard_here == epoch)
                    for job_id, (poll, heard_here) in ids.items()}
         try:
@@ -114,7 +116,7 @@ class Replies:
         entry = self._waiting.get(job_id)
         if entry is None:
             entry = self._waiting[job_id] = [asyncio.get_running_loop().create_future(), 0]
-            heard, sure = self._heard.pop(job_id, (None, False))
+            heard, sure = self._heard.pop(job_id)
             if sure:
                 settle(entry[0], heard)
             elif heard is not None or not will_hear:
@@ -225,7 +227,7 @@ class Replies:
                     raise rexc.TimeoutError("Redis did not confirm the subscription to the reply channel")
                 message = await pubsub.get_message(timeout=left)
                 if message is not None and message["type"] == "subscribe":
-                    self.epoch += 1
+                    self._heard.listening()
                     await self._keep_secret()
                     return pubsub
         except BaseException:
@@ -297,21 +299,18 @@ class Replies:
         except DecodeError:
             return
         sure = signed(data, self._secret)
-        heard = self._heard
+        later = []  # kept for a wait to come
         for result in results:
             if result.status == RETRY:
                 continue
-            if result.id in self._waiting:
-                if sure:
-                    self._resolve(result.id, result)
-                else:
-                    self._check_later(result.id, result)
-            elif sure or result.id not in heard:  # kept (bounded) for a wait to come; a signed one stays
-                heard[result.id] = (result, sure)
-        if len(heard) > HEARD_LIMIT:
-            self.epoch += 1
-            while len(heard) > HEARD_LIMIT:
-                heard.popitem(last=False)
+            if result.id not in self._waiting:
+                later.append(result)
+            elif sure:
+                self._resolve(result.id, result)
+            else:
+                self._check_later(result.id, result)
+        if later:
+            self._heard.keep(later, sure)
 
     def _check_all(self):
         """After a (re)subscription: read the stored results of everything waited for (those that

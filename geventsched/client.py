@@ -21,10 +21,11 @@ result. Only a job with no record at all in Redis (``--durability none``, fire-a
 answered by an unsigned announcement, which is then all there is.
 
 What a wait reads from Redis: nothing for the jobs this client submitted while it listened, as it
-has listened since (the client's ``_epoch``, stamped on their handles): their announcements are
-on the reply channel or kept from it. For any other job (a handle made from an id, one submitted
-before the client last subscribed, or after it dropped announcements kept past ``HEARD_LIMIT``),
-the wait first reads the stored result, as the announcement may have gone by unheard.
+has listened since (the epoch of its ``heard.Heard``, stamped on their handles): their
+announcements are on the reply channel or kept from it. For any other job (a handle made from an
+id, one submitted before the client last subscribed, or after it dropped announcements kept past
+``heard.HEARD_LIMIT``), the wait first reads the stored result, as the announcement may have gone
+by unheard.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -40,14 +41,12 @@ from geventsched import submission, transport, workflow
 from geventsched.backoff import Backoff
 from geventsched.config import DEFAULT_MAX_PAYLOAD
 from geventsched.errors import DecodeError, JobFailed, RedisUnavailable
+from geventsched.heard import Heard
 from geventsched.protocol import CANCELLED, JsonCodec, Result, signed
 from geventsched.store import Store
 
 #: Job ids are reserved from Redis's counter this many at a time (see ``Client._new_ids``).
 ID_BLOCK = 100
-#: Announcements read ahead of a wait and kept for it, at most; the oldest go first (their results
-#: stay in Redis until their TTL).
-HEARD_LIMIT = 100_000
 #: Seconds the secret that signs this client's reply frames is kept in Redis; written again after
 #: half of that, and after every new subscription (Redis may have restarted without it meanwhile).
 REPLY_KEY_TTL = 24 * 3600
@@ -141,10 +140,7 @@ class Client:
         self._secret_due = 0.0  # monotonic time to write the secret (again)
         self._subscriber = None
         self._results = {}  # results that came in for jobs nobody has waited for yet
-        self._heard = OrderedDict()  # job id -> (announced Result, signed?) read ahead of any wait for it
-        #: Counts the times announcements may have gone by unheard: each new subscription, and each
-        #: announcement dropped from ``_heard`` (see the module docstring).
-        self._epoch = 0
+        self._heard = Heard()  # announcements read ahead of any wait for them, and the listening epoch
         self._spare_ids = deque()
         # Plain jobs go in through a connection of their own, read by hiredis (``Store.submit``'s
         # ``via``): a submit is then one round trip with none of redis-py's per-call work (on one
@@ -193,7 +189,7 @@ class Client:
             # Listen before the jobs exist: without durability a result is only announced, never stored.
             self._listen()
             self._drain()
-            epoch = self._epoch
+            epoch = self._heard.epoch
         ids = self._new_ids(len(specs))
         timeout = timeout if timeout is not None else self.timeout
         reply_to = self.reply_channel if reply else None
@@ -262,7 +258,7 @@ class Client:
         handles = list(handles)
         want = {h.id for h in handles if h.id not in self._results}
         if want:
-            epoch = self._epoch
+            epoch = self._heard.epoch
             unsure = {h.id for h in handles if h.id in want and h._epoch != epoch}
             self._collect(want, unsure, timeout)
         results, found = self._results, {}
@@ -284,37 +280,25 @@ class Client:
                 if not messages:
                     return
                 for _, data in messages:
-                    results, sure = self._decode(data)
-                    self._keep_heard(results, sure)
+                    self._heard.keep(*self._decode(data))
         except transport.ConnectionLost:
             self._subscriber.close()
             self._subscriber = None
             self._listen()  # a wait reads the stored results of anything announced meanwhile
 
-    def _keep_heard(self, results, sure):
-        """Keep announced results for a wait to come (bounded: dropping one starts a new epoch)."""
-        heard = self._heard
-        for result in results:
-            if sure or result.id not in heard:  # a signed result is never replaced
-                heard[result.id] = (result, sure)
-        if len(heard) > HEARD_LIMIT:
-            self._epoch += 1
-            while len(heard) > HEARD_LIMIT:
-                heard.popitem(last=False)
-
     def _collect(self, want, unsure, timeout):
         """Take the results of ``want``; ``unsure``: those whose announcements may have gone by unheard."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        early = [self._heard.pop(job_id) for job_id in sorted(want) if job_id in self._heard]
+        early = self._heard.take(want)
         if early:
             self._heard_of([result for result, sure in early if sure], True, want)
             self._heard_of([result for result, sure in early if not sure], False, want)
             if not want:
                 return
         try:
-            epoch = self._epoch
+            epoch = self._heard.epoch
             self._listen()
-            if self._epoch != epoch:  # listening again: anything may have gone by meanwhile
+            if self._heard.epoch != epoch:  # listening again: anything may have gone by meanwhile
                 unsure = want
             # Subscribed first, then read what is stored: a result can't slip between the two.
             unsure &= want
@@ -363,7 +347,7 @@ class Client:
     def _listen(self):
         if self._subscriber is None:
             self._subscriber = transport.subscribe(self.redis, [self.reply_channel])
-            self._epoch += 1
+            self._heard.listening()
             self._secret_due = 0.0
         if time.monotonic() >= self._secret_due:
             self._keep_secret()
@@ -396,15 +380,15 @@ class Client:
         """Announced results: those of a signed frame (``sure``) as they are; else the stored result
         of each job we wait for (see the module docstring), or the announcement itself for a job
         that has no record in Redis."""
-        # Results of jobs not waited for yet are kept for their waits (``_keep_heard``).
+        # Results of jobs not waited for yet are kept for their waits.
         if sure:
             later = [result for result in announced if not self._take(result, want)]
             if later:
-                self._keep_heard(later, True)
+                self._heard.keep(later, True)
             return
         heard = {result.id: result for result in announced if result.id in want}
         if len(heard) < len(announced):
-            self._keep_heard([result for result in announced if result.id not in heard], False)
+            self._heard.keep([result for result in announced if result.id not in heard], False)
         if not heard:
             return
         ids = sorted(heard)

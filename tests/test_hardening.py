@@ -282,7 +282,7 @@ def test_a_wait_reads_back_what_it_may_have_missed(system, monkeypatch):
     """Results the client cannot be sure to have heard are read from Redis: a job it did not submit
     (a handle made from an id), one heard while listening again, and one whose announcement was
     dropped because too many were kept unclaimed."""
-    from geventsched import client as client_module
+    from geventsched import heard
     from geventsched.client import JobHandle
 
     client = system.client()
@@ -296,7 +296,7 @@ def test_a_wait_reads_back_what_it_may_have_missed(system, monkeypatch):
     client._subscriber = None
     client._listen()
     assert stored[1].result(5) == "stored"
-    monkeypatch.setattr(client_module, "HEARD_LIMIT", 1)
+    monkeypatch.setattr(heard, "HEARD_LIMIT", 1)
     late = client.submit_many([("hard.count", [str(i)], {}) for i in range(3)])
     system.redis.set(system.keys.result(late[1].id), json.dumps(
         {"v": 1, "id": late[1].id, "task": "hard.count", "status": "ok", "value": "stored"}))
