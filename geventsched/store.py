@@ -145,35 +145,32 @@ class Store:
     def submit(self, encoded, front=False, via=None):
         """Enqueue ``[(id, body), ...]`` atomically and wake the master (``front``: ahead of the rest).
         ``via``: as for ``run_script``, one MULTI ... EXEC write read by hiredis."""
-        k = self.keys
         if not encoded:
             return
-        if via is not None and not k.cluster:
-            commands = [_MULTI]
-            for i in range(0, len(encoded), 1000):
-                chunk = encoded[i:i + 1000]
-                commands.append(transport.pack("HSET", k.jobs, *[part for pair in chunk for part in pair]))
-                ids = [job_id for job_id, _ in chunk]
-                commands.append(transport.pack("LPUSH", k.intake, *reversed(ids)) if front
-                                else transport.pack("RPUSH", k.intake, *ids))
-            commands += [transport.pack("PUBLISH", k.wakeup_channel, b"1"), _EXEC]
-            replies = via.run(commands)
+        commands = self._submit_commands(encoded, front)
+        if via is not None and not self.keys.cluster:
+            replies = via.run([_MULTI, *[transport.pack(*command) for command in commands], _EXEC])
             for reply in replies[:-1]:  # OK, then QUEUED for each (an error: the EXEC is refused too)
                 transport.raise_for(reply)
             for reply in transport.raise_for(replies[-1]):
                 transport.raise_for(reply)
             return
         pipe = self.client.pipeline(transaction=True)
+        for command in commands:
+            pipe.execute_command(*command)
+        pipe.execute()
+
+    def _submit_commands(self, encoded, front):
+        """A submit's commands: per thousand jobs an HSET of their records and a push of their ids,
+        then the master's wake-up."""
+        k, commands = self.keys, []
         for i in range(0, len(encoded), 1000):
             chunk = encoded[i:i + 1000]
-            pipe.hset(k.jobs, mapping=dict(chunk))
             ids = [job_id for job_id, _ in chunk]
-            if front:
-                pipe.lpush(k.intake, *reversed(ids))
-            else:
-                pipe.rpush(k.intake, *ids)
-        (pipe.spublish if k.cluster else pipe.publish)(k.wakeup_channel, b"1")
-        pipe.execute()
+            commands.append(("HSET", k.jobs, *[part for pair in chunk for part in pair]))
+            commands.append(("LPUSH", k.intake, *reversed(ids)) if front else ("RPUSH", k.intake, *ids))
+        commands.append((self._publish_command, k.wakeup_channel, b"1"))
+        return commands
 
     def submit_with_options(self, entries, wake=True):
         """Enqueue ``[(id, body, priority, due, unique_key), ...]`` (``due``: unix seconds or None for
