@@ -285,8 +285,10 @@ class Master:
         while not self._stop.is_set():
             self._wake.clear()
             try:
-                self._claim()
-                progressed = self._dispatch()
+                ahead = self._may_claim_ahead()
+                if not (ahead and self.pending):  # else the write that sends them claims what comes next
+                    self._claim()
+                progressed = self._dispatch(claim_ahead=ahead)
                 backoff.reset()
             except transport.ConnectionLost as exc:
                 delay = backoff.next()
@@ -328,6 +330,15 @@ class Master:
             claimed = self.store.claim(room, via=self._publisher)
         else:
             claimed = self.store.take(room, via=self._publisher)
+        self._queue_claimed(claimed)
+
+    def _may_claim_ahead(self):
+        """Can the next jobs be claimed in the write that dispatches these (one server, no limits:
+        a limited task's held jobs come first, ``_claim``)?"""
+        return not self.keys.cluster and not (self.limits.limits or self.limits.held)
+
+    def _queue_claimed(self, claimed):
+        """Claimed ``[(id, body, attempt), ...]``: their jobs join the line for a channel."""
         handed_back, new = 0, []
         for job_id, body, attempt in claimed:
             job = self._readable(job_id, body)
@@ -463,10 +474,13 @@ class Master:
         limit = job.timeout or self.discovery.task_timeouts.get(job.task) or self.config.default_timeout
         return (now or time.time()) + limit + self.config.deadline_slack
 
-    def _dispatch(self):
+    def _dispatch(self, claim_ahead=False):
         """Publish pending jobs to channels with room, in one write (``outbox.py``: a message per job,
-        or batch frames for workers that read them); park those a limit holds back. Returns True if
-        any job was sent or parked."""
+        or batch frames for workers that read them); park those a limit holds back. With
+        ``claim_ahead`` the same write ends with the claim of the jobs that fill the room left, so a
+        busy master takes a round trip per batch, not two. Returns True if the dispatcher should go
+        round again at once: jobs were sent or parked; with a claim ahead, jobs were claimed or
+        parked (none claimed: the intake was empty, and a wake-up says when it is not)."""
         pending, table, choose, ledger = self.pending, self.table, self.strategy, self.ledger
         budget = self.config.max_inflight_bytes
         limits = self.limits
@@ -517,8 +531,13 @@ class Master:
         if limited:  # and the limits' state that a master taking over needs
             commands += self._limit_commands(admitted, now)
         messages = outbox.messages()
+        ahead = ()
+        if claim_ahead:
+            room = min(table.free_slots() - len(pending), self.config.claim_batch)
+            if room > 0:
+                ahead = (self.store.claim_command(room, self.durable),)
         try:
-            replies = self._publisher.send([(name, payload) for name, payload, _ in messages], commands)
+            replies = self._publisher.send([(name, payload) for name, payload, _ in messages], commands, ahead)
         except transport.ConnectionLost:
             # Nothing is known to have gone out: the whole batch waits for the next connection.
             for entry in sent:
@@ -551,6 +570,14 @@ class Master:
         pending.extendleft(reversed(missed))
         if parked:
             self._park(parked)
+        if ahead:
+            claimed = replies[-1]
+            if transport.is_error(claimed):  # NOSCRIPT (Redis forgot it), ...: a claim of its own cures or says it
+                log.debug("master: the claim sent with a batch failed: %s", claimed)
+                return True
+            claimed = self.store.claimed(claimed, self.durable)
+            self._queue_claimed(claimed)
+            return bool(claimed) or bool(parked)
         return len(missed) < len(sent) or bool(parked)
 
     def _limit_commands(self, admitted, now):

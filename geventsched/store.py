@@ -263,10 +263,29 @@ class Store:
         """Move up to ``count`` jobs from the intake to in-flight, with a deadline ``grace`` seconds
         away (see ``deadline_command``). Returns ``[(id, body, attempt), ...]``. ``via``: see
         ``run_script``."""
-        k = self.keys
-        flat = self.run_script(self._claim, [k.jobs, k.inflight, k.attempts, *k.intakes],
-                               [count, (now or time.time()) + grace], via)
+        return self.claimed(self.run_script(*self._claim_call(count, grace, now), via))
+
+    def claim_command(self, count, durable=True):
+        """``claim`` (``take`` if not ``durable``) packed, for a write of the master's own
+        (``Publisher.send``'s ``after``); ``claimed`` reads its reply. A NOSCRIPT reply (Redis forgot
+        the script) is for ``claim`` to cure."""
+        script, keys, args = self._claim_call(count) if durable else self._take_call(count)
+        return transport.pack("EVALSHA", script.sha, len(keys), *keys, *args)
+
+    @staticmethod
+    def claimed(flat, durable=True):
+        """``[(id, body, attempt), ...]`` from the reply of ``claim`` (of ``take`` if not ``durable``)."""
+        if not durable:
+            return [(flat[i].decode(), flat[i + 1], 1) for i in range(0, len(flat), 2)]
         return [(flat[i].decode(), flat[i + 1], int(flat[i + 2])) for i in range(0, len(flat), 3)]
+
+    def _claim_call(self, count, grace=CLAIM_GRACE, now=None):
+        k = self.keys
+        return self._claim, [k.jobs, k.inflight, k.attempts, *k.intakes], [count, (now or time.time()) + grace]
+
+    def _take_call(self, count):
+        k = self.keys
+        return self._take, [k.jobs, k.priority, *k.intakes], [count]
 
     def deadline_command(self, deadlines):
         """``ZADD inflight XX`` packed for ``[(deadline, id), ...]``, deadlines in whole seconds (each
@@ -314,9 +333,7 @@ class Store:
     def take(self, count, via=None):
         """``--durability none``: remove up to ``count`` jobs from the intake, keeping no record.
         Returns ``[(id, body, 1), ...]``. ``via``: see ``run_script``."""
-        k = self.keys
-        flat = self.run_script(self._take, [k.jobs, k.priority, *k.intakes], [count], via)
-        return [(flat[i].decode(), flat[i + 1], 1) for i in range(0, len(flat), 2)]
+        return self.claimed(self.run_script(*self._take_call(count), via), durable=False)
 
     def reap(self, max_attempts, limit=1000, now=None):
         """Requeue in-flight jobs past their deadline; dead-letter those out of attempts.

@@ -678,17 +678,19 @@ class Publisher:
         self._nodes = {}  # cluster: channel -> node name
         self._stale = False  # cluster: a MOVED reply or a lost node; read the slot map again
 
-    def send(self, messages, commands=()):
+    def send(self, messages, commands=(), after=()):
         """Returns one reply per message, in order: the number of subscribers that got it, or a
-        ``hiredis.ReplyError`` value. Raises ``ConnectionLost`` (nothing is known about the batch)."""
+        ``hiredis.ReplyError`` value; then one per command of ``after``, packed commands run once the
+        messages are out (one server only: the master claims its next jobs in the write that sends
+        these). Raises ``ConnectionLost`` (nothing is known about the batch)."""
         try:
             if not self._cluster:
-                chunks = [pack_publish(channel, payload) for channel, payload in messages]
-                if commands:
-                    chunks = [*commands, *chunks]
+                chunks = [*commands, *[pack_publish(channel, payload) for channel, payload in messages], *after]
                 replies = self._pipe(None).call(b"".join(chunks), len(chunks))
                 _check_commands(replies[:len(commands)])
                 return replies[len(commands):]
+            if after:
+                raise TypeError("send(after=...) is for one server")
             return self._send_sharded(messages, commands)
         except ConnectionLost:
             self.close()

@@ -582,3 +582,44 @@ def test_dead_letters_are_forgotten_with_their_result(system):
     wait_until(lambda: not system.redis.exists(system.keys.result(ids[-1])), timeout=5, message="results to expire")
     assert store.trim_dead() == 2
     assert system.redis.llen(system.keys.dead) == 0 and system.redis.hlen(system.keys.jobs) == 0
+
+
+# -- a busy master claims its next jobs in the write that sends these -------------------------------------
+
+def test_the_write_that_dispatches_a_batch_claims_the_next_one(system):
+    system.worker()
+    master = system.master(start=False, claim_batch=2)
+    assert master.open()
+    client = system.client()
+    handles = client.submit_many([("hard.count", [str(i)], {}) for i in range(3)])
+    master._claim()
+    assert [job.id for job in master.pending] == [h.id for h in handles[:2]]
+    # Two sent; the room left is claimed in the same write: the third, in flight in Redis.
+    assert master._dispatch(claim_ahead=True) is True
+    assert [job.id for job in master.pending] == [handles[2].id]
+    assert system.redis.llen(system.keys.intake) == 0 and system.redis.zcard(system.keys.inflight) == 3
+    # The last one sent; the claim with it finds the intake empty: wait for a wake-up, not round again.
+    assert master._dispatch(claim_ahead=True) is False
+    assert not master.pending and len(master.ledger) == 3
+    wait_until(lambda: master.run_once(timeout=0.1) is not None and not len(master.ledger),
+               message="the results of all three")
+    assert [h.result(5) for h in handles] == ["0", "1", "2"]
+
+
+def test_a_claim_sent_with_a_batch_that_redis_has_forgotten_is_made_again(system):
+    system.worker()
+    master = system.master(start=False)
+    assert master.open()
+    client = system.client()
+    first = client.submit("hard.count", "first")
+    master._claim()
+    second = client.submit("hard.count", "second")
+    system.redis.script_flush()  # as a restarted Redis has: the claim in the write meets NOSCRIPT
+    assert master._dispatch(claim_ahead=True) is True  # round again at once, to claim on its own
+    assert not master.pending and system.redis.llen(system.keys.intake) == 1
+    master._claim()  # loads the script, as every script call does after NOSCRIPT
+    assert [job.id for job in master.pending] == [second.id]
+    master._dispatch()
+    wait_until(lambda: master.run_once(timeout=0.1) is not None and not len(master.ledger),
+               message="both results")
+    assert (first.result(5), second.result(5)) == ("first", "second")
