@@ -4,7 +4,8 @@ Greenlets:
 
 * dispatcher  claims as many jobs as the channels have room for (one script call per batch: in-flight
               record and deadline written before anything is published), picks a channel per job
-              with the strategy, and publishes the batch in one write. ``PUBLISH`` = 0 means nobody
+              with the strategy, and publishes the batch in one write; while busy, that write ends
+              with the claim of the next batch (one round trip a batch). ``PUBLISH`` = 0 means nobody
               is subscribed there: the job goes back to the front of the line and the channel sits
               out until discovery (or, for static channels, a short cool-down) brings it back.
               A job whose task's rate limit or max_running does not let it start now is parked on
