@@ -258,11 +258,18 @@ class JsonCodec:
         return _job(doc, token, None, framed=True)
 
     def encode_result(self, result, job=None):
+        value = result.value
+        if result.error is None and result.token and result.started and not result.raw:
+            # A worker's answer to a dispatch, the shape of nearly every result: one dict made at once
+            # (a worker encodes one a job), and no NaN to look for in a value of None.
+            doc = {"v": VERSION, "id": result.id, "task": result.task, "status": result.status, "value": value,
+                   "tok": result.token, "t0": result.started, "t1": result.ended}
+            return orjson.dumps(doc) if value is None else _dumps(doc, value)
         doc = {"v": VERSION, "id": result.id, "task": result.task, "status": result.status}
         if result.error is not None:
             doc["error"] = result.error
         else:
-            doc["value"] = result.value
+            doc["value"] = value
         if result.raw:
             doc["raw"] = True
         if result.token:
@@ -270,7 +277,7 @@ class JsonCodec:
         if result.started:
             doc["t0"] = result.started
             doc["t1"] = result.ended
-        return _dumps(doc, result.value)
+        return _dumps(doc, value)
 
     def encode_results(self, payloads):
         """Result frames of encoded results: as few as hold them, each under ``FRAME_BYTES`` unless

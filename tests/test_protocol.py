@@ -98,6 +98,14 @@ def test_encode_rejects_non_json_values(value, error):
         codec.encode_job(Job("1", "t", [value]))
     with pytest.raises(error):
         codec.encode_result(Result("1", "ok", value))
+    with pytest.raises(error):  # a worker's answer, which takes the shorter way
+        codec.encode_result(Result("1", "ok", value, token="tok", started=1.0, ended=2.0))
+
+
+def test_a_workers_answer_encodes_as_any_result_does():
+    for value in (None, 0, "x", [1.5, None], {"a": None}):
+        result = Result("7", "ok", value, task="t", token="tok", started=1.5, ended=2.5)
+        assert codec.decode_results(codec.encode_result(result))[0] == [result]
 
 
 def test_raw_decode_job_uses_text_as_id_and_argument():
