@@ -3,7 +3,7 @@ never appear inline in the loops. Every method is a no-op; override the ones you
 
 The calls sit on the hot path: keep them cheap, and do not block in them. The steps every job takes
 (received, submitted, dispatched, finished) are told once per batch, with a list: a call per job
-cost the master and the worker more than the metrics they fed (bench/README.md, "Metrics").
+cost the master and the worker more than the metrics they fed (bench/README.md, fifth round).
 """
 
 import logging

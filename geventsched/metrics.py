@@ -69,10 +69,10 @@ TASK_REGISTERED = ("true", "false")
 #: Seconds a schedule fires after its fire time: a pass of the master's housekeeping, up to an outage.
 LATENESS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0)
 WORKER_CONNECTIONS = ("subscriber",)
+MASTER_CONNECTIONS = ("dispatch", "collector")
 #: The hooks' batches are taken apart with these (in C, no Python call per job).
 _task, _submitted_at = attrgetter("task"), attrgetter("submitted_at")
 _job, _status, _seconds = itemgetter(0), itemgetter(1), itemgetter(2)
-MASTER_CONNECTIONS = ("dispatch", "collector")
 
 
 def new_registry():
@@ -217,7 +217,7 @@ class Distribution:
 
     def observe(self, amount):
         # bisect_left: the first bound >= amount, i.e. the bucket ``le`` that holds it (as in
-        # Family.observe_each).
+        # observe_all).
         self.counts[bisect_left(self.bounds, amount)] += 1
         self.sum += amount
 
@@ -412,9 +412,7 @@ class WorkerMetrics(WorkerHooks):
         self._rejected.get(reason).inc()
 
     def on_finished(self, finished):
-        tasks = list(map(_task, map(_job, finished)))
-        self._finished.count(tasks, list(map(_status, finished)))
-        self._duration.observe_by(tasks, list(map(_seconds, finished)))
+        _count_finished(finished, self._finished, self._duration)
 
     def on_reconnect(self, what):
         self._reconnects.get(what).inc()
@@ -518,9 +516,7 @@ class MasterMetrics(MasterHooks):
         self._redispatched.get(reason).inc(count)
 
     def on_finished(self, finished):
-        tasks = list(map(_task, map(_job, finished)))
-        self._finished.count(tasks, list(map(_status, finished)))
-        self._latency.observe_by(tasks, list(map(_seconds, finished)))
+        _count_finished(finished, self._finished, self._latency)
 
     def on_unknown_result(self):
         self._unknown_results.inc()
@@ -543,6 +539,14 @@ class MasterMetrics(MasterHooks):
 
     def on_schedule_missed(self, name, count):
         self._schedule_missed.inc(count)
+
+
+def _count_finished(finished, counts, seconds):
+    """Both roles' ``on_finished``: ``[(job, status, seconds), ...]`` counted in ``counts`` by task and
+    status, and their seconds observed in the histogram ``seconds`` by task."""
+    tasks = list(map(_task, map(_job, finished)))
+    counts.count(tasks, list(map(_status, finished)))
+    seconds.observe_by(tasks, list(map(_seconds, finished)))
 
 
 def _read_master(master):
